@@ -1,0 +1,294 @@
+"""Benchmarks that print tables (never timed tests).
+
+``python -m guiding_nc.bench etf`` measures, side by side in one run, for each
+``(d, C)``:
+
+* forward time of the exact closed form vs pymanopt's Riemannian trust-region
+  (the paper's solver; float64, warm-started at the previous solution as in
+  training; skipped past a time cap), and the objective gap between them;
+* forward + backward time and extra peak memory of the closed-form adjoint vs
+  the paper's dense implicit-function (KKT) gradient (skipped past a memory cap,
+  with the memory it would need printed instead).
+
+Peak memory on the CPU is measured in a fresh subprocess per case (peak
+resident set size minus the resident size once the inputs exist); on CUDA with
+``torch.cuda.max_memory_allocated``.  The table is saved as JSON with its
+provenance so the book can render it.  Book: chapter 3 and chapter 5.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from . import ddn
+from .etf import standard_simplex_etf
+from .nearest import nearest_etf, nearest_etf_objective
+
+DEFAULT_SIZES = ((512, 10), (1024, 100), (1024, 200), (1024, 1000), (2048, 1000))
+
+
+def _problem(d: int, C: int, dtype, device, seed: int = 0):
+    """A realistic step: class means ``H`` close to those that produced the proximal point."""
+    g = torch.Generator().manual_seed(seed)
+    H0 = torch.randn(d, C, generator=g, dtype=torch.float64)
+    H0 = H0 - H0.mean(1, keepdim=True)
+    H0 = H0 / H0.norm()
+    P = nearest_etf(H0, None, 1e-3)
+    H = H0 + 0.05 * torch.randn(d, C, generator=g, dtype=torch.float64) / math.sqrt(d * C)
+    H = H - H.mean(1, keepdim=True)
+    H = H / H.norm()
+    return H.to(dtype=dtype, device=device), P.to(dtype=dtype, device=device)
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device, repeats: int) -> float:
+    """Median wall time in seconds over ``repeats`` calls (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _fwd_bwd(H, P, backward):
+    Hr = H.clone().requires_grad_()
+    U = nearest_etf(Hr, P, 1e-3, backward=backward)
+    U.backward(torch.ones_like(U))
+    return Hr.grad
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def _peak_child(kind: str, d: int, C: int, dtype_name: str) -> dict:
+    """Runs in a fresh process: extra peak resident memory of one forward+backward."""
+    dtype = getattr(torch, dtype_name)
+    H, P = _problem(d, C, dtype, "cpu")
+    _fwd_bwd(*_problem(8, 4, dtype, "cpu"), kind)  # load kernels and libraries on a tiny case
+    # Reset the high-water mark: it is otherwise inherited from the parent across fork/exec
+    # and from the set-up above.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_bytes("VmRSS")
+    _fwd_bwd(H, P, kind)
+    peak = _status_bytes("VmHWM")
+    return {"extra_peak_bytes": max(0, peak - base)}
+
+
+def _peak_memory(kind: str, d: int, C: int, dtype, device) -> float:
+    """Extra peak memory in MB of one forward+backward (inputs excluded)."""
+    if torch.device(device).type == "cuda":
+        H, P = _problem(d, C, dtype, device)
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        _fwd_bwd(H, P, kind)
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    dtype_name = str(dtype).replace("torch.", "")
+    out = subprocess.run(
+        [sys.executable, "-m", "guiding_nc.bench", "_peak", kind, str(d), str(C), dtype_name],
+        capture_output=True, text=True, check=True,
+    )
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    return res["extra_peak_bytes"] / 2**20
+
+
+def _git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except Exception:  # not a git checkout (e.g. an installed wheel)
+        return "unknown"
+
+
+def _device_name(device) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def bench_etf(
+    sizes=DEFAULT_SIZES,
+    *,
+    device: str = "cpu",
+    repeats: int = 5,
+    tr_cap_s: float = 60.0,
+    kkt_cap_gb: float = 4.0,
+    memory: bool = True,
+    progress=print,
+) -> dict:
+    """Run the nearest-ETF benchmark and return ``{"rows": [...], "provenance": {...}}``."""
+    import pymanopt  # noqa: F401  (fail early if the reference solver is missing)
+
+    rows = []
+    start = time.time()
+    for d, C in sizes:
+        row = {"d": d, "C": C}
+        # Forward, float64: closed form vs trust-region.
+        H, P = _problem(d, C, torch.float64, device)
+        row["cf_forward_ms"] = 1e3 * _time(lambda: nearest_etf(H, P, 1e-3), device, repeats)
+        U_cf = nearest_etf(H, P, 1e-3)
+        f_cf = float(nearest_etf_objective(U_cf, H, P, 1e-3))
+        from .trust_region import trust_region_solve
+
+        t = time.perf_counter()
+        U_tr, res = trust_region_solve(H, P, 1e-3, max_iterations=30, max_time=tr_cap_s, return_result=True)
+        tr_s = time.perf_counter() - t
+        f_tr = float(nearest_etf_objective(U_tr, H, P, 1e-3))
+        row.update(
+            tr_forward_ms=1e3 * tr_s,
+            tr_iterations=int(res.iterations),
+            tr_stopped_by_time=bool(tr_s >= tr_cap_s),
+            tr_stopping_criterion=str(res.stopping_criterion),
+            speedup=tr_s / (row["cf_forward_ms"] / 1e3),
+            objective_cf=f_cf,
+            objective_tr=f_tr,
+            objective_gap=f_tr - f_cf,
+        )
+        progress(f"  (d={d}, C={C}) forward: closed form {row['cf_forward_ms']:.2f} ms, trust-region {1e3 * tr_s:.0f} ms")
+        # Forward + backward, float32 (the training dtype) and float64.
+        for dtype in (torch.float32, torch.float64):
+            name = str(dtype).replace("torch.", "")
+            H, P = _problem(d, C, dtype, device)
+            row[f"cf_fwd_bwd_ms_{name}"] = 1e3 * _time(lambda: _fwd_bwd(H, P, "closed_form"), device, repeats)
+        H, P = _problem(d, C, torch.float64, device)
+        need = ddn.kkt_memory_bytes(d, C, 8)
+        row["kkt_need_gb"] = need / 1e9
+        if need <= kkt_cap_gb * 1e9:
+            row["kkt_fwd_bwd_ms_float64"] = 1e3 * _time(lambda: _fwd_bwd(H, P, "kkt"), device, max(1, repeats // 2))
+            g_cf, g_kkt = _fwd_bwd(H, P, "closed_form"), _fwd_bwd(H, P, "kkt")
+            row["kkt_vs_cf_rel_err"] = float((g_kkt - g_cf).norm() / g_cf.norm())
+        else:
+            row["kkt_fwd_bwd_ms_float64"] = None
+            row["kkt_vs_cf_rel_err"] = None
+        if memory:
+            row["cf_peak_mb_float32"] = _peak_memory("closed_form", d, C, torch.float32, device)
+            row["cf_peak_mb_float64"] = _peak_memory("closed_form", d, C, torch.float64, device)
+            row["kkt_peak_mb_float64"] = (
+                _peak_memory("kkt", d, C, torch.float64, device) if row["kkt_fwd_bwd_ms_float64"] is not None else None
+            )
+        rows.append(row)
+    provenance = {
+        "command": " ".join([Path(sys.executable).name, "-m", "guiding_nc.bench"] + sys.argv[1:]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "device": _device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "pymanopt": __import__("pymanopt").__version__,
+        "threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "tr_cap_s": tr_cap_s,
+        "kkt_cap_gb": kkt_cap_gb,
+        "wall_time_s": time.time() - start,
+        "notes": (
+            "forward timings in float64 (trust-region works in float64 NumPy); fwd+bwd in float32 and float64; "
+            "median over repeats after a warm-up; trust-region: one run, warm-started at the previous solution, "
+            "30 iterations max; peak memory: extra resident memory of one fwd+bwd in a fresh subprocess (CPU) "
+            "or torch.cuda.max_memory_allocated (CUDA)"
+        ),
+    }
+    return {"rows": rows, "provenance": provenance}
+
+
+def format_table(result: dict) -> str:
+    """The benchmark as a plain-text table."""
+    head = (
+        f"{'d':>5} {'C':>5} | {'CF fwd ms':>9} {'TR fwd ms':>10} {'speedup':>8} {'obj gap':>9} | "
+        f"{'CF f+b ms f32':>13} {'CF MB f32':>9} | {'CF f+b ms f64':>13} {'CF MB f64':>9} | "
+        f"{'KKT f+b ms':>10} {'KKT MB':>9} {'KKT rel err':>11}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in result["rows"]:
+        tr = f"{r['tr_forward_ms']:.0f}" + ("*" if r["tr_stopped_by_time"] else "")
+        kkt_ms = f"{r['kkt_fwd_bwd_ms_float64']:.1f}" if r["kkt_fwd_bwd_ms_float64"] is not None else "skipped"
+        if r.get("kkt_peak_mb_float64") is not None:
+            kkt_mb = f"{r['kkt_peak_mb_float64']:.1f}"
+        else:
+            kkt_mb = f"need {r['kkt_need_gb']:.1f}GB" if r["kkt_fwd_bwd_ms_float64"] is None else "-"
+        err = f"{r['kkt_vs_cf_rel_err']:.1e}" if r["kkt_vs_cf_rel_err"] is not None else "-"
+        mb32 = f"{r['cf_peak_mb_float32']:.1f}" if "cf_peak_mb_float32" in r else "-"
+        mb64 = f"{r['cf_peak_mb_float64']:.1f}" if "cf_peak_mb_float64" in r else "-"
+        lines.append(
+            f"{r['d']:>5} {r['C']:>5} | {r['cf_forward_ms']:>9.2f} {tr:>10} {r['speedup']:>7.0f}x {r['objective_gap']:>9.1e} | "
+            f"{r['cf_fwd_bwd_ms_float32']:>13.1f} {mb32:>9} | {r['cf_fwd_bwd_ms_float64']:>13.1f} {mb64:>9} | "
+            f"{kkt_ms:>10} {kkt_mb:>9} {err:>11}"
+        )
+    p = result["provenance"]
+    lines.append("")
+    lines.append("* trust-region stopped by the time cap before converging.  obj gap = f(TR) - f(closed form).")
+    lines.append(f"device: {p['device']}; torch {p['torch']}; commit {p['git_commit']}; {p['date']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "_peak":
+        print(json.dumps(_peak_child(argv[1], int(argv[2]), int(argv[3]), argv[4])))
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m guiding_nc.bench", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="which", required=True)
+    p = sub.add_parser("etf", help="nearest-ETF forward/backward: closed form vs trust-region vs dense KKT")
+    p.add_argument("--sizes", default=",".join(f"{d}x{C}" for d, C in DEFAULT_SIZES),
+                   help="comma-separated dxC list (default: %(default)s)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--tr-cap-s", type=float, default=60.0, help="time cap for one trust-region solve (s)")
+    p.add_argument("--kkt-cap-gb", type=float, default=4.0, help="skip the dense KKT gradient above this memory (GB)")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--out", default=None, help="write the table as JSON here (e.g. data/bench/etf_cpu.json)")
+    args = parser.parse_args(argv)
+    try:
+        sizes = [tuple(int(x) for x in s.lower().split("x")) for s in args.sizes.split(",")]
+        assert all(len(s) == 2 and s[0] >= s[1] >= 2 for s in sizes)
+    except (ValueError, AssertionError):
+        parser.error(f"--sizes must look like 512x10,1024x100 with d >= C >= 2, got {args.sizes!r}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda requested but CUDA is not available")
+    print(f"nearest-ETF benchmark on {_device_name(args.device)}", flush=True)
+    result = bench_etf(
+        sizes, device=args.device, repeats=args.repeats, tr_cap_s=args.tr_cap_s,
+        kkt_cap_gb=args.kkt_cap_gb, memory=not args.no_memory,
+        progress=lambda s: print(s, flush=True),
+    )
+    print()
+    print(format_table(result))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        os.replace(tmp, out)  # never leave a half-written table behind
+        print(f"\nsaved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Simplex equiangular tight frames and the Stiefel-manifold operations they need.
+
+Conventions (see the book's notation page, ``book/00_notation.md``):
+
+* ``num_classes`` is :math:`C`, ``dim`` is the feature dimension :math:`d \\ge C`.
+* Class-mean matrices ``H`` have shape ``(d, C)``: one column per class.
+* ``U`` is a point of the Stiefel manifold :math:`St(d, C) = \\{U : U^\\top U = I_C\\}`, shape ``(d, C)``.
+* ``M`` (``standard_simplex_etf``) is the unit-Frobenius standard simplex ETF
+  :math:`\\tilde M = (I_C - \\mathbf 1 \\mathbf 1^\\top / C)/\\sqrt{C-1}`, shape ``(C, C)``.
+
+The manifold helpers follow pymanopt's names (``projection``, ``retraction``,
+``euclidean_to_riemannian_gradient``, ``euclidean_to_riemannian_hessian``) so the
+book can move between the two libraries without renaming anything.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "standard_simplex_etf",
+    "simplex_etf",
+    "canonical_point",
+    "random_point",
+    "etf_classifier",
+    "projection",
+    "retraction",
+    "euclidean_to_riemannian_gradient",
+    "euclidean_to_riemannian_hessian",
+    "sym",
+    "orthonormality_error",
+]
+
+
+def _check_num_classes(num_classes: int) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    if num_classes < 2:
+        raise ValueError(f"a simplex ETF needs at least 2 classes, got num_classes={num_classes}")
+    return num_classes
+
+
+def _check_dim(dim: Optional[int], num_classes: int) -> int:
+    if dim is None:
+        return num_classes
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    if dim < num_classes:
+        raise ValueError(
+            f"a simplex ETF of C={num_classes} classes needs feature dimension d >= C, got d={dim}"
+        )
+    return dim
+
+
+def standard_simplex_etf(num_classes: int, *, dtype=None, device=None) -> Tensor:
+    """The standard simplex ETF with unit Frobenius norm.
+
+    Returns ``M = (I_C - 1 1^T / C) / sqrt(C - 1)``, shape ``(C, C)``.  ``M`` is
+    symmetric, has rank ``C - 1`` (``M @ 1 = 0``), ``||M||_F = 1`` and
+    ``M @ M = M / sqrt(C - 1)``.  Book: chapter 2, "Simplex ETFs".
+    """
+    C = _check_num_classes(num_classes)
+    eye = torch.eye(C, dtype=dtype or torch.get_default_dtype(), device=device)
+    return (eye - 1.0 / C) / math.sqrt(C - 1)
+
+
+def canonical_point(dim: int, num_classes: int, *, dtype=None, device=None) -> Tensor:
+    """The canonical Stiefel point ``[I_C; 0]``, shape ``(d, C)``.
+
+    This is the paper's "canonical direction" for the ETF and its default
+    proximal point on the first step.
+    """
+    C = _check_num_classes(num_classes)
+    d = _check_dim(dim, C)
+    return torch.eye(d, C, dtype=dtype or torch.get_default_dtype(), device=device)
+
+
+def random_point(
+    dim: int,
+    num_classes: int,
+    *,
+    generator: Optional[torch.Generator] = None,
+    dtype=None,
+    device=None,
+) -> Tensor:
+    """A Haar-distributed random point of ``St(d, C)``, shape ``(d, C)``.
+
+    QR of a Gaussian matrix with the signs of ``diag(R)`` moved into ``Q``, which
+    makes the distribution exactly Haar (Mezzadri 2006) rather than biased by
+    the QR sign convention.
+    """
+    C = _check_num_classes(num_classes)
+    d = _check_dim(dim, C)
+    dtype = dtype or torch.get_default_dtype()
+    gen_device = generator.device if generator is not None else "cpu"
+    Z = torch.randn(d, C, generator=generator, dtype=torch.float64, device=gen_device)
+    Q, R = torch.linalg.qr(Z)
+    signs = torch.sign(torch.diagonal(R))
+    signs[signs == 0] = 1.0
+    return (Q * signs).to(dtype=dtype, device=device if device is not None else gen_device)
+
+
+def simplex_etf(
+    num_classes: int,
+    dim: Optional[int] = None,
+    rotation: Union[None, str, Tensor] = None,
+    *,
+    generator: Optional[torch.Generator] = None,
+    dtype=None,
+    device=None,
+) -> Tensor:
+    """A simplex ETF ``U @ M`` with unit Frobenius norm, shape ``(d, C)`` (Eq. 1, alpha chosen so ||.||_F = 1).
+
+    Parameters
+    ----------
+    num_classes : int
+        ``C >= 2``.
+    dim : int, optional
+        Feature dimension ``d >= C``; defaults to ``C``.
+    rotation : None, "random" or Tensor of shape (d, C)
+        ``None`` uses the canonical direction ``[I_C; 0]``; ``"random"`` draws a
+        Haar-random Stiefel point (pass ``generator`` for reproducibility); a
+        tensor must be semi-orthogonal (``U^T U = I``).
+
+    The columns are the class vertices: each has norm ``1/sqrt(C)`` and every
+    pair has cosine ``-1/(C-1)`` (Eq. 17).  Book: chapter 2.
+    """
+    C = _check_num_classes(num_classes)
+    if isinstance(rotation, Tensor):
+        if rotation.ndim != 2 or rotation.shape[1] != C:
+            raise ValueError(f"rotation must have shape (d, {C}), got {tuple(rotation.shape)}")
+        if dim is not None and rotation.shape[0] != dim:
+            raise ValueError(f"rotation has {rotation.shape[0]} rows but dim={dim}")
+        d = _check_dim(rotation.shape[0], C)
+        err = orthonormality_error(rotation)
+        if err > _orthonormality_tolerance(rotation.dtype):
+            raise ValueError(f"rotation is not semi-orthogonal: max |U^T U - I| = {err:.3g}")
+        U = rotation.to(dtype=dtype or rotation.dtype, device=device or rotation.device)
+    elif rotation is None or rotation == "canonical":
+        d = _check_dim(dim, C)
+        U = canonical_point(d, C, dtype=dtype, device=device)
+    elif rotation in ("random", "haar"):
+        d = _check_dim(dim, C)
+        U = random_point(d, C, generator=generator, dtype=dtype, device=device)
+    else:
+        raise ValueError(f"rotation must be None, 'canonical', 'random' or a tensor, got {rotation!r}")
+    return U @ standard_simplex_etf(C, dtype=U.dtype, device=U.device)
+
+
+def etf_classifier(U: Tensor) -> Tensor:
+    """Classifier weights of the simplex ETF with direction ``U`` (Eq. 8).
+
+    ``W = sqrt(C/(C-1)) (I - 1 1^T / C) U^T = sqrt(C) M U^T``, shape ``(C, d)``.
+    Every row has unit norm and rows meet at cosine ``-1/(C-1)``.
+
+    Parameters
+    ----------
+    U : Tensor, shape (d, C)
+    """
+    if U.ndim != 2:
+        raise ValueError(f"U must be a (d, C) matrix, got shape {tuple(U.shape)}")
+    C = _check_num_classes(U.shape[1])
+    M = standard_simplex_etf(C, dtype=U.dtype, device=U.device)
+    return math.sqrt(C) * (M @ U.T)
+
+
+def sym(X: Tensor) -> Tensor:
+    """Symmetric part ``(X + X^T) / 2`` of the trailing two dimensions."""
+    return 0.5 * (X + X.transpose(-1, -2))
+
+
+def projection(U: Tensor, Z: Tensor) -> Tensor:
+    """Orthogonal projection of ``Z`` onto the tangent space of ``St(d, C)`` at ``U``.
+
+    ``P_U(Z) = Z - U sym(U^T Z)`` (Euclidean metric).  Shapes ``(d, C)``.
+    """
+    return Z - U @ sym(U.transpose(-1, -2) @ Z)
+
+
+def euclidean_to_riemannian_gradient(U: Tensor, egrad: Tensor) -> Tensor:
+    """Riemannian gradient of a function on ``St(d, C)`` from its Euclidean gradient.
+
+    With the metric inherited from the embedding this is the tangent projection.
+    Book: chapter 4, "Lagrange multipliers on the Stiefel manifold".
+    """
+    return projection(U, egrad)
+
+
+def euclidean_to_riemannian_hessian(U: Tensor, egrad: Tensor, ehess: Tensor, Z: Tensor) -> Tensor:
+    """Riemannian Hessian-vector product on ``St(d, C)``.
+
+    ``Hess f(U)[Z] = P_U(D^2 f(U)[Z] - Z sym(U^T grad f(U)))``, where
+    ``ehess = D^2 f(U)[Z]`` is the Euclidean Hessian applied to the tangent
+    vector ``Z``.  The ``Z sym(U^T grad f)`` term is the Lagrange-multiplier
+    correction ``I_d kron Sigma(U)`` of the paper's Eq. 49.  Book: chapter 4.
+    """
+    return projection(U, ehess - Z @ sym(U.transpose(-1, -2) @ egrad))
+
+
+def retraction(U: Tensor, Z: Tensor) -> Tensor:
+    """Polar retraction ``R_U(Z) = polar(U + Z)`` back onto ``St(d, C)``."""
+    Y, _, Vh = torch.linalg.svd(U + Z, full_matrices=False)
+    return Y @ Vh
+
+
+def orthonormality_error(U: Tensor) -> float:
+    """``max |U^T U - I|``: how far ``U`` (shape (d, C)) is from the Stiefel manifold."""
+    C = U.shape[-1]
+    gram = U.transpose(-1, -2) @ U
+    return float((gram - torch.eye(C, dtype=U.dtype, device=U.device)).abs().max())
+
+
+def _orthonormality_tolerance(dtype) -> float:
+    # Loose enough for a float32 polar factor at C = 1000, tight enough to catch a
+    # matrix that was never orthonormalised.
+    return max(1e-6, 1e4 * torch.finfo(dtype).eps)

@@ -1,0 +1,415 @@
+"""The nearest simplex ETF: an exact, differentiable solver (paper §3.2–3.6).
+
+Problem (Eq. 7)::
+
+    U* = argmin_{U in St(d, C)}  ||H - U M||_F^2 + delta/2 ||U - P||_F^2
+
+with ``H`` the centred, unit-Frobenius class-mean matrix (d, C), ``M`` the
+standard simplex ETF (C, C) and ``P`` the proximal point (d, C).
+
+Why it has a closed form (book chapter 3).  On the Stiefel manifold
+``||U M||_F^2 = tr(M^T U^T U M) = ||M||_F^2`` and ``||U||_F^2 = C`` are constant, so
+up to constants the objective is ``-2 tr(U^T H M) - delta tr(U^T P)`` (M is
+symmetric), i.e. ``-tr(U^T A)`` with ``A = 2 H M + delta P``.  Maximising
+``tr(U^T A)`` over ``St(d, C)`` is the orthogonal Procrustes problem; with the
+thin SVD ``A = Y diag(s) V^T`` von Neumann's trace inequality gives
+``tr(U^T A) <= sum(s)``, attained by the polar factor ``U* = Y V^T``.  It is the
+unique global minimiser whenever ``A`` has full column rank, which ``delta > 0``
+ensures for any ``P`` that is not adversarially placed.
+
+Why its gradient has a closed form (book chapter 5).  Stationarity on the
+manifold means ``(I - U U^T) A = 0`` and ``S = U^T A`` symmetric.  Differentiating
+both conditions and writing ``S = V diag(s) V^T`` gives, for a perturbation ``dA``,
+
+    dU = U V [(X - X^T) / (s_i + s_j)] V^T + (I - U U^T) dA V diag(1/s) V^T,
+    X = V^T U^T dA V,
+
+whose adjoint (the vector-Jacobian product for an upstream gradient ``G``) is
+
+    dL/dA = U V [(B - B^T) / (s_i + s_j)] V^T + (I - U U^T) G V diag(1/s) V^T,
+    B = V^T U^T G V,
+
+followed by ``dL/dH = 2 (dL/dA) M`` and ``dL/dP = delta dL/dA``.  Only sums of
+singular values appear, so it is finite when singular values coincide — the
+neural-collapse regime, exactly where differentiating ``torch.linalg.svd``
+returns NaN.  It costs O(d C^2) time and O(d C) memory.  The paper's dense
+implicit-function (KKT) formula is kept as a reference in
+:mod:`guiding_nc.ddn`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .etf import (
+    _check_num_classes,
+    _orthonormality_tolerance,
+    canonical_point,
+    orthonormality_error,
+    standard_simplex_etf,
+    sym,
+)
+
+__all__ = [
+    "nearest_etf",
+    "nearest_etf_objective",
+    "polar_factor",
+    "polar_vjp",
+    "NearestETF",
+    "METHODS",
+    "BACKWARDS",
+]
+
+METHODS = ("closed_form", "trust_region")
+BACKWARDS = ("closed_form", "kkt", "none")
+
+
+# --------------------------------------------------------------------------- checks
+def _validate(H: Tensor, prox: Optional[Tensor], delta: float, method: str, backward: str) -> None:
+    if not isinstance(H, Tensor):
+        raise TypeError(f"H must be a torch.Tensor, got {type(H).__name__}")
+    if H.ndim != 2:
+        raise ValueError(f"H must be a (d, C) matrix of class means, got shape {tuple(H.shape)}")
+    d, C = H.shape
+    if C < 2:
+        raise ValueError(f"the nearest simplex ETF needs at least 2 classes, got C={C}")
+    if C > d:
+        raise ValueError(
+            f"the nearest simplex ETF needs feature dimension d >= number of classes C, got d={d}, C={C}"
+        )
+    if not H.is_floating_point():
+        raise TypeError(f"H must be a floating-point tensor, got dtype {H.dtype}")
+    if not bool(torch.isfinite(H).all()):
+        raise ValueError("H contains non-finite entries (NaN or Inf)")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if backward not in BACKWARDS:
+        raise ValueError(f"unknown backward {backward!r}; choose one of {BACKWARDS}")
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not math.isfinite(delta) or delta < 0:
+        raise ValueError(f"delta must be a finite number >= 0, got {delta!r}")
+    if prox is not None:
+        if not isinstance(prox, Tensor):
+            raise TypeError(f"prox must be a torch.Tensor or None, got {type(prox).__name__}")
+        if prox.shape != H.shape:
+            raise ValueError(f"prox has shape {tuple(prox.shape)} but H has shape {tuple(H.shape)}; they must match")
+        if prox.device != H.device:
+            raise ValueError(f"prox is on {prox.device} but H is on {H.device}")
+        if not bool(torch.isfinite(prox).all()):
+            raise ValueError("prox contains non-finite entries (NaN or Inf)")
+        err = orthonormality_error(prox.detach())
+        tol = _orthonormality_tolerance(prox.dtype)
+        if err > tol:
+            raise ValueError(
+                f"prox must be a point of the Stiefel manifold (prox^T prox = I); max |prox^T prox - I| = {err:.3g} > {tol:.1g}"
+            )
+
+
+# --------------------------------------------------------------------- objective
+def nearest_etf_objective(U: Tensor, H: Tensor, prox: Optional[Tensor] = None, delta: float = 0.0) -> Tensor:
+    """Eq. 7: ``||H - U M||_F^2 + delta/2 ||U - prox||_F^2`` (a scalar tensor).
+
+    Parameters
+    ----------
+    U, H, prox : Tensor, shape (d, C)
+    """
+    M = standard_simplex_etf(H.shape[1], dtype=H.dtype, device=H.device)
+    value = ((H - U @ M) ** 2).sum()
+    if prox is not None and delta:
+        value = value + 0.5 * delta * ((U - prox) ** 2).sum()
+    return value
+
+
+# ------------------------------------------------------------------- polar factor
+def polar_factor(A: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Polar factor of a (d, C) matrix via one thin SVD.
+
+    Returns ``(U, s, V)`` with ``U = Y V^T`` (the Stiefel point maximising
+    ``tr(U^T A)``), ``s`` the singular values (C,) and ``V`` (C, C) the right
+    singular vectors, so that ``U^T A = V diag(s) V^T``.
+    """
+    Y, s, Vh = torch.linalg.svd(A, full_matrices=False)
+    return Y @ Vh, s, Vh.transpose(-1, -2)
+
+
+def polar_vjp(U: Tensor, s: Tensor, V: Tensor, grad_U: Tensor) -> Tensor:
+    """Adjoint of ``A -> polar(A)`` at ``U = polar(A)`` applied to ``grad_U``.
+
+    Valid at any stationary point of ``tr(U^T A)`` on ``St(d, C)``, where
+    ``U^T A = V diag(s) V^T``; needs ``s_i + s_j != 0`` and ``s > 0``.
+
+    Parameters
+    ----------
+    U : Tensor, shape (d, C)
+    s : Tensor, shape (C,)
+    V : Tensor, shape (C, C)
+    grad_U : Tensor, shape (d, C)
+
+    Returns
+    -------
+    grad_A : Tensor, shape (d, C)
+
+    Book: chapter 5, "The closed-form adjoint".
+    """
+    UtG = U.transpose(-1, -2) @ grad_U
+    B = V.transpose(-1, -2) @ UtG @ V
+    denom = s.unsqueeze(-1) + s.unsqueeze(-2)
+    skew = (B - B.transpose(-1, -2)) / denom
+    tangential = (U @ V) @ skew @ V.transpose(-1, -2)
+    # (I - U U^T) G S^{-1}, without ever forming a d x d matrix.
+    GVs = (grad_U @ V) / s
+    normal = GVs @ V.transpose(-1, -2) - U @ ((UtG @ V) / s) @ V.transpose(-1, -2)
+    return tangential + normal
+
+
+def _canonical_limit(HM: Tensor, E: Tensor) -> Tensor:
+    """Solution of the delta = 0 problem picked as the delta -> 0 limit with prox ``E``.
+
+    ``HM`` is ``H M`` (d, C) and ``E`` the preferred Stiefel point (d, C).  The
+    minimisers of Eq. 6 are the maximisers of ``tr(U^T HM)``; ``HM`` has rank
+    ``r <= C - 1`` so ``U`` is fixed on the row space of ``HM`` (``Y_r V_r^T``)
+    and free on its null space ``N``.  As ``delta -> 0`` the proximal solution
+    ``polar(2 HM + delta E)`` converges to the minimiser whose free part is the
+    polar factor of ``E N`` projected away from ``Y_r``: the family member
+    closest to ``E``.  Book: chapter 3, "A family of solutions".
+    """
+    d, C = HM.shape
+    Y, s, Vh = torch.linalg.svd(HM, full_matrices=False)
+    V = Vh.transpose(-1, -2)
+    eps = torch.finfo(HM.dtype).eps
+    tol = max(d, C) * eps * (float(s[0]) if s.numel() else 0.0)
+    r = int((s > tol).sum())
+    U = Y[:, :r] @ V[:, :r].transpose(-1, -2)
+    if r == C:
+        return U
+    N = V[:, r:]  # (C, C - r) null-space basis
+    Yr = Y[:, :r]
+    B = E @ N
+    B = B - Yr @ (Yr.transpose(-1, -2) @ B)
+    Yb, sb, Vbh = torch.linalg.svd(B, full_matrices=False)
+    rb = int((sb > max(d, C) * eps * max(1.0, float(sb[0]))).sum())
+    if rb < B.shape[1]:
+        # E N meets the fixed part: complete the frame deterministically with
+        # the standard basis, orthogonalised against everything fixed so far.
+        Q = Yb[:, :rb] @ Vbh[:rb]  # partial polar factor on the usable directions
+        fixed = torch.cat([Yr, Yb[:, :rb]], dim=1)
+        extra = []
+        for k in range(d):
+            if len(extra) == B.shape[1] - rb:
+                break
+            e = torch.zeros(d, dtype=HM.dtype, device=HM.device)
+            e[k] = 1.0
+            basis = torch.cat([fixed] + [x.unsqueeze(1) for x in extra], dim=1)
+            e = e - basis @ (basis.transpose(-1, -2) @ e)
+            e = e - basis @ (basis.transpose(-1, -2) @ e)
+            n = torch.linalg.vector_norm(e)
+            if n > 1e-3:
+                extra.append(e / n)
+        Z = torch.stack(extra, dim=1)
+        Qn = Q + Z @ Vbh[rb:]
+        return U + Qn @ N.transpose(-1, -2)
+    return U + (Yb @ Vbh) @ N.transpose(-1, -2)
+
+
+# --------------------------------------------------------------- autograd function
+class _NearestETFFunction(torch.autograd.Function):
+    """``(H, prox) -> U*`` with a custom backward; ``U*`` is computed outside."""
+
+    @staticmethod
+    def forward(ctx, H, prox, U, s, V, delta, backward):
+        ctx.delta = delta
+        ctx.backward_mode = backward
+        ctx.save_for_backward(H, prox, U, s, V)
+        return U.clone()
+
+    @staticmethod
+    def backward(ctx, grad_U):
+        H, prox, U, s, V = ctx.saved_tensors
+        delta = ctx.delta
+        if ctx.backward_mode == "kkt":
+            from .ddn import kkt_vjp
+
+            grad_H, grad_P = kkt_vjp(H, U, prox, delta, grad_U)
+        else:
+            grad_A = polar_vjp(U, s, V, grad_U)
+            M = standard_simplex_etf(H.shape[1], dtype=H.dtype, device=H.device)
+            grad_H = 2.0 * grad_A @ M
+            grad_P = delta * grad_A
+        return (
+            grad_H if ctx.needs_input_grad[0] else None,
+            grad_P if ctx.needs_input_grad[1] else None,
+            None, None, None, None, None,
+        )
+
+
+def _spectrum_at(U: Tensor, A: Tensor) -> Tuple[Tensor, Tensor]:
+    # S = sym(U^T A) is diagonalised by the right singular vectors at the optimum;
+    # used when U comes from an iterative solver rather than our own SVD.
+    S = sym(U.transpose(-1, -2) @ A)
+    s, V = torch.linalg.eigh(S)
+    return s, V
+
+
+def nearest_etf(
+    H: Tensor,
+    prox: Optional[Tensor] = None,
+    delta: float = 1e-3,
+    method: str = "closed_form",
+    backward: str = "closed_form",
+    *,
+    max_iterations: int = 30,
+    return_prox: bool = False,
+):
+    """The nearest simplex ETF direction ``U*`` to the class means ``H`` (Eq. 7).
+
+    Parameters
+    ----------
+    H : Tensor, shape (d, C)
+        Centred class means, one column per class (the paper scales them to unit
+        Frobenius norm; the solver does not require it).  Any device; float32 or
+        float64.  Gradients flow to ``H`` (and to ``prox`` if it requires grad).
+    prox : Tensor, shape (d, C), optional
+        Proximal point on ``St(d, C)``.  ``None`` runs the paper's first-step
+        scheme: solve the ``delta = 0`` problem (Eq. 6) from the canonical
+        direction ``[I_C; 0]``, then solve Eq. 7 with that solution as both start
+        and proximal point.  For the closed form, the ``delta = 0`` problem has a
+        family of minimisers; the one returned is the ``delta -> 0`` limit of the
+        proximal solution with the canonical direction as proximal point.
+    delta : float
+        Proximal coefficient (paper: 1e-3).  ``delta = 0`` with an explicit
+        ``prox`` solves Eq. 6; it is not differentiable (the minimiser is not
+        unique), so it needs ``backward="none"`` when ``H`` requires grad.
+    method : {"closed_form", "trust_region"}
+        ``closed_form``: the polar factor of ``A = 2 H M + delta prox`` (one thin
+        SVD; the global minimiser).  ``trust_region``: pymanopt's Riemannian
+        trust-region on ``Stiefel(d, C)`` with the autograd backend, warm-started
+        at ``prox`` and capped at ``max_iterations`` (the paper's solver).
+    backward : {"closed_form", "kkt", "none"}
+        ``closed_form``: the polar-factor adjoint, O(d C^2).  ``kkt``: the paper's
+        dense implicit-function formula (Prop. 1 with Eq. 49), memory ~ (dC)^2;
+        small problems only.  ``none``: no gradient through the solve.
+    return_prox : bool
+        Also return the proximal point actually used (useful with ``prox=None``).
+
+    Returns
+    -------
+    U : Tensor, shape (d, C), with ``U^T U = I``.
+
+    Book: chapter 3 (the solution) and chapter 5 (its gradient).
+    """
+    _validate(H, prox, delta, method, backward)
+    d, C = H.shape
+    needs_grad = torch.is_grad_enabled() and (H.requires_grad or (prox is not None and prox.requires_grad))
+    M = standard_simplex_etf(C, dtype=H.dtype, device=H.device)
+
+    if prox is None:
+        with torch.no_grad():
+            E = canonical_point(d, C, dtype=H.dtype, device=H.device)
+            if method == "closed_form":
+                prox = _canonical_limit(H.detach() @ M, E)
+            else:
+                from .trust_region import trust_region_solve
+
+                prox = trust_region_solve(H.detach(), E, 0.0, initial=E, max_iterations=max_iterations)
+    if delta == 0 and needs_grad and backward != "none":
+        raise ValueError(
+            "delta = 0 has a whole family of minimisers, so U* is not differentiable in H; "
+            "use delta > 0 or backward='none'"
+        )
+
+    with torch.no_grad():
+        Hd, Pd = H.detach(), prox.detach()
+        if method == "closed_form":
+            if delta == 0:
+                U = _canonical_limit(Hd @ M, Pd)
+                s = V = None
+            else:
+                A = 2.0 * Hd @ M + delta * Pd
+                U, s, V = polar_factor(A)
+        else:
+            from .trust_region import trust_region_solve
+
+            U = trust_region_solve(Hd, Pd, delta, initial=Pd, max_iterations=max_iterations)
+            s = V = None
+            if needs_grad and backward == "closed_form":
+                s, V = _spectrum_at(U, 2.0 * Hd @ M + delta * Pd)
+
+    if needs_grad and backward != "none":
+        if s is None:
+            s = torch.empty(0, dtype=H.dtype, device=H.device)
+            V = torch.empty(0, dtype=H.dtype, device=H.device)
+        out = _NearestETFFunction.apply(H, prox, U, s, V, float(delta), backward)
+    else:
+        out = U
+    return (out, prox) if return_prox else out
+
+
+# ------------------------------------------------------------------------ module
+class NearestETF(nn.Module):
+    """Stateful nearest-ETF layer: ``H -> U*`` with the proximal point carried across steps.
+
+    The first call (or the first after :meth:`reset`) uses the paper's
+    two-stage initialisation (``prox=None`` in :func:`nearest_etf`); every later
+    call uses the previous solution as both warm start and proximal point.  The
+    state is a buffer, so it is saved by ``state_dict`` and moves with ``.to()``.
+
+    Parameters
+    ----------
+    dim, num_classes : int
+        ``d >= C >= 2``.
+    delta : float
+        Proximal coefficient (paper: 1e-3).
+    method, backward : str
+        As in :func:`nearest_etf`.
+
+    Shapes: ``forward(H: (d, C)) -> U: (d, C)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_classes: int,
+        delta: float = 1e-3,
+        method: str = "closed_form",
+        backward: str = "closed_form",
+        max_iterations: int = 30,
+    ):
+        super().__init__()
+        C = _check_num_classes(num_classes)
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < C:
+            raise ValueError(f"NearestETF needs an int feature dimension dim >= num_classes={C}, got {dim!r}")
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        if backward not in BACKWARDS:
+            raise ValueError(f"unknown backward {backward!r}; choose one of {BACKWARDS}")
+        if not math.isfinite(delta) or delta <= 0:
+            raise ValueError(f"NearestETF needs delta > 0 (the proximal term makes U* unique), got {delta!r}")
+        self.dim, self.num_classes = dim, C
+        self.delta, self.method, self.backward, self.max_iterations = float(delta), method, backward, max_iterations
+        self.register_buffer("prox", torch.zeros(dim, C))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def reset(self) -> None:
+        """Forget the proximal state; the next call re-initialises from the canonical direction."""
+        self.prox.zero_()
+        self.initialized.fill_(False)
+
+    def forward(self, H: Tensor) -> Tensor:
+        if H.ndim != 2 or H.shape != (self.dim, self.num_classes):
+            raise ValueError(
+                f"NearestETF expects class means of shape ({self.dim}, {self.num_classes}), got {tuple(H.shape)}"
+            )
+        prox = self.prox.to(dtype=H.dtype) if bool(self.initialized) else None
+        U = nearest_etf(H, prox, self.delta, self.method, self.backward, max_iterations=self.max_iterations)
+        # Re-assigning (not copy_) keeps the proximal point in the caller's dtype.
+        self.prox = U.detach().clone()
+        self.initialized.fill_(True)
+        return U
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, num_classes={self.num_classes}, delta={self.delta}, "
+            f"method={self.method!r}, backward={self.backward!r}"
+        )

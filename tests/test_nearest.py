@@ -1,0 +1,347 @@
+"""The nearest simplex ETF: optimality, gradients, robustness and bad input (guiding_nc.nearest)."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import guiding_nc as gnc
+from guiding_nc.ddn import kkt_jacobian
+from guiding_nc.nearest import _canonical_limit
+
+F64 = torch.float64
+
+
+def class_means(d, C, seed, dtype=F64):
+    """A centred, unit-Frobenius (d, C) class-mean matrix (Eq. 5)."""
+    g = torch.Generator().manual_seed(seed)
+    H = torch.randn(d, C, generator=g, dtype=F64)
+    H = H - H.mean(1, keepdim=True)
+    return (H / H.norm()).to(dtype)
+
+
+def riemannian_descent(H, prox, delta, U0, steps=600, lr=0.2):
+    """Plain Riemannian gradient descent with the polar retraction: an independent solver."""
+    U = U0.clone()
+    for _ in range(steps):
+        Ur = U.clone().requires_grad_()
+        gnc.nearest_etf_objective(Ur, H, prox, delta).backward()
+        U = gnc.retraction(U, -lr * gnc.euclidean_to_riemannian_gradient(U, Ur.grad))
+    return U
+
+
+# ------------------------------------------------------------------ the solution
+@settings(max_examples=15, deadline=None)
+@given(C=st.integers(2, 8), extra=st.integers(0, 6), seed=st.integers(0, 10_000), delta=st.sampled_from([1e-3, 1e-1, 1.0]))
+def test_solution_is_orthonormal_and_stationary(C, extra, seed, delta):
+    d = C + extra
+    H = class_means(d, C, seed)
+    prox = gnc.random_point(d, C, generator=torch.Generator().manual_seed(seed + 1), dtype=F64)
+    U = gnc.nearest_etf(H, prox, delta)
+    assert gnc.orthonormality_error(U) < 1e-12
+    Ur = U.clone().requires_grad_()
+    gnc.nearest_etf_objective(Ur, H, prox, delta).backward()
+    rgrad = gnc.euclidean_to_riemannian_gradient(U, Ur.grad)
+    assert float(rgrad.norm()) < 1e-12
+
+
+@settings(max_examples=10, deadline=None)
+@given(C=st.integers(2, 6), extra=st.integers(0, 5), seed=st.integers(0, 10_000))
+def test_rotation_equivariance(C, extra, seed):
+    d = C + extra
+    H = class_means(d, C, seed)
+    g = torch.Generator().manual_seed(seed + 7)
+    P = gnc.random_point(d, C, generator=g, dtype=F64)
+    R = gnc.random_point(d, d, generator=g, dtype=F64)  # a random d x d orthogonal matrix
+    left = gnc.nearest_etf(R @ H, R @ P, 1e-3)
+    right = R @ gnc.nearest_etf(H, P, 1e-3)
+    assert torch.allclose(left, right, atol=1e-10)
+
+
+def test_closed_form_is_global_minimum():
+    """Never beaten by the paper's trust-region solver nor by random-restart Riemannian descent."""
+    d, C, delta = 9, 4, 1e-3
+    for seed in range(3):
+        H = class_means(d, C, seed)
+        g = torch.Generator().manual_seed(100 + seed)
+        P = gnc.random_point(d, C, generator=g, dtype=F64)
+        best = float(gnc.nearest_etf_objective(gnc.nearest_etf(H, P, delta), H, P, delta))
+        tr = gnc.nearest_etf(H, P, delta, method="trust_region")
+        assert best <= float(gnc.nearest_etf_objective(tr, H, P, delta)) + 1e-12
+        for _ in range(4):
+            U0 = gnc.random_point(d, C, generator=g, dtype=F64)
+            U = riemannian_descent(H, P, delta, U0)
+            assert best <= float(gnc.nearest_etf_objective(U, H, P, delta)) + 1e-12
+
+
+def test_trust_region_matches_closed_form():
+    d, C, delta = 20, 6, 1e-3
+    H = class_means(d, C, 11)
+    P = gnc.nearest_etf(H, None, delta)  # a realistic proximal point: the previous solution
+    H2 = class_means(d, C, 12) * 0.3 + H * 0.7
+    H2 = H2 / H2.norm()
+    tr = gnc.nearest_etf(H2, P, delta, method="trust_region")
+    cf = gnc.nearest_etf(H2, P, delta)
+    assert abs(float(gnc.nearest_etf_objective(tr, H2, P, delta) - gnc.nearest_etf_objective(cf, H2, P, delta))) < 1e-9
+    assert torch.allclose(tr, cf, atol=1e-6)
+
+
+def test_large_delta_tends_to_prox():
+    d, C = 10, 4
+    H = class_means(d, C, 2)
+    P = gnc.random_point(d, C, generator=torch.Generator().manual_seed(2), dtype=F64)
+    dists = [float((gnc.nearest_etf(H, P, delta) - P).norm()) for delta in (1e-2, 1.0, 1e2, 1e4)]
+    assert all(a > b for a, b in zip(dists, dists[1:]))
+    assert dists[-1] < 1e-3
+
+
+def test_prox_none_is_the_papers_two_stage_scheme():
+    d, C = 12, 5
+    H = class_means(d, C, 3)
+    U, P = gnc.nearest_etf(H, None, 1e-3, return_prox=True)
+    M = gnc.standard_simplex_etf(C, dtype=F64)
+    # The first stage solves Eq. 6 (delta = 0): P attains the delta = 0 optimum ...
+    E = gnc.canonical_point(d, C, dtype=F64)
+    U_eps, _, _ = gnc.polar_factor(2 * H @ M + 1e-8 * E)
+    assert abs(float(gnc.nearest_etf_objective(P, H) - gnc.nearest_etf_objective(U_eps, H))) < 1e-10
+    # ... and is the delta -> 0 limit of the proximal solution towards the canonical direction.
+    assert torch.allclose(P, U_eps, atol=1e-6)
+    # The second stage starts from and is pulled towards P.
+    assert torch.allclose(U, gnc.nearest_etf(H, P, 1e-3), atol=1e-14)
+
+
+def test_delta_zero_has_a_family_of_minimisers():
+    """M has rank C - 1: rotating U's component along M's null space leaves Eq. 6 unchanged."""
+    d, C = 8, 3
+    H = class_means(d, C, 4)
+    P = gnc.canonical_point(d, C, dtype=F64)
+    U = gnc.nearest_etf(H, P, 0.0)
+    ones = torch.ones(C, 1, dtype=F64) / math.sqrt(C)
+    q = U @ ones  # the image of the null direction
+    other = torch.linalg.qr(torch.cat([U, torch.randn(d, 1, dtype=F64)], 1))[0][:, -1:]
+    for theta in (0.3, 1.0, 2.5):
+        q2 = math.cos(theta) * q + math.sin(theta) * other
+        U2 = U + (q2 - q) @ ones.T
+        assert gnc.orthonormality_error(U2) < 1e-12
+        assert abs(float(gnc.nearest_etf_objective(U2, H) - gnc.nearest_etf_objective(U, H))) < 1e-13
+        assert float((U2 - U).norm()) > 0.1
+
+
+def test_canonical_limit_handles_rank_deficient_means():
+    d, C = 7, 4
+    H = class_means(d, C, 5)
+    H[:, 1] = H[:, 0]  # two identical class means
+    H = H - H.mean(1, keepdim=True)
+    M = gnc.standard_simplex_etf(C, dtype=F64)
+    E = gnc.canonical_point(d, C, dtype=F64)
+    P = _canonical_limit(H @ M, E)
+    assert gnc.orthonormality_error(P) < 1e-12
+    U_eps, _, _ = gnc.polar_factor(2 * H @ M + 1e-8 * E)
+    assert abs(float(gnc.nearest_etf_objective(P, H) - gnc.nearest_etf_objective(U_eps, H))) < 1e-10
+    # A fully degenerate input (zero means) still gives a point of the manifold.
+    assert gnc.orthonormality_error(_canonical_limit(torch.zeros(d, C, dtype=F64), E)) < 1e-12
+
+
+# ------------------------------------------------------------------ the gradient
+@pytest.mark.parametrize("backward", ["closed_form", "kkt"])
+def test_gradcheck_float64(backward):
+    d, C = 7, 4
+    H = class_means(d, C, 6).requires_grad_()
+    P = gnc.nearest_etf(H.detach(), None)
+    assert torch.autograd.gradcheck(lambda h: gnc.nearest_etf(h, P, 1e-3, backward=backward), (H,))
+    # Gradient w.r.t. the proximal point too (small eps keeps the perturbed prox on the manifold's tolerance).
+    Pr = P.clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda h, p: gnc.nearest_etf(h, p, 1e-3, backward=backward), (H, Pr), eps=2e-7, atol=1e-5
+    )
+
+
+def central_difference_grad(fn, H, eps=1e-6):
+    grad = torch.zeros_like(H)
+    for idx in range(H.numel()):
+        e = torch.zeros_like(H).view(-1)
+        e[idx] = eps
+        e = e.view_as(H)
+        grad.view(-1)[idx] = (fn(H + e) - fn(H - e)) / (2 * eps)
+    return grad
+
+
+def test_three_gradients_agree():
+    """Closed-form adjoint, dense KKT (Prop. 1) and central finite differences."""
+    d, C, delta = 8, 5, 1e-2
+    H = class_means(d, C, 7)
+    P = gnc.nearest_etf(H, None, delta)
+    H = H + 0.05 * class_means(d, C, 8)
+    G = torch.randn(d, C, generator=torch.Generator().manual_seed(9), dtype=F64)
+
+    def loss(h, backward="closed_form"):
+        return (gnc.nearest_etf(h, P, delta, backward=backward) * G).sum()
+
+    grads = {}
+    for backward in ("closed_form", "kkt"):
+        h = H.clone().requires_grad_()
+        loss(h, backward).backward()
+        grads[backward] = h.grad
+    with torch.no_grad():
+        grads["fd"] = central_difference_grad(loss, H)
+    U = gnc.nearest_etf(H, P, delta)
+    grads["jacobian"] = (G.reshape(1, -1) @ kkt_jacobian(H, U, P, delta)).reshape(d, C)
+    ref = grads["closed_form"]
+    for name, g in grads.items():
+        rel = float((g - ref).norm() / ref.norm())
+        assert rel < 1e-6, (name, rel)
+
+
+def test_full_jacobian_matches_autograd_jacobian():
+    d, C = 6, 3
+    H = class_means(d, C, 10)
+    P = gnc.nearest_etf(H, None)
+    U = gnc.nearest_etf(H, P, 1e-3)
+    J = torch.autograd.functional.jacobian(lambda h: gnc.nearest_etf(h, P, 1e-3), H).reshape(d * C, d * C)
+    assert torch.allclose(J, kkt_jacobian(H, U, P, 1e-3), atol=1e-9)
+
+
+def test_trust_region_solution_uses_same_gradient():
+    d, C = 7, 3
+    H = class_means(d, C, 12)
+    P = gnc.nearest_etf(H, None)
+    grads = []
+    for method in ("closed_form", "trust_region"):
+        h = H.clone().requires_grad_()
+        gnc.nearest_etf(h, P, 1e-3, method=method).sum().backward()
+        grads.append(h.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["exact_etf", "identical_means", "rank_deficient"])
+def test_near_collapse_inputs_give_finite_outputs_and_gradients(dtype, case):
+    d, C = 12, 5
+    g = torch.Generator().manual_seed(13)
+    if case == "exact_etf":
+        H = gnc.simplex_etf(C, d, "random", generator=g, dtype=F64)
+    elif case == "identical_means":
+        H = class_means(d, C, 13)
+        H[:, 3] = H[:, 2]
+        H = H - H.mean(1, keepdim=True)
+        H = H / H.norm()
+    else:  # all class means in a 2-D subspace
+        H = torch.randn(d, 2, generator=g, dtype=F64) @ torch.randn(2, C, generator=g, dtype=F64)
+        H = H - H.mean(1, keepdim=True)
+        H = H / H.norm()
+    H = H.to(dtype).requires_grad_()
+    U = gnc.nearest_etf(H)
+    assert torch.isfinite(U).all()
+    assert gnc.orthonormality_error(U.detach()) < (1e-5 if dtype == torch.float32 else 1e-12)
+    (U * torch.randn(d, C, generator=g, dtype=F64).to(dtype)).sum().backward()
+    assert torch.isfinite(H.grad).all()
+    if case == "exact_etf":
+        # Collapsed means are their own nearest ETF.
+        M = gnc.standard_simplex_etf(C, dtype=dtype)
+        assert torch.allclose(U.detach() @ M, H.detach(), atol=1e-6 if dtype == torch.float32 else 1e-12)
+
+
+def test_autograd_through_svd_fails_at_collapse_but_ours_does_not():
+    """Why the custom backward exists: repeated singular values make SVD's own gradient NaN."""
+    d, C = 10, 4
+    H = gnc.simplex_etf(C, d, "random", generator=torch.Generator().manual_seed(0), dtype=F64).requires_grad_()
+    P = gnc.nearest_etf(H.detach(), None)
+    M = gnc.standard_simplex_etf(C, dtype=F64)
+    Y, s, Vh = torch.linalg.svd(2 * H @ M + 1e-3 * P, full_matrices=False)
+    assert float((s[0] - s[C - 2]).detach()) < 1e-12  # C - 1 equal singular values
+    (Y @ Vh).sum().backward()
+    assert not torch.isfinite(H.grad).all()
+    H.grad = None
+    gnc.nearest_etf(H, P).sum().backward()
+    assert torch.isfinite(H.grad).all()
+
+
+def test_backward_none_and_dtype_device_preserved():
+    d, C = 6, 3
+    H = class_means(d, C, 14, dtype=torch.float32).requires_grad_()
+    U = gnc.nearest_etf(H, backward="none")
+    assert not U.requires_grad and U.dtype == torch.float32 and U.device == H.device
+    U = gnc.nearest_etf(H)
+    assert U.requires_grad and U.dtype == torch.float32
+
+
+def test_delta_zero_refuses_to_differentiate():
+    H = class_means(6, 3, 15).requires_grad_()
+    P = gnc.canonical_point(6, 3, dtype=F64)
+    with pytest.raises(ValueError, match="not differentiable"):
+        gnc.nearest_etf(H, P, 0.0)
+    assert gnc.orthonormality_error(gnc.nearest_etf(H, P, 0.0, backward="none")) < 1e-12
+
+
+# -------------------------------------------------------------------- the module
+def test_module_carries_the_proximal_state():
+    d, C = 9, 4
+    layer = gnc.NearestETF(d, C, delta=1e-3).double()
+    H1, H2 = class_means(d, C, 16), class_means(d, C, 17)
+    U1 = layer(H1)
+    assert torch.allclose(U1, gnc.nearest_etf(H1, None, 1e-3))
+    assert bool(layer.initialized)
+    U2 = layer(H2)
+    assert torch.allclose(U2, gnc.nearest_etf(H2, U1, 1e-3))
+    state = layer.state_dict()
+    clone = gnc.NearestETF(d, C, delta=1e-3).double()
+    clone.load_state_dict(state)
+    assert torch.allclose(clone(H1), layer(H1))
+    layer.reset()
+    assert not bool(layer.initialized)
+    assert torch.allclose(layer(H1), U1)
+
+
+def test_module_gradient_flows_and_rejects_bad_shapes():
+    layer = gnc.NearestETF(8, 3)
+    H = class_means(8, 3, 18, dtype=torch.float32).requires_grad_()
+    layer(H).sum().backward()
+    assert H.grad is not None and torch.isfinite(H.grad).all()
+    with pytest.raises(ValueError, match=r"shape \(8, 3\)"):
+        layer(torch.zeros(8, 4))
+    with pytest.raises(ValueError, match="delta > 0"):
+        gnc.NearestETF(8, 3, delta=0.0)
+    with pytest.raises(ValueError, match="dim >= num_classes"):
+        gnc.NearestETF(2, 3)
+
+
+# ------------------------------------------------------------------- bad input
+def _good():
+    H = class_means(6, 3, 19)
+    return H, gnc.canonical_point(6, 3, dtype=F64)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda H, P: (H[:, :1], None), "at least 2 classes"),
+        (lambda H, P: (H.T, None), "d >= number of classes"),
+        (lambda H, P: (H, P[:5]), "must match"),
+        (lambda H, P: (H.clone().index_put_((torch.tensor([0]), torch.tensor([0])), torch.tensor(float("nan"), dtype=F64)), None), "non-finite"),
+        (lambda H, P: (H, 2 * P), "Stiefel manifold"),
+        (lambda H, P: (H, P + 1e-3), "Stiefel manifold"),
+        (lambda H, P: (H.unsqueeze(0), None), r"\(d, C\) matrix"),
+        (lambda H, P: (H.long(), None), "floating-point"),
+        (lambda H, P: (H.numpy(), None), "torch.Tensor"),
+    ],
+)
+def test_bad_input_is_named(make, message):
+    H, P = make(*_good())
+    with pytest.raises((ValueError, TypeError), match=message):
+        gnc.nearest_etf(H, P)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"delta": -1.0}, "delta must be"),
+        ({"delta": float("inf")}, "delta must be"),
+        ({"method": "newton"}, "unknown method"),
+        ({"backward": "magic"}, "unknown backward"),
+    ],
+)
+def test_bad_options_are_named(kwargs, message):
+    H, P = _good()
+    with pytest.raises(ValueError, match=message):
+        gnc.nearest_etf(H, P, **kwargs)
