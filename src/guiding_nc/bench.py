@@ -89,8 +89,14 @@ def _peak_child(kind: str, d: int, C: int, dtype_name: str) -> dict:
     dtype = getattr(torch, dtype_name)
     H, P = _problem(d, C, dtype, "cpu")
     _fwd_bwd(*_problem(8, 4, dtype, "cpu"), kind)  # load kernels and libraries on a tiny case
-    # Reset the high-water mark: it is otherwise inherited from the parent across fork/exec
-    # and from the set-up above.
+    # Give freed heap back to the OS so that new allocations show up as new resident pages,
+    # then reset the high-water mark (otherwise inherited across fork/exec and from the set-up).
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     base = _status_bytes("VmRSS")
@@ -110,9 +116,12 @@ def _peak_memory(kind: str, d: int, C: int, dtype, device) -> float:
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     dtype_name = str(dtype).replace("torch.", "")
+    # A fixed mmap threshold makes glibc return large freed blocks at once, so the child's
+    # peak resident size counts every large tensor it allocates.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
     out = subprocess.run(
         [sys.executable, "-m", "guiding_nc.bench", "_peak", kind, str(d), str(C), dtype_name],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env=env,
     )
     res = json.loads(out.stdout.strip().splitlines()[-1])
     return res["extra_peak_bytes"] / 2**20

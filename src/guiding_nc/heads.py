@@ -1,0 +1,453 @@
+"""Classifier heads for the three (five) training methods of the paper (§3.4-3.5, §4).
+
+Every head maps backbone features ``(B, d)`` to logits ``(B, C)``::
+
+    logits = head(features, labels)          # labels only needed by the implicit head in training
+
+and exposes the classifier it currently uses as ``head.weight`` ``(C, d)`` and
+``head.bias`` ``(C,)`` or ``None`` (detached views, for the metrics), plus
+``head.transform(features)``: the features the classifier actually sees (projected
+onto the unit sphere for every method except ``standard-no-norm``).
+
+Methods (``build_head(method, ...)``):
+
+``standard``          learned ``W`` (C, d); rows re-projected to unit norm after every
+                      optimiser step (:meth:`LinearHead.renormalize_`); normalised
+                      features; ``logits = tau (W h + b)``.
+``standard-no-norm``  learned ``W`` without weight *or* feature normalisation and
+                      without temperature: ``logits = W h + b`` (paper Fig. 17).
+``fixed``             ``W = etf_classifier([I_C; 0])``, the canonical simplex ETF.
+``fixed-random``      ``W = etf_classifier(U)`` with a Haar-random ``U`` (seeded).
+``implicit``          ``W = etf_classifier(U*)`` with ``U*`` the nearest simplex ETF to the
+                      EMA of the centred, normalised class means (Eq. 7-9), recomputed
+                      every training step; ``b = -W h_G``; logits ``tau W (h - h_G)``.
+
+The implicit head's class-mean bookkeeping lives in :class:`ClassMeanEMA`; its
+rules for classes missing from a batch are documented there.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .etf import canonical_point, etf_classifier, random_point
+from .nearest import BACKWARDS, METHODS, NearestETF
+
+__all__ = [
+    "METHOD_NAMES",
+    "normalize_features",
+    "ema_alpha",
+    "ClassMeanEMA",
+    "LinearHead",
+    "FixedETFHead",
+    "ImplicitETFHead",
+    "build_head",
+]
+
+METHOD_NAMES = ("standard", "standard-no-norm", "fixed", "fixed-random", "implicit")
+
+
+def normalize_features(features: Tensor, eps: float = 1e-12) -> Tensor:
+    """Project each row of ``features`` (B, d) onto the unit sphere (``eps`` guards zero rows)."""
+    return features / torch.linalg.vector_norm(features, dim=1, keepdim=True).clamp_min(eps)
+
+
+def ema_alpha(t, floor: float = 1e-4):
+    """Smoothing factor of Eq. 9 at update number ``t >= 1``: ``max(2 / (t + 1), floor)``.
+
+    Works on Python numbers and on tensors (elementwise).  ``t = 1`` gives ``alpha = 1``:
+    the first estimate is the batch estimate itself, so no initial value is needed.
+    """
+    if isinstance(t, Tensor):
+        return (2.0 / (t.to(torch.float64) + 1.0)).clamp_min(floor)
+    return max(2.0 / (t + 1.0), floor)
+
+
+def _dist_world() -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward is again a sum over ranks.
+
+    With ``L = (1/R) sum_r L_r`` (what DDP's gradient averaging optimises) and ``S = sum_r S_r``,
+    ``dL_r/dS_q`` collects every rank's upstream gradient, i.e. an all-reduce of the gradients.
+    (Written here rather than using ``torch.distributed.nn.functional.all_reduce``, which is
+    deprecated in recent PyTorch, so the behaviour does not depend on the version.)
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        import torch.distributed as dist
+
+        out = x.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        g = grad.contiguous().clone()
+        dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        return g
+
+
+def _all_reduce_sum(x: Tensor, differentiable: bool) -> Tensor:
+    """Sum ``x`` over all ranks (identity when not distributed).
+
+    With ``differentiable=True`` the backward all-reduces the incoming gradient, so every
+    rank's features receive the gradient of the *global* objective through the shared
+    class means.
+    """
+    if _dist_world() == 1:
+        return x
+    import torch.distributed as dist
+
+    if differentiable and x.requires_grad:
+        return _AllReduceSum.apply(x)
+    x = x.detach().clone()
+    dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+# ---------------------------------------------------------------------------------- EMA
+class ClassMeanEMA(nn.Module):
+    """Exponential moving average of the centred, normalised class-mean matrix (Eq. 9).
+
+    State (buffers, so it is checkpointed by ``state_dict`` and moves with ``.to``):
+
+    * ``means`` ``(d, C)``: the running ``H_t``;
+    * ``global_mean`` ``(d,)``: running EMA of the (uncentred) feature global mean ``h_G``,
+      used for the bias ``b = -W h_G``;
+    * ``step`` ``()``: number of updates ``t`` so far;
+    * ``class_updates`` ``(C,)``: number of updates in which each class was present.
+
+    One update with a batch ``(features (B, d), labels (B,))``:
+
+    1. per-class sums ``S`` (C, d) and counts ``n`` (C,) -- all-reduced over ranks under
+       ``torch.distributed`` (sums through the differentiable all-reduce) so every rank
+       sees the global batch and computes the same ``H_t`` and hence the same ``U*``;
+    2. batch global mean ``h_G = sum(S) / sum(n)`` (the sample mean, Eq. 4) and the centred
+       batch class means ``hbar_c - h_G`` for the ``k`` classes present;
+    3. these ``k`` columns are scaled to Frobenius norm ``sqrt(k / C)`` -- exactly the
+       paper's unit-Frobenius normalisation (Eq. 5) when every class is present (k = C),
+       and the same per-column scale when some are missing;
+    4. ``H_t[:, c] = alpha_c Hbatch[:, c] + (1 - alpha_c) H_{t-1}[:, c]`` for each *present*
+       class with ``alpha_c = max(2 / (t_c + 1), floor)``, ``t_c`` = the number of batches
+       in which class ``c`` has appeared (this one included).  With stratified batches
+       containing every class ``t_c = t`` and this is exactly Eq. 9 with ``alpha_t = 2/(t+1)``.
+
+    Classes absent from the batch (only possible when ``C`` > batch size or without
+    stratified sampling) -- the rule chosen here:
+
+    * a class seen before keeps its running column unchanged (no decay towards anything);
+    * a class never seen yet has the zero column, i.e. its mean is taken to be the batch
+      global mean -- the paper's rule (§3.5) but *centred*, so no column is ever an
+      uncentred mean and nothing is ever NaN (a division by a zero count cannot occur:
+      counts are clamped and the column masked).  The first batch that contains it
+      replaces the zero column outright (``t_c = 1`` gives ``alpha = 1``).
+
+    Gradients flow from ``H_t`` and ``h_G`` into the current batch features through the
+    ``alpha`` term (the old state is a detached buffer), which is what the DDN gradient
+    path of Fig. 1 needs.  All arithmetic runs in ``dtype`` (float32 by default, float64
+    allowed) whatever the feature dtype, and outside autocast.
+    """
+
+    def __init__(self, dim: int, num_classes: int, *, floor: float = 1e-4, dtype: torch.dtype = torch.float32,
+                 eps: float = 1e-12):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"ClassMeanEMA needs at least 2 classes, got {num_classes}")
+        if not (0.0 < floor <= 1.0):
+            raise ValueError(f"the EMA floor must lie in (0, 1], got {floor}")
+        self.dim, self.num_classes, self.floor, self.eps = int(dim), int(num_classes), float(floor), float(eps)
+        self.dtype = dtype
+        self.register_buffer("means", torch.zeros(dim, num_classes, dtype=dtype))
+        self.register_buffer("global_mean", torch.zeros(dim, dtype=dtype))
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("class_updates", torch.zeros(num_classes, dtype=torch.int64))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_classes={self.num_classes}, floor={self.floor}, dtype={self.dtype}"
+
+    def batch_statistics(self, features: Tensor, labels: Tensor, *, differentiable: bool = True):
+        """Per-class sums ``(C, d)`` and counts ``(C,)`` of the (global, all-reduced) batch."""
+        h = features.to(self.dtype)
+        y = labels.to(device=h.device, dtype=torch.int64)
+        # A (B, C) membership mask and a matmul: deterministic, differentiable and free of the
+        # host syncs that bincount / one_hot perform on CUDA.
+        mask = (y.unsqueeze(1) == torch.arange(self.num_classes, device=h.device).unsqueeze(0)).to(h.dtype)
+        sums = mask.T @ h
+        counts = mask.sum(0)
+        sums = _all_reduce_sum(sums, differentiable)
+        counts = _all_reduce_sum(counts, False)
+        return sums, counts
+
+    def batch_matrix(self, sums: Tensor, counts: Tensor):
+        """The normalised centred batch matrix ``(d, C)`` (zero columns for absent classes),
+        the batch global mean ``(d,)`` and the presence mask ``(C,)``."""
+        present = counts > 0
+        h_g = sums.sum(0) / counts.sum().clamp_min(1.0)
+        means = sums / counts.clamp_min(1.0).unsqueeze(1)
+        centred = (means - h_g) * present.unsqueeze(1).to(means.dtype)  # (C, d)
+        k = present.sum().to(means.dtype)
+        norm = torch.linalg.vector_norm(centred).clamp_min(self.eps)
+        Hb = (centred * (torch.sqrt(k / self.num_classes) / norm)).T  # (d, C)
+        return Hb, h_g, present
+
+    def update(self, features: Tensor, labels: Tensor, *, differentiable: bool = True):
+        """One Eq.-9 update; returns ``(H_t (d, C), h_G (d,))`` carrying gradients to ``features``."""
+        if features.ndim != 2 or features.shape[1] != self.dim:
+            raise ValueError(f"features must be (B, {self.dim}), got {tuple(features.shape)}")
+        sums, counts = self.batch_statistics(features, labels, differentiable=differentiable)
+        Hb, h_g_batch, present = self.batch_matrix(sums, counts)
+        t = self.step + 1
+        t_c = self.class_updates + present.to(torch.int64)
+        a_c = torch.where(present, ema_alpha(t_c, self.floor), torch.zeros((), dtype=torch.float64,
+                                                                           device=t_c.device)).to(Hb.dtype)
+        a_g = ema_alpha(t, self.floor).to(Hb.dtype)
+        H = a_c * Hb + (1.0 - a_c) * self.means
+        h_g = a_g * h_g_batch + (1.0 - a_g) * self.global_mean
+        with torch.no_grad():
+            self.means.copy_(H.detach())
+            self.global_mean.copy_(h_g.detach())
+            self.step.copy_(t)
+            self.class_updates.copy_(t_c)
+        return H, h_g
+
+    def reset(self) -> None:
+        self.means.zero_()
+        self.global_mean.zero_()
+        self.step.zero_()
+        self.class_updates.zero_()
+
+
+# -------------------------------------------------------------------------------- heads
+class _Head(nn.Module):
+    def __init__(self, feature_dim: int, num_classes: int, tau: float, normalize: bool):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"a classifier head needs at least 2 classes, got {num_classes}")
+        self.feature_dim, self.num_classes = int(feature_dim), int(num_classes)
+        self.tau, self.normalize = float(tau), bool(normalize)
+
+    def transform(self, features: Tensor) -> Tensor:
+        """The features the classifier sees: on the unit sphere unless normalisation is off.
+
+        Half-precision features (AMP) are normalised in float32.
+        """
+        if not self.normalize:
+            return features
+        if features.dtype in (torch.float16, torch.bfloat16):
+            features = features.float()
+        return normalize_features(features)
+
+    def logits_from(self, h: Tensor) -> Tensor:
+        """Logits of already-transformed features with the current classifier (no state change)."""
+        W, b = self.weight, self.bias
+        out = h @ W.to(h.dtype).T
+        if b is not None:
+            out = out + b.to(out.dtype)
+        return self.tau * out
+
+    def after_step(self) -> None:
+        """Hook called by the trainer after every optimiser step."""
+
+    def check_dims(self, features: Tensor) -> None:
+        if features.ndim != 2 or features.shape[1] != self.feature_dim:
+            raise ValueError(f"the head expects features of shape (B, {self.feature_dim}), got {tuple(features.shape)}")
+
+
+class LinearHead(_Head):
+    """Learned linear classifier ``(C, d)`` (method ``standard`` / ``standard-no-norm``).
+
+    ``normalize_weight=True`` re-projects every row onto the unit sphere at construction and
+    after each optimiser step (:meth:`renormalize_`).  ``bias`` adds a learned ``(C,)``
+    bias (off by default: AGD only handles matrix parameters).
+    """
+
+    def __init__(self, feature_dim: int, num_classes: int, *, tau: float = 5.0, normalize_features: bool = True,
+                 normalize_weight: bool = True, bias: bool = False):
+        super().__init__(feature_dim, num_classes, tau, normalize_features)
+        self.normalize_weight = bool(normalize_weight)
+        self.linear = nn.Linear(feature_dim, num_classes, bias=bias)
+        if self.normalize_weight:
+            self.renormalize_()
+
+    @torch.no_grad()
+    def renormalize_(self) -> None:
+        w = self.linear.weight
+        w.div_(torch.linalg.vector_norm(w, dim=1, keepdim=True).clamp_min(1e-12))
+
+    def after_step(self) -> None:
+        if self.normalize_weight:
+            self.renormalize_()
+
+    @property
+    def weight(self) -> Tensor:
+        return self.linear.weight.detach()
+
+    @property
+    def bias(self) -> Optional[Tensor]:
+        return None if self.linear.bias is None else self.linear.bias.detach()
+
+    def forward(self, features: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        self.check_dims(features)
+        return self.tau * self.linear(self.transform(features))
+
+
+class FixedETFHead(_Head):
+    """Fixed simplex-ETF classifier ``W = etf_classifier(U)`` (``fixed`` / ``fixed-random``).
+
+    ``rotation="canonical"``: ``U = [I_C; 0]`` (the paper's choice); ``"random"``: a
+    Haar-random Stiefel point drawn from ``torch.Generator().manual_seed(seed)``.
+    """
+
+    def __init__(self, feature_dim: int, num_classes: int, *, tau: float = 5.0, rotation: str = "canonical",
+                 seed: int = 0, normalize_features: bool = True):
+        super().__init__(feature_dim, num_classes, tau, normalize_features)
+        if rotation == "canonical":
+            U = canonical_point(feature_dim, num_classes, dtype=torch.float64)
+        elif rotation == "random":
+            g = torch.Generator().manual_seed(int(seed))
+            U = random_point(feature_dim, num_classes, generator=g, dtype=torch.float64)
+        else:
+            raise ValueError(f"rotation must be 'canonical' or 'random', got {rotation!r}")
+        self.rotation = rotation
+        self.register_buffer("W", etf_classifier(U).to(torch.float32))
+
+    @property
+    def weight(self) -> Tensor:
+        return self.W
+
+    @property
+    def bias(self) -> Optional[Tensor]:
+        return None
+
+    def forward(self, features: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        self.check_dims(features)
+        h = self.transform(features)
+        return self.tau * (h @ self.W.to(h.dtype).T)
+
+
+class ImplicitETFHead(_Head):
+    """The paper's implicit ETF classifier (Eq. 8 with the stochastic updates of §3.5).
+
+    In training mode with labels, each call
+
+    1. updates :class:`ClassMeanEMA` with the (normalised) batch features -> ``H_t``, ``h_G``;
+    2. solves the proximal nearest-ETF problem ``U* = NearestETF(H_t)`` (first call: the
+       paper's two-stage initialisation; later: previous solution as proximal point), in
+       ``solve_dtype`` (float32 or float64) with autocast disabled;
+    3. sets ``W = etf_classifier(U*)`` (unit-norm rows), ``b = -W h_G`` and returns
+       ``tau (W h + b) = tau W (h - h_G)``.
+
+    ``backward`` selects the DDN gradient through ``U*``: ``"closed_form"`` (polar adjoint),
+    ``"kkt"`` (the paper's dense formula) or ``"none"`` (gradient off, as for ImageNet).
+    In eval mode (or without labels) the last ``W``/``h_G`` are used and nothing changes.
+    The ``last_timing`` attribute, if a timer is attached via ``timer``, is filled by the trainer.
+    """
+
+    def __init__(self, feature_dim: int, num_classes: int, *, tau: float = 5.0, delta: float = 1e-3,
+                 backward: str = "closed_form", solver: str = "closed_form", ema_floor: float = 1e-4,
+                 solve_dtype: torch.dtype = torch.float32, max_iterations: int = 30):
+        super().__init__(feature_dim, num_classes, tau, True)
+        if backward not in BACKWARDS:
+            raise ValueError(f"unknown DDN backward {backward!r}; choose one of {BACKWARDS}")
+        if solver not in METHODS:
+            raise ValueError(f"unknown nearest-ETF solver {solver!r}; choose one of {METHODS}")
+        if solve_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"the nearest-ETF solve runs in float32 or float64, got {solve_dtype}")
+        self.backward_mode = backward
+        self.ema = ClassMeanEMA(feature_dim, num_classes, floor=ema_floor, dtype=solve_dtype)
+        self.nearest = NearestETF(feature_dim, num_classes, delta=delta, method=solver, backward=backward,
+                                  max_iterations=max_iterations)
+        W0 = etf_classifier(canonical_point(feature_dim, num_classes, dtype=torch.float64))
+        self.register_buffer("W", W0.to(solve_dtype))
+        # Optional instrumentation set by the trainer: an object with ``start(name)``/``stop(name)``
+        # and ``backward_hooks(U, H)``; kept out of the state dict.
+        self.timer = None
+
+    @property
+    def weight(self) -> Tensor:
+        return self.W
+
+    @property
+    def bias(self) -> Optional[Tensor]:
+        return -(self.W @ self.ema.global_mean.to(self.W.dtype))
+
+    @property
+    def global_mean(self) -> Tensor:
+        return self.ema.global_mean
+
+    def logits_from(self, h: Tensor) -> Tensor:
+        W = self.W.to(h.dtype)
+        return self.tau * ((h - self.ema.global_mean.to(h.dtype)) @ W.T)
+
+    def forward(self, features: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        self.check_dims(features)
+        h = self.transform(features)
+        if not (self.training and labels is not None):
+            return self.logits_from(h)
+        timer = self.timer
+        if timer is not None:
+            timer.start("etf_forward")
+        device_type = h.device.type
+        autocast_off = torch.autocast(device_type=device_type, enabled=False) if device_type in ("cuda", "cpu") \
+            else nullcontext()
+        with autocast_off:
+            differentiable = self.backward_mode != "none"
+            hs = h.to(self.ema.dtype)
+            H, h_g = self.ema.update(hs, labels, differentiable=True)
+            H_in = H if differentiable else H.detach()
+            U = self.nearest(H_in)
+            if timer is not None and differentiable and torch.is_grad_enabled() and U.requires_grad:
+                timer.backward_hooks(U, H_in)
+            W = etf_classifier(U)
+            with torch.no_grad():
+                self.W.copy_(W.detach())
+        if timer is not None:
+            timer.stop("etf_forward")
+        Wc = W.to(h.dtype)
+        return self.tau * ((h - h_g.to(h.dtype)) @ Wc.T)
+
+
+# ------------------------------------------------------------------------------ factory
+def build_head(method: str, feature_dim: int, num_classes: int, *, tau: float = 5.0, delta: float = 1e-3,
+               ddn_backward: str = "closed_form", solver: str = "closed_form", ema_floor: float = 1e-4,
+               head_bias: bool = False, etf_seed: int = 0, solve_dtype: torch.dtype = torch.float32,
+               max_iterations: int = 30) -> _Head:
+    """Build the head for ``method`` (one of :data:`METHOD_NAMES`); everything else is shared.
+
+    ``C > d`` is rejected for every method (a simplex ETF of C vertices needs d >= C, and the
+    comparison should be like for like).
+    """
+    if method not in METHOD_NAMES:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHOD_NAMES)}")
+    if num_classes > feature_dim:
+        raise ValueError(
+            f"number of classes C={num_classes} exceeds the feature dimension d={feature_dim}; "
+            "a simplex ETF needs d >= C (use a larger feature_dim)"
+        )
+    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be a positive number, got {tau!r}")
+    if method == "standard":
+        return LinearHead(feature_dim, num_classes, tau=tau, bias=head_bias)
+    if method == "standard-no-norm":
+        return LinearHead(feature_dim, num_classes, tau=1.0, normalize_features=False, normalize_weight=False,
+                          bias=head_bias)
+    if method == "fixed":
+        return FixedETFHead(feature_dim, num_classes, tau=tau, rotation="canonical")
+    if method == "fixed-random":
+        return FixedETFHead(feature_dim, num_classes, tau=tau, rotation="random", seed=etf_seed)
+    return ImplicitETFHead(feature_dim, num_classes, tau=tau, delta=delta, backward=ddn_backward, solver=solver,
+                           ema_floor=ema_floor, solve_dtype=solve_dtype, max_iterations=max_iterations)

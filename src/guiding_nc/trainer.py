@@ -1,0 +1,1350 @@
+"""Training loop for the paper's comparison: standard vs fixed-ETF vs implicit-ETF classifiers.
+
+One switch (``method``) changes the classifier head (:mod:`guiding_nc.heads`); everything
+else -- data, sampler, model, optimiser, schedule, feature normalisation, temperature,
+evaluation -- is shared.
+
+Entry points
+------------
+* :class:`TrainConfig` -- every setting, with defaults from the paper (§4); loaded from YAML
+  (:func:`load_config`, with ``base:`` inheritance) plus ``key=value`` overrides.
+* :func:`train_run` -- one (method, seed) run -> results dict; writes a run directory.
+* :func:`train` -- every (method, seed) pair the config names (``methods:``, ``seeds:``),
+  then a summary table (median and min-max over seeds per method, like Tables 1-2).
+* :class:`Trainer` -- the object behind :func:`train_run` (tests and notebooks use it to
+  reach the model/head after training).
+
+Decisions (see also :class:`guiding_nc.heads.ClassMeanEMA`)
+----------------------------------------------------------
+* **UFM epochs.** The paper runs UFMs for "2000 iterations" and plots them against
+  "epochs"; the two coincide for full-batch gradient descent, which is what the UFM configs
+  do: ``batch_size = N`` so one epoch = one pass over the N free features = one optimiser
+  step, and ``epochs: 2000``.  With a smaller ``batch_size`` an epoch is ``ceil(N / b)``
+  steps, exactly as for real data.
+* **Timing split.** Per step we time the backbone forward, the implicit head's EMA +
+  nearest-ETF solve (``etf_forward``), the DDN backward (from the moment the gradient of
+  ``U*`` is ready to the moment the gradient of ``H`` is -- tensor hooks around the custom
+  backward), the whole backward, and the optimiser step.  ``time_backbone_ms`` is the backbone
+  forward plus the backward minus the DDN backward.  On CUDA the default
+  ``timing: events`` records CUDA events (no host sync in the loop; resolved lazily and at
+  the end of the epoch); ``timing: sync`` calls ``torch.cuda.synchronize()`` around every
+  segment (exact wall time, slower); ``timing: off`` disables it.  On CPU ``perf_counter``.
+* **Peak memory.** ``torch.cuda.max_memory_allocated`` on CUDA (reset at the start of a
+  run); the process's peak RSS (``resource.getrusage``) on CPU.
+* **Non-finite values.** The first step whose loss or features are non-finite is recorded
+  on the device (no sync) and checked every ``nonfinite_check_every`` steps and at the end
+  of every epoch -- always before a checkpoint is written -- so a bad state is never saved.
+* **Resume.** Checkpoints hold the model (backbone + head, including the EMA and proximal
+  state), optimiser, scheduler, AMP scaler, epoch/step, metrics history and the RNG states
+  (python, numpy, torch, cuda).  The samplers are seeded by ``(seed, epoch)`` and the loader
+  generator is re-seeded per epoch, so a resumed run replays the same batches; on CPU a
+  resumed run is bit-identical to an uninterrupted one.
+* **Distributed.** Under ``torchrun`` every rank builds the same model; the network (backbone
+  + head) is wrapped in ``DistributedDataParallel``; the loaders give each rank its slice of
+  the same global batch; the implicit head all-reduces its per-class sums (differentiably)
+  and counts, so every rank solves for the same ``U*``; evaluation statistics are summed over
+  ranks; only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import random
+import resource
+import sys
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+
+from .heads import METHOD_NAMES, ImplicitETFHead, LinearHead, build_head, ema_alpha
+from .metrics import (
+    ClassStatistics,
+    cosine_margin,
+    equinorm,
+    nc1,
+    nc2,
+    nc3,
+    ncc_mismatch_count,
+    topk_correct,
+)
+from .provenance import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    collect_provenance,
+    to_jsonable,
+    write_provenance,
+)
+
+__all__ = [
+    "ConfigError",
+    "NonFiniteError",
+    "TrainConfig",
+    "load_config",
+    "parse_overrides",
+    "validate_labels",
+    "Trainer",
+    "train_run",
+    "train",
+    "summarize_runs",
+    "CONFIG_DIR",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CHECKPOINT_NAME = "checkpoint.pt"
+_TIME_KEYS_PREFIX = ("time_", "peak_", "wall_")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run (unknown key, bad name, impossible sizes)."""
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss or non-finite features."""
+
+
+# ------------------------------------------------------------------------------- config
+@dataclass
+class TrainConfig:
+    """Every training setting.  Defaults are the paper's (§4) where it gives one.
+
+    Groups: run naming (``name``, ``output_dir``, ``run_dir``); what to compare (``method`` or
+    ``methods``, ``seed`` or ``seeds``); data (``dataset``, sizes); model; optimiser and
+    schedule; the classifier head (``tau``, ``delta``, ``ddn_backward``, ...); evaluation and
+    checkpointing; runtime (``device``, ``amp``, ``progress``, ``timing``).
+    """
+
+    # naming / output
+    name: str = "run"
+    description: str = ""
+    output_dir: str = "runs"
+    run_dir: Optional[str] = None
+    overwrite: bool = False
+    # what to compare
+    method: str = "implicit"
+    methods: Optional[List[str]] = None
+    seed: int = 0
+    seeds: Optional[List[int]] = None
+    # data
+    dataset: str = "ufm"
+    data_root: str = "data/raw"
+    download: bool = False
+    augment: bool = True
+    num_classes: Optional[int] = None
+    num_samples: Optional[int] = None
+    max_train_samples: Optional[int] = None
+    max_test_samples: Optional[int] = None
+    split_seed: int = 0
+    batch_size: int = 256
+    eval_batch_size: Optional[int] = None
+    stratified: bool = True
+    drop_last: bool = False
+    num_workers: int = 0
+    pin_memory: Optional[bool] = None
+    # model
+    model: str = "ufm"
+    feature_dim: Optional[int] = None
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # optimisation
+    optimizer: str = "agd"
+    lr: Optional[float] = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    gain: float = 10.0
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    scheduler: str = "none"
+    warmup_steps: int = 0
+    epochs: int = 200
+    # head
+    tau: float = 5.0
+    delta: float = 1e-3
+    ddn_backward: str = "closed_form"
+    solver: str = "closed_form"
+    solver_max_iterations: int = 30
+    ema_floor: float = 1e-4
+    solve_dtype: str = "float32"
+    head_bias: bool = False
+    etf_seed: Optional[int] = None
+    # evaluation / logging
+    eval_every: int = 1
+    eval_train: bool = True
+    eval_test: bool = True
+    eval_cache: Any = "auto"
+    report_epochs: List[int] = field(default_factory=lambda: [50, 200])
+    record_step_losses: bool = False
+    save_margins: bool = True
+    # checkpointing
+    checkpoint_every: int = 10
+    keep_checkpoints: bool = False
+    resume: bool = False
+    stop_after_epoch: Optional[int] = None
+    # runtime
+    device: str = "auto"
+    amp: bool = False
+    amp_dtype: str = "bfloat16"
+    deterministic: bool = False
+    progress: bool = True
+    verbose: bool = True
+    timing: str = "events"
+    nonfinite_check_every: int = 20
+    quick: bool = False
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def valid_keys(cls) -> List[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
+        """Build from a mapping; unknown keys raise :class:`ConfigError` listing the valid ones."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a mapping of key: value, got {type(data).__name__}")
+        data = {k: v for k, v in data.items() if k != "base"}
+        unknown = sorted(set(data) - set(cls.valid_keys()))
+        if unknown:
+            raise ConfigError(
+                f"unknown config key(s): {', '.join(unknown)}. Valid keys are: {', '.join(sorted(cls.valid_keys()))}"
+            )
+        return cls(**copy.deepcopy(data))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return copy.deepcopy(dataclasses.asdict(self))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        d = self.to_dict()
+        d.update(changes)
+        return TrainConfig.from_dict(d)
+
+    # -- derived -----------------------------------------------------------------------
+    @property
+    def method_list(self) -> List[str]:
+        return list(self.methods) if self.methods else [self.method]
+
+    @property
+    def seed_list(self) -> List[int]:
+        return [int(s) for s in self.seeds] if self.seeds else [int(self.seed)]
+
+    @property
+    def is_ufm(self) -> bool:
+        return str(self.dataset).lower() == "ufm"
+
+    def apply_quick(self) -> "TrainConfig":
+        """A shrunken copy for CI/smoke tests: few epochs, small data, at most two seeds."""
+        if not self.quick:
+            return self
+        d = self.to_dict()
+        d["epochs"] = min(int(self.epochs), 3)
+        d["report_epochs"] = [e for e in self.report_epochs if e <= d["epochs"]]
+        d["checkpoint_every"] = max(1, min(int(self.checkpoint_every), d["epochs"]))
+        if self.seeds:
+            d["seeds"] = list(self.seeds)[:2]
+        if self.is_ufm:
+            C = int(self.num_classes or 10)
+            n = int(self.num_samples or 10 * C)
+            n_quick = min(n, 4 * C)
+            d["num_samples"] = n_quick
+            d["batch_size"] = min(int(self.batch_size), n_quick)
+        else:
+            d["max_train_samples"] = min(int(self.max_train_samples or 512), 512)
+            d["max_test_samples"] = min(int(self.max_test_samples or 256), 256)
+            d["batch_size"] = min(int(self.batch_size), 128)
+            d["download"] = self.download
+        d["quick"] = False  # applied
+        return TrainConfig.from_dict(d)
+
+    def validate(self) -> None:
+        """Check names and sizes that can be checked without building anything."""
+        from .data import DATASET_NAMES
+        from .models import MODEL_NAMES
+        from .optim import OPTIMIZER_NAMES, SCHEDULER_NAMES
+        from .nearest import BACKWARDS, METHODS
+
+        for m in self.method_list:
+            if m not in METHOD_NAMES:
+                raise ConfigError(f"unknown method {m!r}; choose one of {', '.join(METHOD_NAMES)}")
+        if str(self.model).lower() not in MODEL_NAMES:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
+        datasets = ("ufm",) + tuple(DATASET_NAMES)
+        if str(self.dataset).lower() not in datasets:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(datasets)}")
+        if (str(self.model).lower() == "ufm") != self.is_ufm:
+            raise ConfigError("model 'ufm' goes with dataset 'ufm' (and only with it); "
+                              f"got model={self.model!r}, dataset={self.dataset!r}")
+        if str(self.optimizer).lower() not in OPTIMIZER_NAMES:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZER_NAMES)}")
+        if str(self.scheduler).lower() not in SCHEDULER_NAMES:
+            raise ConfigError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
+        if self.ddn_backward not in BACKWARDS:
+            raise ConfigError(f"unknown ddn_backward {self.ddn_backward!r}; choose one of {', '.join(BACKWARDS)}")
+        if self.solver not in METHODS:
+            raise ConfigError(f"unknown solver {self.solver!r}; choose one of {', '.join(METHODS)}")
+        if self.solve_dtype not in ("float32", "float64"):
+            raise ConfigError(f"solve_dtype must be 'float32' or 'float64' (never lower), got {self.solve_dtype!r}")
+        if self.amp_dtype not in ("bfloat16", "float16"):
+            raise ConfigError(f"amp_dtype must be 'bfloat16' or 'float16', got {self.amp_dtype!r}")
+        if self.timing not in ("events", "sync", "off"):
+            raise ConfigError(f"timing must be 'events', 'sync' or 'off', got {self.timing!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as exc:
+                raise ConfigError(f"invalid device {self.device!r}: {exc}") from None
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 2:
+            raise ConfigError(
+                f"batch_size must be an integer >= 2, got {self.batch_size!r}: class means and the batch "
+                "global mean need at least two samples per step"
+            )
+        if self.eval_batch_size is not None and (not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1):
+            raise ConfigError(f"eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ConfigError(f"epochs must be a positive integer, got {self.epochs!r}")
+        for key in ("eval_every", "checkpoint_every", "nonfinite_check_every"):
+            v = getattr(self, key)
+            if not isinstance(v, int) or v < 0 or (key != "checkpoint_every" and v < 1):
+                raise ConfigError(f"{key} must be a positive integer, got {v!r}")
+        if not (isinstance(self.tau, (int, float)) and self.tau > 0):
+            raise ConfigError(f"tau must be > 0, got {self.tau!r}")
+        if not (isinstance(self.delta, (int, float)) and self.delta > 0):
+            raise ConfigError(f"delta must be > 0 (the proximal term makes U* unique), got {self.delta!r}")
+        if self.is_ufm:
+            if not self.num_classes or not self.num_samples or not self.feature_dim:
+                raise ConfigError("a UFM run needs num_classes, num_samples and feature_dim")
+        if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 2):
+            raise ConfigError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
+        if str(self.optimizer).lower() == "agd" and self.head_bias:
+            raise ConfigError("head_bias=true conflicts with optimizer 'agd' (AGD handles matrices only)")
+        if self.stop_after_epoch is not None and (not isinstance(self.stop_after_epoch, int) or self.stop_after_epoch < 1):
+            raise ConfigError(f"stop_after_epoch must be a positive integer, got {self.stop_after_epoch!r}")
+        if self.run_dir is not None and len(self.method_list) * len(self.seed_list) > 1:
+            raise ConfigError("run_dir names a single run; with several methods/seeds use output_dir + name")
+
+
+def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
+    """``["epochs=3", "seeds=[0,1]", "method=fixed"]`` -> dict (values parsed as YAML)."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        out[key] = yaml.safe_load(value) if value.strip() != "" else None
+    return out
+
+
+def _resolve_config_path(ref: Union[str, os.PathLike], relative_to: Optional[Path] = None) -> Path:
+    p = Path(ref)
+    candidates = []
+    if relative_to is not None and not p.is_absolute():
+        candidates += [relative_to / p, relative_to / f"{p}.yaml"]
+    candidates += [p, Path(f"{p}.yaml"), CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    raise ConfigError(f"config {str(ref)!r} not found (looked in {', '.join(str(c) for c in candidates)})")
+
+
+def _load_yaml_with_base(path: Path, seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
+    if path in seen:
+        raise ConfigError(f"circular 'base:' chain: {' -> '.join(str(s) for s in seen + (path,))}")
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must contain a mapping of key: value")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    merged = _load_yaml_with_base(_resolve_config_path(base, path.parent), seen + (path,))
+    merged.update(data)
+    return merged
+
+
+def load_config(source: Union[None, str, os.PathLike, Dict[str, Any], TrainConfig] = None,
+                overrides: Union[None, Sequence[str], Dict[str, Any]] = None) -> TrainConfig:
+    """A :class:`TrainConfig` from a YAML file / config name / dict, plus overrides.
+
+    ``source`` may be a path, a name in ``configs/`` (``"ufm10"``), a dict or a TrainConfig.
+    A YAML file may say ``base: other`` to inherit ``other``'s keys (its own keys win).
+    ``overrides`` is a list of ``key=value`` strings (values parsed as YAML) or a dict; they
+    are applied last.  ``quick: true`` is *not* applied here (see :meth:`TrainConfig.apply_quick`).
+    """
+    if source is None:
+        data: Dict[str, Any] = {}
+    elif isinstance(source, TrainConfig):
+        data = source.to_dict()
+    elif isinstance(source, dict):
+        data = dict(source)
+        if "base" in data:
+            base = data.pop("base")
+            merged = _load_yaml_with_base(_resolve_config_path(base))
+            merged.update(data)
+            data = merged
+    else:
+        data = _load_yaml_with_base(_resolve_config_path(source))
+    if overrides:
+        data.update(parse_overrides(overrides) if not isinstance(overrides, dict) else overrides)
+    return TrainConfig.from_dict(data)
+
+
+def validate_labels(targets: Tensor, num_classes: int) -> None:
+    """Raise ``ValueError`` unless every label is an integer in ``[0, num_classes)``."""
+    t = torch.as_tensor(targets)
+    if t.is_floating_point() or t.dtype == torch.bool:
+        raise ValueError(f"labels must be integers, got dtype {t.dtype}")
+    if t.numel() == 0:
+        raise ValueError("the dataset has no labels")
+    lo, hi = int(t.min()), int(t.max())
+    if lo < 0 or hi >= num_classes:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"labels outside [0, C) with C={num_classes}: found label {bad} "
+                         f"(labels range over [{lo}, {hi}])")
+
+
+# ------------------------------------------------------------------------- distributed
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+def _dist_active() -> bool:
+    dist = _dist()
+    return dist.is_available() and dist.is_initialized()
+
+
+def _world() -> Tuple[int, int]:
+    if _dist_active():
+        dist = _dist()
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device_pref: str = "auto") -> Tuple[int, int, int]:
+    """Initialise ``torch.distributed`` from torchrun's environment if needed; returns (rank, world, local_rank)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and not _dist_active():
+        use_cuda = torch.cuda.is_available() and device_pref in ("auto",) or str(device_pref).startswith("cuda")
+        backend = "nccl" if use_cuda else "gloo"
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        _dist().init_process_group(backend=backend)
+    rank, world = _world()
+    return rank, world, local_rank
+
+
+def _all_reduce_(t: Tensor) -> Tensor:
+    if _dist_active():
+        _dist().all_reduce(t)
+    return t
+
+
+# ------------------------------------------------------------------------------ timing
+class StepTimer:
+    """Accumulates per-segment durations (milliseconds) over an epoch; see the module docstring."""
+
+    def __init__(self, mode: str, device: torch.device):
+        self.mode = mode
+        self.enabled = mode != "off"
+        self.cuda = device.type == "cuda"
+        self.use_events = self.enabled and self.cuda and mode == "events"
+        self._open: Dict[str, Any] = {}
+        self._pending: List[Tuple[str, Any, Any]] = []
+        self.totals: Dict[str, float] = defaultdict(float)
+        self.counts: Dict[str, int] = defaultdict(int)
+
+    def start(self, name: str) -> None:
+        if not self.enabled:
+            return
+        if self.use_events:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self._open[name] = ev
+        else:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self._open[name] = time.perf_counter()
+
+    def stop(self, name: str) -> None:
+        if not self.enabled or name not in self._open:
+            return
+        begin = self._open.pop(name)
+        if self.use_events:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self._pending.append((name, begin, ev))
+            if len(self._pending) > 256:
+                self._poll()
+        else:
+            if self.cuda:
+                torch.cuda.synchronize()
+            self.totals[name] += (time.perf_counter() - begin) * 1e3
+            self.counts[name] += 1
+
+    def add(self, name: str, ms: float) -> None:
+        self.totals[name] += ms
+        self.counts[name] += 1
+
+    def _poll(self) -> None:
+        keep = []
+        for i, (name, a, b) in enumerate(self._pending):
+            if b.query():
+                self.totals[name] += a.elapsed_time(b)
+                self.counts[name] += 1
+            else:
+                keep = self._pending[i:]
+                break
+        self._pending = keep
+
+    def backward_hooks(self, U: Tensor, H: Tensor) -> None:
+        """Time the DDN backward: from grad(U*) ready to grad(H) ready."""
+        if not self.enabled:
+            return
+
+        def _start(grad):
+            self.start("ddn_backward")
+
+        def _stop(grad):
+            self.stop("ddn_backward")
+
+        U.register_hook(_start)
+        H.register_hook(_stop)
+
+    def collect(self, steps: int) -> Dict[str, float]:
+        """Mean milliseconds per step of each segment (and derived splits); resets the totals."""
+        if self.use_events and self._pending:
+            torch.cuda.synchronize()
+            for name, a, b in self._pending:
+                self.totals[name] += a.elapsed_time(b)
+                self.counts[name] += 1
+            self._pending = []
+        steps = max(int(steps), 1)
+        t = {k: v / steps for k, v in self.totals.items()}
+        out = {f"time_{k}_ms": v for k, v in sorted(t.items())}
+        if self.enabled:
+            out["time_backbone_ms"] = t.get("backbone_forward", 0.0) + t.get("backward", 0.0) - t.get("ddn_backward", 0.0)
+            out.setdefault("time_etf_forward_ms", 0.0)
+            out.setdefault("time_ddn_backward_ms", 0.0)
+        self.totals = defaultdict(float)
+        self.counts = defaultdict(int)
+        self._open = {}
+        return out
+
+
+def _peak_memory(device: torch.device) -> Dict[str, float]:
+    out: Dict[str, float] = {}
+    if device.type == "cuda":
+        out["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1024 ** 3
+        out["peak_mem_reserved_gb"] = torch.cuda.max_memory_reserved(device) / 1024 ** 3
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+    scale = 1024 if sys.platform != "darwin" else 1
+    out["peak_rss_gb"] = rss_kb * scale / 1024 ** 3
+    if device.type != "cuda":
+        out["peak_mem_gb"] = out["peak_rss_gb"]
+    return out
+
+
+# ---------------------------------------------------------------------------- network
+class Network(nn.Module):
+    """Backbone (features) + head (logits); ``forward(x, labels) -> (logits, features)``."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.timer: Optional[StepTimer] = None
+
+    def forward(self, x: Tensor, labels: Optional[Tensor] = None):
+        timer = self.timer
+        if timer is not None:
+            timer.start("backbone_forward")
+        features = self.backbone(x)
+        if timer is not None:
+            timer.stop("backbone_forward")
+        return self.head(features, labels), features
+
+
+class _SubsetDataset(torch.utils.data.Dataset):
+    def __init__(self, base, indices: Tensor):
+        self.base = base
+        self.indices = indices.long()
+        self.targets = torch.as_tensor(base.targets)[self.indices]
+        self.num_classes = base.num_classes
+        self.input_shape = getattr(base, "input_shape", ())
+        self.name = getattr(base, "name", "")
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    def __getitem__(self, i: int):
+        return self.base[int(self.indices[i])]
+
+
+class _EvalShardSampler(torch.utils.data.Sampler):
+    """Evaluation batches over this rank's contiguous shard ``[r N / R, (r+1) N / R)``.
+
+    Every sample is evaluated exactly once over all ranks and no rank ever gets an empty
+    batch (ranks may get different numbers of batches; evaluation has no collectives inside
+    its loops).
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        self.start = rank * num_samples // world_size
+        self.end = (rank + 1) * num_samples // world_size
+        self.batch_size = int(batch_size)
+
+    def __iter__(self):
+        for i in range(self.start, self.end, self.batch_size):
+            yield list(range(i, min(i + self.batch_size, self.end)))
+
+    def __len__(self) -> int:
+        return -(-(self.end - self.start) // self.batch_size)
+
+
+def _stratified_subset_indices(targets: Tensor, k: int) -> Tensor:
+    """Deterministic class-balanced subset of about ``k`` indices (first ones of each class)."""
+    targets = torch.as_tensor(targets).long()
+    N = targets.numel()
+    if k >= N:
+        return torch.arange(N)
+    classes = torch.unique(targets)
+    per = max(1, k // len(classes))
+    keep = [torch.nonzero(targets == c).flatten()[:per] for c in classes]
+    return torch.sort(torch.cat(keep)).values
+
+
+def _margin_summary(m: np.ndarray) -> Dict[str, Any]:
+    if m.size == 0:
+        return {}
+    q = np.quantile(m, [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0])
+    hist, edges = np.histogram(m, bins=50)
+    return {
+        "quantiles": dict(zip(["min", "p05", "p25", "median", "p75", "p95", "max"], q.tolist())),
+        "mean": float(m.mean()),
+        "histogram": {"counts": hist.tolist(), "edges": edges.tolist()},
+    }
+
+
+def _rng_state(device: torch.device) -> Dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        try:
+            torch.cuda.set_rng_state_all(state["cuda"])
+        except (RuntimeError, IndexError):
+            pass
+
+
+def _is_interactive() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# ------------------------------------------------------------------------------ trainer
+class Trainer:
+    """One (method, seed) run.  ``Trainer(config).fit() -> results``.
+
+    ``config`` must name a single method and seed (use :func:`train` for sweeps).
+    ``callbacks``: callables ``cb(event, trainer)`` with ``event`` in ``{"step_end",
+    "epoch_end"}`` (``trainer.epoch``/``trainer.global_step`` say where we are) -- a hook for
+    tests and notebooks; it runs on every rank.
+    """
+
+    def __init__(self, config: TrainConfig, *, callbacks: Optional[Sequence[Callable]] = None,
+                 argv: Optional[Sequence[str]] = None):
+        if not isinstance(config, TrainConfig):
+            config = load_config(config)
+        cfg = config.apply_quick()
+        if len(cfg.method_list) != 1 or len(cfg.seed_list) != 1:
+            raise ConfigError("Trainer runs a single (method, seed); use train() for several")
+        cfg = cfg.replace(method=cfg.method_list[0], methods=None, seed=cfg.seed_list[0], seeds=None)
+        cfg.validate()
+        self.cfg = cfg
+        self.callbacks = list(callbacks or [])
+        self.argv = list(argv) if argv is not None else list(sys.argv)
+        self.rank, self.world_size, self.local_rank = init_distributed(cfg.device)
+        self.is_main = self.rank == 0
+        self.device = self._pick_device(cfg.device)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        if cfg.batch_size % self.world_size:
+            raise ConfigError(f"batch_size={cfg.batch_size} (the global batch) must be divisible by the "
+                              f"number of processes {self.world_size}")
+        self.run_dir = Path(cfg.run_dir) if cfg.run_dir else Path(cfg.output_dir) / cfg.name / cfg.method / f"seed{cfg.seed}"
+        self.checkpoint_path = self.run_dir / CHECKPOINT_NAME
+        self._seed_everything(cfg.seed)
+        self._build()
+
+    # -- setup ---------------------------------------------------------------------------
+    def _pick_device(self, pref: str) -> torch.device:
+        if pref == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda", self.local_rank if self.world_size > 1 else torch.cuda.current_device())
+            return torch.device("cpu")
+        dev = torch.device(pref)
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError("device 'cuda' requested but CUDA is not available")
+            if dev.index is None:
+                dev = torch.device("cuda", self.local_rank if self.world_size > 1 else torch.cuda.current_device())
+        return dev
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        torch.manual_seed(seed)
+
+    def _build(self) -> None:
+        from .data import build_dataset, build_loader, ufm_dataset
+        from .models import build_model
+        from .optim import agd_init_, build_optimizer, build_scheduler
+
+        cfg = self.cfg
+        # ---- data
+        if cfg.is_ufm:
+            train_ds = ufm_dataset(int(cfg.num_samples), int(cfg.num_classes))
+            eval_train_ds, test_ds = train_ds, None
+            C = int(cfg.num_classes)
+            input_shape = None
+        else:
+            name = cfg.dataset.lower()
+            train_ds = build_dataset(name, root=cfg.data_root, train=True, download=cfg.download,
+                                     augment=cfg.augment, seed=cfg.split_seed)
+            eval_train_ds = build_dataset(name, root=cfg.data_root, train=True, download=False,
+                                          augment=False, seed=cfg.split_seed) if cfg.eval_train else None
+            test_ds = None
+            if cfg.eval_test:
+                test_ds = build_dataset(name, root=cfg.data_root, train=False, download=cfg.download,
+                                        augment=False, seed=cfg.split_seed)
+            C = int(cfg.num_classes) if cfg.num_classes is not None else int(train_ds.num_classes)
+            if cfg.max_train_samples:
+                idx = _stratified_subset_indices(train_ds.targets, int(cfg.max_train_samples))
+                train_ds = _SubsetDataset(train_ds, idx)
+                if eval_train_ds is not None:
+                    eval_train_ds = _SubsetDataset(eval_train_ds, idx)
+            if cfg.max_test_samples and test_ds is not None:
+                test_ds = _SubsetDataset(test_ds, _stratified_subset_indices(test_ds.targets, int(cfg.max_test_samples)))
+            input_shape = tuple(train_ds.input_shape)
+        validate_labels(train_ds.targets, C)
+        if test_ds is not None:
+            validate_labels(test_ds.targets, C)
+        if C < 2:
+            raise ConfigError(f"need at least 2 classes, got C={C}")
+        self.num_classes = C
+        self.train_ds, self.eval_train_ds, self.test_ds = train_ds, eval_train_ds, test_ds
+
+        # ---- model + head
+        agd = cfg.optimizer.lower() == "agd"
+        kwargs = dict(cfg.model_kwargs)
+        if cfg.is_ufm:
+            kwargs.setdefault("check_indices", False)  # indices come from our own sampler
+            backbone = build_model("ufm", num_samples=int(cfg.num_samples), feature_dim=int(cfg.feature_dim), **kwargs)
+        else:
+            backbone = build_model(cfg.model, num_classes=C, input_shape=input_shape, feature_dim=cfg.feature_dim,
+                                   agd_compatible=agd, **kwargs)
+        d = int(backbone.feature_dim)
+        if C > d:
+            raise ConfigError(f"number of classes C={C} exceeds the feature dimension d={d}: a simplex ETF needs "
+                              "d >= C (raise feature_dim)")
+        self.feature_dim = d
+        solve_dtype = torch.float64 if cfg.solve_dtype == "float64" else torch.float32
+        head = build_head(cfg.method, d, C, tau=cfg.tau, delta=cfg.delta, ddn_backward=cfg.ddn_backward,
+                          solver=cfg.solver, ema_floor=cfg.ema_floor, head_bias=cfg.head_bias,
+                          etf_seed=cfg.seed if cfg.etf_seed is None else cfg.etf_seed, solve_dtype=solve_dtype,
+                          max_iterations=cfg.solver_max_iterations)
+        network = Network(backbone, head)
+        if agd:
+            agd_init_(network, generator=torch.Generator().manual_seed(int(cfg.seed)))
+            if isinstance(head, LinearHead):
+                head.after_step()  # AGD init, then the unit-norm projection of the standard method
+        network.to(self.device)
+        self.network = network
+        self.head = head
+        self.timer = StepTimer(cfg.timing, self.device)
+        network.timer = self.timer
+        if isinstance(head, ImplicitETFHead):
+            head.timer = self.timer
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DDP(network, device_ids=ids)  # buffers (BN statistics) synced from rank 0
+        else:
+            self.model = network
+
+        # ---- loaders
+        pin = cfg.pin_memory if cfg.pin_memory is not None else self.device.type == "cuda"
+        common = dict(num_workers=cfg.num_workers, num_replicas=self.world_size, rank=self.rank, pin_memory=pin)
+        self.train_loader = build_loader(train_ds, cfg.batch_size, stratified=cfg.stratified, seed=cfg.seed,
+                                         shuffle=True, drop_last=cfg.drop_last, **common)
+        eval_bs = max(1, (cfg.eval_batch_size or cfg.batch_size) // self.world_size)  # per rank
+        self.eval_loaders: Dict[str, Any] = {}
+        for split, ds, wanted in (("train", eval_train_ds, cfg.eval_train), ("test", test_ds, cfg.eval_test)):
+            if wanted and ds is not None:
+                self.eval_loaders[split] = torch.utils.data.DataLoader(
+                    ds, batch_sampler=_EvalShardSampler(len(ds), eval_bs, self.rank, self.world_size),
+                    num_workers=cfg.num_workers, pin_memory=pin)
+        self.steps_per_epoch = len(self.train_loader.batch_sampler)
+        if self.steps_per_epoch < 1:
+            raise ConfigError("the training loader yields no batches (dataset smaller than the batch with drop_last?)")
+
+        # ---- optimiser
+        params = network.parameters()
+        if agd:
+            params = list(network.named_parameters())
+        betas = tuple(cfg.betas) if cfg.betas is not None else (0.9, 0.999)
+        self.optimizer = build_optimizer(cfg.optimizer, params, lr=cfg.lr, momentum=cfg.momentum,
+                                         weight_decay=cfg.weight_decay, gain=cfg.gain, betas=betas)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, total_steps=self.total_steps,
+                                         warmup_steps=cfg.warmup_steps)
+        self.use_amp = bool(cfg.amp) and self.device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+
+        # ---- state
+        self.epoch = 0  # completed epochs
+        self.global_step = 0
+        self.history: List[Dict[str, Any]] = []
+        self.step_losses: List[float] = []
+        self.status = "initialised"
+        self.last_checkpoint_epoch: Optional[int] = None
+        self.final_margins: Dict[str, np.ndarray] = {}
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "format": "guiding_nc.checkpoint/1",
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "model": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler_epoch": self.epoch,
+            "rng": _rng_state(self.device),
+            "history": self.history,
+            "step_losses": self.step_losses,
+        }
+
+    def save_checkpoint(self) -> Optional[Path]:
+        """Write ``checkpoint.pt`` atomically (rank 0 only); returns its path."""
+        if not self.is_main:
+            return None
+        state = self.state_dict()
+        path = atomic_torch_save(state, self.checkpoint_path)
+        if self.cfg.keep_checkpoints:
+            atomic_torch_save(state, self.run_dir / f"checkpoint_epoch{self.epoch:04d}.pt")
+        self.last_checkpoint_epoch = self.epoch
+        return path
+
+    _RESUME_MUST_MATCH = ("method", "seed", "dataset", "model", "num_classes", "num_samples", "feature_dim",
+                          "batch_size", "optimizer", "scheduler", "epochs", "stratified", "tau", "delta",
+                          "ddn_backward", "max_train_samples")
+
+    def load_checkpoint(self, path: Union[str, os.PathLike]) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        old = state.get("config", {})
+        diffs = [k for k in self._RESUME_MUST_MATCH if k in old and old[k] != getattr(self.cfg, k)]
+        if diffs:
+            raise ConfigError("cannot resume: the checkpoint was written with a different "
+                              + ", ".join(f"{k} ({old[k]!r} vs {getattr(self.cfg, k)!r})" for k in diffs))
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.history = list(state["history"])
+        self.step_losses = list(state.get("step_losses", []))
+        self.last_checkpoint_epoch = self.epoch
+        _set_rng_state(state["rng"])
+
+    # -- files -----------------------------------------------------------------------------
+    def _write_metrics(self) -> None:
+        if not self.is_main:
+            return
+        import csv
+        import io
+        import json
+
+        rows = [to_jsonable(r) for r in self.history]
+        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        keys: List[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(r)
+        atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+
+    def _write_provenance(self, status: str, wall: Optional[float]) -> None:
+        if not self.is_main:
+            return
+        if not hasattr(self, "_provenance"):
+            self._provenance = collect_provenance(self.cfg.to_dict(), seed=self.cfg.seed, device=self.device,
+                                                  argv=self.argv, world_size=self.world_size)
+        self._provenance["status"] = status
+        self._provenance["wall_time_s"] = wall
+        self._provenance["epochs_completed"] = self.epoch
+        self._provenance["global_step"] = self.global_step
+        write_provenance(self.run_dir / "provenance.json", self._provenance)
+
+    # -- evaluation ------------------------------------------------------------------------
+    def _autocast(self):
+        if self.use_amp:
+            return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return nullcontext()
+
+    def _sync_buffers(self) -> None:
+        """Make every rank evaluate with rank 0's buffers (BatchNorm running statistics)."""
+        if self.world_size > 1:
+            dist = _dist()
+            for b in self.network.buffers():
+                dist.broadcast(b, 0)
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> Tuple[Dict[str, float], np.ndarray]:
+        """Loss, top-1/top-5, NC1-NC3, NCC mismatch (NC4), equinorm, cosine margins on a split.
+
+        Features are what the classifier sees (``head.transform``).  All sums are reduced over
+        ranks; returns ``(metrics, per-sample cosine margins)``.
+        """
+        loader = self.eval_loaders[split]
+        net, head = self.network, self.head
+        was_training = net.training
+        net.eval()
+        C, d, dev = self.num_classes, self.feature_dim, self.device
+        stats = ClassStatistics(C, d, device=dev)
+        sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, top1, top5, n
+        cache_mode = self.cfg.eval_cache
+        if cache_mode == "auto":
+            cache = len(loader.dataset) * d * 4 <= (2 * 1024 ** 3 if dev.type == "cuda" else 4 * 1024 ** 3)
+        else:
+            cache = bool(cache_mode)
+        cached: List[Tuple[Tensor, Tensor, Tensor]] = []
+
+        def batches():
+            for x, y in loader:
+                x = x.to(dev, non_blocking=True)
+                y = y.to(dev, non_blocking=True)
+                with self._autocast():
+                    f = net.backbone(x)
+                h = head.transform(f.float())
+                yield h, y, head.logits_from(h).float()
+
+        for h, y, logits in batches():
+            sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+            sums[1] += topk_correct(logits, y, 1)
+            if C >= 5:
+                sums[2] += topk_correct(logits, y, 5)
+            sums[3] += y.numel()
+            stats.update(h, y, check=False)
+            if cache:
+                cached.append((h, y, logits.argmax(1)))
+        _all_reduce_(sums)
+        stats.all_reduce_()
+        n = float(sums[3])
+        out: Dict[str, float] = {"loss": float(sums[0]) / n, "top1": float(sums[1]) / n}
+        if C >= 5:
+            out["top5"] = float(sums[2]) / n
+        W = head.weight.detach().to(dev)
+        out["nc2"] = float(nc2(W))
+        try:
+            means = stats.class_means()
+        except ValueError:  # an empty class in this split: class-mean metrics undefined
+            for k in ("nc1", "nc3", "equinorm", "ncc_mismatch", "cosine_margin_mean", "cosine_margin_min",
+                      "cosine_margin_median"):
+                out[k] = float("nan")
+            net.train(was_training)
+            return out, np.zeros(0)
+        h_g = stats.global_mean()
+        hbar = (means - h_g).T
+        out["nc1"] = float(nc1(stats))
+        out["nc3"] = float(nc3(W, hbar))
+        out["equinorm"] = float(equinorm(W, hbar))
+        mism = torch.zeros((), dtype=torch.float64, device=dev)
+        margins: List[Tensor] = []
+        source = cached if cache else ((h, y, lg.argmax(1)) for h, y, lg in batches())
+        for h, y, pred in source:
+            m, _ = ncc_mismatch_count(h, means, pred)
+            mism += m
+            margins.append(cosine_margin(h, y, W, h_g))
+        _all_reduce_(mism)
+        out["ncc_mismatch"] = float(mism) / n
+        local = torch.cat(margins).cpu().numpy() if margins else np.zeros(0)
+        if self.world_size > 1:
+            gathered: List[Any] = [None] * self.world_size
+            _dist().all_gather_object(gathered, local)
+            local = np.concatenate(gathered)
+        out["cosine_margin_mean"] = float(local.mean())
+        out["cosine_margin_min"] = float(local.min())
+        out["cosine_margin_median"] = float(np.median(local))
+        net.train(was_training)
+        return out, local
+
+    # -- training --------------------------------------------------------------------------
+    def _fire(self, event: str) -> None:
+        for cb in self.callbacks:
+            cb(event, self)
+
+    def _check_finite(self, bad_step: Tensor, where: str) -> None:
+        flag = bad_step.clone()
+        if self.world_size > 1:
+            # max over ranks of the first bad step (-1 = none); any rank's failure stops all.
+            _dist().all_reduce(flag, op=_dist().ReduceOp.MAX)
+        first = int(flag)
+        if first >= 0:
+            self._raise_nonfinite(first, "non-finite loss or features")
+
+    def _raise_nonfinite(self, step: int, what: str) -> None:
+        spe = self.steps_per_epoch
+        epoch = (step - 1) // spe + 1
+        within = (step - 1) % spe + 1
+        ck = (f"the last good checkpoint ({self.checkpoint_path}, epoch {self.last_checkpoint_epoch}) is intact"
+              if self.last_checkpoint_epoch is not None else "no checkpoint had been written yet")
+        self.status = "failed: non-finite"
+        self._write_provenance(self.status, time.time() - self._t0)
+        raise NonFiniteError(f"{what} at epoch {epoch}, step {within} of {spe} (global step {step}); "
+                             f"training stopped, {ck}")
+
+    def _train_epoch(self, bar_batches: bool) -> Dict[str, Any]:
+        cfg, dev = self.cfg, self.device
+        net, model, head = self.network, self.model, self.head
+        net.train()
+        sampler = self.train_loader.batch_sampler
+        sampler.set_epoch(self.epoch)
+        gen = getattr(self.train_loader, "generator", None)
+        if gen is not None:  # worker seeds depend only on (seed, epoch, rank): resume-safe
+            gen.manual_seed((int(cfg.seed) * 1_000_003 + self.epoch) * 4099 + self.rank)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        count = torch.zeros((), dtype=torch.float64, device=dev)
+        bad_step = torch.full((), -1, dtype=torch.int64, device=dev)
+        timer = self.timer
+        it: Iterable = self.train_loader
+        pbar = None
+        if bar_batches:
+            from tqdm.auto import tqdm
+
+            pbar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}", leave=False, dynamic_ncols=True)
+        epoch_t0 = time.perf_counter()
+        data_t = time.perf_counter()
+        step_losses = []
+        for x, y in it:
+            if timer.enabled:
+                timer.add("data", (time.perf_counter() - data_t) * 1e3)
+            self.global_step += 1
+            step = self.global_step
+            x = x.to(dev, non_blocking=True)
+            y = y.to(dev, non_blocking=True)
+            timer.start("step")
+            try:
+                with self._autocast():
+                    logits, features = model(x, y)
+                loss = F.cross_entropy(logits.float(), y)
+            except ValueError as exc:
+                if "non-finite" in str(exc):
+                    self._raise_nonfinite(step, f"non-finite values ({exc})")
+                raise
+            finite = torch.isfinite(loss) & torch.isfinite(features).all()
+            bad_step = torch.where((bad_step < 0) & ~finite, torch.full_like(bad_step, step), bad_step)
+            timer.start("backward")
+            self.scaler.scale(loss).backward()
+            timer.stop("backward")
+            timer.start("optimizer")
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            head.after_step()
+            timer.stop("optimizer")
+            timer.stop("step")
+            ld = loss.detach()
+            loss_sum += ld.double() * y.numel()
+            count += y.numel()
+            if cfg.record_step_losses:
+                step_losses.append(ld.double().clone())
+            if step % cfg.nonfinite_check_every == 0:
+                self._check_finite(bad_step, "step")
+            if pbar is not None:
+                pbar.update(1)
+                if step % 20 == 0:
+                    pbar.set_postfix(loss=f"{float(ld):.4f}")
+            self._fire("step_end")
+            data_t = time.perf_counter()
+        if pbar is not None:
+            pbar.close()
+        self._check_finite(bad_step, "epoch end")
+        if step_losses:
+            sl = torch.stack(step_losses)
+            if self.world_size > 1:
+                _all_reduce_(sl)
+                sl = sl / self.world_size
+            self.step_losses += sl.cpu().tolist()
+        both = torch.stack([loss_sum, count])
+        _all_reduce_(both)
+        row: Dict[str, Any] = {"train_loss_running": float(both[0] / both[1].clamp_min(1))}
+        row["time_epoch_s"] = time.perf_counter() - epoch_t0
+        row.update(self.timer.collect(self.steps_per_epoch))
+        return row
+
+    def _should_eval(self, epoch: int) -> bool:
+        cfg = self.cfg
+        return epoch % cfg.eval_every == 0 or epoch == cfg.epochs or epoch in cfg.report_epochs
+
+    def fit(self) -> Dict[str, Any]:
+        """Train (resuming if asked and possible); returns the results dict."""
+        cfg = self.cfg
+        self._t0 = time.time()
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed_from = None
+        if self.checkpoint_path.exists():
+            if cfg.resume:
+                self.load_checkpoint(self.checkpoint_path)
+                resumed_from = self.epoch
+            elif not cfg.overwrite:
+                raise ConfigError(f"{self.run_dir} already holds a checkpoint; pass resume=true to continue it "
+                                  "or overwrite=true to start again")
+        if self.is_main:
+            atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_jsonable(cfg.to_dict()), sort_keys=False))
+        self._write_provenance("running", None)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        interactive = cfg.progress and self.is_main and _is_interactive()
+        epoch_bar = None
+        if interactive:
+            from tqdm.auto import tqdm
+
+            epoch_bar = tqdm(total=cfg.epochs, initial=self.epoch, desc=f"{cfg.method} seed {cfg.seed}",
+                             dynamic_ncols=True)
+        self.status = "running"
+        try:
+            while self.epoch < cfg.epochs:
+                row = self._train_epoch(bar_batches=interactive and self.steps_per_epoch > 1)
+                self.epoch += 1
+                epoch = self.epoch
+                row = {"epoch": epoch, "step": self.global_step, "method": cfg.method, "seed": cfg.seed,
+                       "lr": float(self.optimizer.param_groups[0]["lr"]), **row}
+                if isinstance(self.head, ImplicitETFHead):
+                    row["ema_alpha"] = float(ema_alpha(int(self.head.ema.step), cfg.ema_floor))
+                eta = self.optimizer.param_groups[0].get("eta")
+                if eta is not None:
+                    row["agd_eta"] = float(eta)
+                if self._should_eval(epoch):
+                    self._sync_buffers()
+                    for split in self.eval_loaders:
+                        metrics, margins = self.evaluate(split)
+                        row.update({f"{split}_{k}": v for k, v in metrics.items()})
+                        if epoch == cfg.epochs:
+                            self.final_margins[split] = margins
+                row.update(_peak_memory(self.device))
+                self.history.append(row)
+                self._write_metrics()
+                self._fire("epoch_end")
+                if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or epoch == cfg.epochs:
+                    self.save_checkpoint()
+                if epoch_bar is not None:
+                    epoch_bar.update(1)
+                    shown = {k: row[k] for k in ("train_loss_running", "train_top1", "test_top1") if k in row}
+                    epoch_bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()})
+                if cfg.stop_after_epoch is not None and epoch >= cfg.stop_after_epoch and epoch < cfg.epochs:
+                    self.status = "stopped"
+                    break
+            else:
+                self.status = "completed"
+        finally:
+            if epoch_bar is not None:
+                epoch_bar.close()
+            if self.status == "running":
+                self.status = "failed"
+                self._write_provenance("failed", time.time() - self._t0)
+        wall = time.time() - self._t0
+        results = self._results(wall, resumed_from)
+        if self.is_main:
+            atomic_write_json(self.run_dir / "results.json", {k: v for k, v in results.items() if k != "history"})
+            if cfg.save_margins and self.final_margins:
+                np.savez(self.run_dir / "cosine_margins_final.npz", **self.final_margins)
+        self._write_provenance(self.status, wall)
+        if self.is_main and cfg.verbose:
+            print(self.summary_line(results), flush=True)
+        return results
+
+    def _results(self, wall: float, resumed_from: Optional[int]) -> Dict[str, Any]:
+        cfg = self.cfg
+        last = self.history[-1] if self.history else {}
+        evaluated = [r for r in self.history if "train_top1" in r or "test_top1" in r]
+        final_eval = evaluated[-1] if evaluated else {}
+        at_epochs: Dict[str, Dict[str, Any]] = {}
+        for r in self.history:
+            if r["epoch"] in cfg.report_epochs or r["epoch"] == cfg.epochs:
+                at_epochs[str(r["epoch"])] = {k: v for k, v in r.items() if not k.startswith(_TIME_KEYS_PREFIX)}
+        return {
+            "status": self.status,
+            "method": cfg.method,
+            "seed": cfg.seed,
+            "run_dir": str(self.run_dir),
+            "epochs_completed": self.epoch,
+            "global_step": self.global_step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "resumed_from_epoch": resumed_from,
+            "wall_time_s": wall,
+            "world_size": self.world_size,
+            "device": str(self.device),
+            "stratified": cfg.stratified,
+            "final": last,
+            "final_eval": final_eval,
+            "at_epochs": at_epochs,
+            "peak_mem_gb": max((r.get("peak_mem_gb", 0.0) for r in self.history), default=None),
+            "cosine_margin_distribution": {k: _margin_summary(v) for k, v in self.final_margins.items()},
+            "history": self.history,
+            "step_losses": list(self.step_losses) if cfg.record_step_losses else None,
+            "config": cfg.to_dict(),
+        }
+
+    def summary_line(self, results: Dict[str, Any]) -> str:
+        f = results["final_eval"] or results["final"]
+        parts = [f"[guiding_nc] {self.cfg.name} {self.cfg.method} seed={self.cfg.seed} {results['status']}: "
+                 f"{results['epochs_completed']}/{self.cfg.epochs} epochs, {results['global_step']} steps, "
+                 f"{results['wall_time_s']:.1f}s"]
+        for key, label in (("train_loss_running", "loss"), ("train_top1", "train top1"), ("test_top1", "test top1"),
+                           ("train_nc1", "NC1"), ("train_nc3", "NC3")):
+            v = f.get(key, results["final"].get(key))
+            if v is not None:
+                parts.append(f"{label} {v:.4g}")
+        if results.get("peak_mem_gb") is not None:
+            parts.append(f"peak mem {results['peak_mem_gb']:.2f} GB")
+        parts.append(f"-> {results['run_dir']}")
+        return ", ".join(parts)
+
+
+# ---------------------------------------------------------------------- runs and sweeps
+def train_run(config: Union[TrainConfig, Dict[str, Any], str], *, callbacks: Optional[Sequence[Callable]] = None,
+              argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Train one (method, seed) run and return its results (see :class:`Trainer`)."""
+    return Trainer(config if isinstance(config, TrainConfig) else load_config(config), callbacks=callbacks,
+                   argv=argv).fit()
+
+
+def _summary_metrics(cfg: TrainConfig, result: Dict[str, Any]) -> Dict[str, float]:
+    vals: Dict[str, float] = {}
+    epochs = sorted(set([e for e in cfg.report_epochs if e <= cfg.epochs] + [cfg.epochs]))
+    for e in epochs:
+        row = result["at_epochs"].get(str(e))
+        if not row:
+            continue
+        for key in ("train_top1", "test_top1"):
+            if key in row and row[key] is not None:
+                vals[f"{key}@{e}"] = 100.0 * row[key]
+    fe = result.get("final_eval") or {}
+    for key in ("train_loss", "train_nc1", "train_nc2", "train_nc3", "train_equinorm", "train_ncc_mismatch",
+                "train_cosine_margin_mean", "test_loss", "test_top5"):
+        if key in fe and fe[key] is not None:
+            vals[f"{key}@final"] = fe[key]
+    vals["wall_time_s"] = result["wall_time_s"]
+    if result.get("peak_mem_gb") is not None:
+        vals["peak_mem_gb"] = result["peak_mem_gb"]
+    return vals
+
+
+def summarize_runs(per_run: Sequence[Tuple[str, int, Dict[str, float]]]) -> Dict[str, Any]:
+    """Median and min-max over seeds per (method, metric): ``{"rows": [...], "table": {...}}``.
+
+    ``per_run`` holds ``(method, seed, {metric: value})``.  ``rows`` is tidy (one row per
+    method and metric); ``table`` is shaped like the paper's Tables 1-2: ``table[method][metric]
+    = "median [min, max]"``.
+    """
+    grouped: Dict[str, Dict[str, List[Tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    for method, seed, vals in per_run:
+        for k, v in vals.items():
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                grouped[method][k].append((seed, float(v)))
+    rows, table = [], {}
+    for method, metrics in grouped.items():
+        table[method] = {}
+        for metric, pairs in metrics.items():
+            values = np.array([v for _, v in pairs])
+            row = {"method": method, "metric": metric, "n": int(values.size), "median": float(np.median(values)),
+                   "min": float(values.min()), "max": float(values.max()),
+                   "seeds": [s for s, _ in pairs], "values": values.tolist()}
+            rows.append(row)
+            table[method][metric] = f"{row['median']:.2f} [{row['min']:.2f}, {row['max']:.2f}]"
+    return {"rows": rows, "table": table}
+
+
+def _format_table(table: Dict[str, Dict[str, str]], metrics: Sequence[str]) -> str:
+    if not table:
+        return ""
+    cols = [m for m in metrics if any(m in t for t in table.values())]
+    widths = [max(len("method"), *(len(m) for m in table))] + [max(len(c), *(len(t.get(c, "")) for t in table.values()))
+                                                             for c in cols]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(["method", *cols], widths))]
+    for method, t in table.items():
+        lines.append("  ".join(v.ljust(w) for v, w in zip([method, *(t.get(c, "-") for c in cols)], widths)))
+    return "\n".join(lines)
+
+
+def train(config: Union[TrainConfig, Dict[str, Any], str], *, callbacks: Optional[Sequence[Callable]] = None,
+          argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Run every (method, seed) the config names; write ``summary.json``/``summary.csv``.
+
+    Returns ``{"runs": [results...], "summary": {"rows": [...], "table": {...}}, "summary_dir": str}``.
+    Each run lives in ``output_dir/name/method/seed<k>`` (or ``run_dir`` for a single run).
+    """
+    cfg = config if isinstance(config, TrainConfig) else load_config(config)
+    cfg = cfg.apply_quick()
+    cfg.validate()
+    runs, per_run = [], []
+    for method in cfg.method_list:
+        for seed in cfg.seed_list:
+            one = cfg.replace(method=method, methods=None, seed=seed, seeds=None)
+            res = train_run(one, callbacks=callbacks, argv=argv)
+            runs.append(res)
+            per_run.append((method, seed, _summary_metrics(one, res)))
+    summary = summarize_runs(per_run)
+    out_dir = Path(cfg.run_dir) if cfg.run_dir else Path(cfg.output_dir) / cfg.name
+    rank, _ = _world()
+    if rank == 0:
+        import csv
+        import io
+
+        atomic_write_json(out_dir / "summary.json", {"name": cfg.name, "methods": cfg.method_list,
+                                                     "seeds": cfg.seed_list, "stratified": cfg.stratified, **summary})
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["method", "metric", "n", "median", "min", "max", "seeds", "values"])
+        w.writeheader()
+        for r in summary["rows"]:
+            w.writerow({**r, "seeds": " ".join(map(str, r["seeds"])), "values": " ".join(f"{v:.6g}" for v in r["values"])})
+        atomic_write_text(out_dir / "summary.csv", buf.getvalue())
+        if cfg.verbose and len(runs) > 1:
+            metrics = sorted({r["metric"] for r in summary["rows"] if "top1@" in r["metric"]},
+                             key=lambda m: (m.split("@")[0] != "train_top1", int(m.split("@")[1])))
+            print(_format_table(summary["table"], metrics + ["train_nc1@final"]), flush=True)
+    return {"runs": runs, "summary": summary, "summary_dir": str(out_dir)}

@@ -1,0 +1,37 @@
+"""The benchmark script runs end to end on tiny sizes (its numbers are not asserted: timings are noisy)."""
+import json
+
+from guiding_nc import bench
+
+
+def test_bench_etf_tiny(tmp_path):
+    out = tmp_path / "etf.json"
+    assert bench.main(["etf", "--sizes", "16x4", "--repeats", "1", "--kkt-cap-gb", "0.01", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert [(r["d"], r["C"]) for r in rows] == [(16, 4)]
+    for r in rows:
+        assert abs(r["objective_gap"]) < 1e-9  # trust-region and closed form reach the same optimum
+        assert r["kkt_vs_cf_rel_err"] < 1e-8  # the two gradients agree
+        assert r["cf_peak_mb_float32"] >= 0 and r["kkt_peak_mb_float64"] >= 0
+        assert r["cf_forward_ms"] > 0 and r["tr_forward_ms"] > 0
+    prov = result["provenance"]
+    for key in ("command", "date", "git_commit", "device", "torch", "python", "wall_time_s"):
+        assert key in prov
+    table = bench.format_table(result)
+    assert "closed form" in table and "16" in table
+
+
+def test_bench_skips_kkt_above_the_memory_cap():
+    result = bench.bench_etf([(40, 20)], repeats=1, kkt_cap_gb=1e-6, memory=False, progress=lambda s: None)
+    row = result["rows"][0]
+    assert row["kkt_fwd_bwd_ms_float64"] is None and row["kkt_need_gb"] > 1e-6
+    assert "need" in bench.format_table(result)
+
+
+def test_bench_rejects_bad_sizes(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        bench.main(["etf", "--sizes", "4x10"])
+    assert "d >= C" in capsys.readouterr().err

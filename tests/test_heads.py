@@ -1,0 +1,215 @@
+"""Classifier heads and the class-mean EMA (paper §3.4-3.5, Eq. 8-9)."""
+import math
+
+import pytest
+import torch
+
+from guiding_nc.etf import canonical_point, etf_classifier
+from guiding_nc.heads import (
+    METHOD_NAMES,
+    ClassMeanEMA,
+    FixedETFHead,
+    ImplicitETFHead,
+    LinearHead,
+    build_head,
+    ema_alpha,
+    normalize_features,
+)
+
+
+def _batch(B, d, C, seed=0, classes=None):
+    g = torch.Generator().manual_seed(seed)
+    classes = list(range(C)) if classes is None else list(classes)
+    y = torch.tensor([classes[i % len(classes)] for i in range(B)])
+    return torch.randn(B, d, generator=g), y
+
+
+def _manual_batch_matrix(h, y, C):
+    """Eq. 4-5 by hand: centred class means (d, C) scaled to unit Frobenius norm."""
+    means = torch.stack([h[y == c].mean(0) for c in range(C)], 1)  # (d, C)
+    hg = h.mean(0)
+    Hb = means - hg[:, None]
+    return Hb / Hb.norm(), hg
+
+
+# ----------------------------------------------------------------------------- alpha
+def test_alpha_schedule_and_floor():
+    assert ema_alpha(1) == 1.0
+    assert ema_alpha(2) == pytest.approx(2 / 3)
+    assert ema_alpha(3) == pytest.approx(0.5)
+    assert ema_alpha(19999) == pytest.approx(1e-4)
+    assert ema_alpha(10 ** 6) == 1e-4  # floored
+    assert ema_alpha(10 ** 6, floor=1e-3) == 1e-3
+    t = torch.tensor([1, 2, 3, 10 ** 7])
+    assert torch.allclose(ema_alpha(t), torch.tensor([1.0, 2 / 3, 0.5, 1e-4], dtype=torch.float64))
+
+
+# ------------------------------------------------------------------------------- EMA
+def test_ema_follows_eq9_with_all_classes_present():
+    d, C = 8, 4
+    ema = ClassMeanEMA(d, C, dtype=torch.float64)
+    H_prev = None
+    for t in range(1, 6):
+        h, y = _batch(16, d, C, seed=t)
+        h = h.double()
+        H, hg = ema.update(h, y)
+        Hb, hg_b = _manual_batch_matrix(h, y, C)
+        a = 2.0 / (t + 1)
+        expected = Hb if H_prev is None else a * Hb + (1 - a) * H_prev
+        assert torch.allclose(H, expected, atol=1e-12)
+        assert int(ema.step) == t
+        assert torch.equal(ema.class_updates, torch.full((C,), t))
+        H_prev = expected
+    # first update: alpha = 1, so the state is exactly the unit-Frobenius batch matrix
+    ema2 = ClassMeanEMA(d, C, dtype=torch.float64)
+    h, y = _batch(16, d, C, seed=1)
+    H1, _ = ema2.update(h.double(), y)
+    assert H1.norm().item() == pytest.approx(1.0)
+    assert torch.allclose(H1.sum(1), torch.zeros(d, dtype=torch.float64), atol=1e-12)  # balanced: centred
+
+
+def test_ema_floor_is_applied():
+    d, C = 6, 3
+    ema = ClassMeanEMA(d, C, floor=1e-4, dtype=torch.float64)
+    h, y = _batch(12, d, C, seed=0)
+    ema.update(h.double(), y)
+    ema.step.fill_(10 ** 6)
+    ema.class_updates.fill_(10 ** 6)
+    before = ema.means.clone()
+    h2, y2 = _batch(12, d, C, seed=1)
+    H, _ = ema.update(h2.double(), y2)
+    Hb, _ = _manual_batch_matrix(h2.double(), y2, C)
+    assert torch.allclose(H, 1e-4 * Hb + (1 - 1e-4) * before, atol=1e-14)
+
+
+def test_ema_absent_classes_never_nan_and_keep_running_mean():
+    d, C = 8, 6
+    ema = ClassMeanEMA(d, C, dtype=torch.float64)
+    # step 1: only classes 0, 1, 2 present -> never-seen classes get the zero column
+    h, y = _batch(9, d, C, seed=0, classes=[0, 1, 2])
+    H, hg = ema.update(h.double(), y)
+    assert torch.isfinite(H).all() and torch.isfinite(hg).all()
+    assert torch.equal(H[:, 3:], torch.zeros(d, 3, dtype=torch.float64))
+    # present columns scaled to Frobenius norm sqrt(k/C) = sqrt(3/6)
+    assert H[:, :3].norm().item() == pytest.approx(math.sqrt(0.5))
+    seen = H[:, :3].clone()
+    # step 2: classes 3, 4 appear for the first time; 0-2 absent and kept unchanged
+    h, y = _batch(6, d, C, seed=1, classes=[3, 4])
+    H, _ = ema.update(h.double(), y)
+    assert torch.isfinite(H).all()
+    assert torch.equal(H[:, :3], seen)
+    assert torch.equal(H[:, 5], torch.zeros(d, dtype=torch.float64))
+    # first appearance replaces the zero column outright (alpha_c = 1)
+    means = torch.stack([h[y == c].mean(0) for c in (3, 4)], 1).double()
+    cen = means - h.double().mean(0)[:, None]
+    assert torch.allclose(H[:, 3:5], cen * math.sqrt(2 / 6) / cen.norm(), atol=1e-12)
+    assert ema.class_updates.tolist() == [1, 1, 1, 1, 1, 0]
+    # a batch with a single class: centred means are all zero -> still finite
+    h, y = _batch(4, d, C, seed=2, classes=[5])
+    H, _ = ema.update(h.double(), y)
+    assert torch.isfinite(H).all()
+
+
+def test_ema_gradient_reaches_features():
+    d, C = 5, 3
+    ema = ClassMeanEMA(d, C)
+    h, y = _batch(9, d, C)
+    h.requires_grad_(True)
+    H, hg = ema.update(h, y)
+    (H.square().sum() + hg.sum()).backward()
+    assert h.grad is not None and torch.isfinite(h.grad).all() and h.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------ heads
+def test_implicit_head_weight_bias_and_logits():
+    d, C, tau = 12, 5, 5.0
+    head = ImplicitETFHead(d, C, tau=tau)
+    head.train()
+    f, y = _batch(20, d, C, seed=3)
+    logits = head(f, y)
+    W, b = head.weight, head.bias
+    assert W.shape == (C, d) and b.shape == (C,)
+    assert torch.allclose(W.norm(dim=1), torch.ones(C), atol=1e-5)
+    G = W @ W.T
+    off = G[~torch.eye(C, dtype=torch.bool)]
+    assert torch.allclose(off, torch.full_like(off, -1 / (C - 1)), atol=1e-5)
+    h = normalize_features(f)
+    assert torch.allclose(logits, tau * (h @ W.T + b), atol=1e-5)
+    assert torch.allclose(b, -W @ head.global_mean, atol=1e-6)
+    # eval mode: no state change, same classifier
+    head.eval()
+    state = {k: v.clone() for k, v in head.state_dict().items()}
+    out = head(f, y)
+    assert torch.allclose(out, tau * (h @ W.T + b), atol=1e-5)
+    for k, v in head.state_dict().items():
+        assert torch.equal(v, state[k])
+
+
+def test_implicit_head_ddn_gradient_switch():
+    d, C = 10, 4
+    f, y = _batch(16, d, C, seed=4)
+    grads = {}
+    for mode in ("closed_form", "kkt", "none"):
+        head = ImplicitETFHead(d, C, backward=mode, solve_dtype=torch.float64)
+        ff = f.clone().double().requires_grad_(True)
+        torch.nn.functional.cross_entropy(head(ff, y), y).backward()
+        grads[mode] = ff.grad
+        assert torch.isfinite(ff.grad).all()
+    assert torch.allclose(grads["closed_form"], grads["kkt"], atol=1e-6)
+    assert not torch.allclose(grads["closed_form"], grads["none"], atol=1e-6)
+
+
+def test_implicit_head_state_dict_resume():
+    d, C = 10, 4
+    a = ImplicitETFHead(d, C)
+    for s in range(3):
+        f, y = _batch(16, d, C, seed=s)
+        a(f, y)
+    b = ImplicitETFHead(d, C)
+    b.load_state_dict(a.state_dict())
+    f, y = _batch(16, d, C, seed=10)
+    assert torch.equal(a(f, y), b(f, y))
+    assert torch.equal(a.nearest.prox, b.nearest.prox)
+    assert int(b.ema.step) == 4
+
+
+def test_linear_head_renormalises_rows():
+    head = LinearHead(8, 3, tau=5.0)
+    assert torch.allclose(head.weight.norm(dim=1), torch.ones(3), atol=1e-6)
+    with torch.no_grad():
+        head.linear.weight.mul_(3.0)
+    head.after_step()
+    assert torch.allclose(head.weight.norm(dim=1), torch.ones(3), atol=1e-6)
+    nn_head = build_head("standard-no-norm", 8, 3)
+    with torch.no_grad():
+        nn_head.linear.weight.mul_(3.0)
+    w = nn_head.weight.clone()
+    nn_head.after_step()
+    assert torch.equal(nn_head.weight, w)
+    x = torch.randn(4, 8)
+    assert torch.allclose(nn_head(x), x @ w.T)  # no feature normalisation, no temperature
+
+
+def test_fixed_heads():
+    d, C = 9, 4
+    canon = build_head("fixed", d, C)
+    assert torch.allclose(canon.weight, etf_classifier(canonical_point(d, C, dtype=torch.float64)).float())
+    r1, r2 = build_head("fixed-random", d, C, etf_seed=3), build_head("fixed-random", d, C, etf_seed=3)
+    r3 = build_head("fixed-random", d, C, etf_seed=4)
+    assert torch.equal(r1.weight, r2.weight) and not torch.allclose(r1.weight, r3.weight)
+    for h in (canon, r1):
+        assert isinstance(h, FixedETFHead)
+        assert torch.allclose(h.weight.norm(dim=1), torch.ones(C), atol=1e-6)
+        assert h.bias is None
+
+
+def test_build_head_errors():
+    with pytest.raises(ValueError, match="unknown method"):
+        build_head("learned", 8, 3)
+    with pytest.raises(ValueError, match="exceeds the feature dimension"):
+        build_head("implicit", 4, 6)
+    assert set(METHOD_NAMES) == {"standard", "standard-no-norm", "fixed", "fixed-random", "implicit"}
+    for m in METHOD_NAMES:
+        head = build_head(m, 8, 3)
+        f, y = _batch(6, 8, 3)
+        assert head(f, y).shape == (6, 3)
