@@ -345,3 +345,23 @@ def test_bad_options_are_named(kwargs, message):
     H, P = _good()
     with pytest.raises(ValueError, match=message):
         gnc.nearest_etf(H, P, **kwargs)
+
+
+def test_check_false_skips_only_the_value_checks():
+    H, P = _good()
+    bad = 2 * P
+    with pytest.raises(ValueError, match="Stiefel"):
+        gnc.nearest_etf(H, bad)
+    gnc.nearest_etf(H, bad, check=False)  # the caller vouches for its inputs
+    with pytest.raises(ValueError, match="must match"):
+        gnc.nearest_etf(H, P[:5], check=False)  # shape checks always run
+
+
+def test_module_initialized_flag_survives_state_dict_round_trip():
+    d, C = 7, 3
+    layer = gnc.NearestETF(d, C).double()
+    layer(class_means(d, C, 20))
+    fresh = gnc.NearestETF(d, C).double()
+    fresh.load_state_dict(layer.state_dict())
+    H = class_means(d, C, 21)
+    assert torch.allclose(fresh(H), layer(H))  # uses the stored proximal point, not a fresh start

@@ -68,7 +68,7 @@ BACKWARDS = ("closed_form", "kkt", "none")
 
 
 # --------------------------------------------------------------------------- checks
-def _validate(H: Tensor, prox: Optional[Tensor], delta: float, method: str, backward: str) -> None:
+def _validate(H: Tensor, prox: Optional[Tensor], delta: float, method: str, backward: str, check: bool = True) -> None:
     if not isinstance(H, Tensor):
         raise TypeError(f"H must be a torch.Tensor, got {type(H).__name__}")
     if H.ndim != 2:
@@ -82,7 +82,7 @@ def _validate(H: Tensor, prox: Optional[Tensor], delta: float, method: str, back
         )
     if not H.is_floating_point():
         raise TypeError(f"H must be a floating-point tensor, got dtype {H.dtype}")
-    if not bool(torch.isfinite(H).all()):
+    if check and not bool(torch.isfinite(H).all()):
         raise ValueError("H contains non-finite entries (NaN or Inf)")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
@@ -97,6 +97,8 @@ def _validate(H: Tensor, prox: Optional[Tensor], delta: float, method: str, back
             raise ValueError(f"prox has shape {tuple(prox.shape)} but H has shape {tuple(H.shape)}; they must match")
         if prox.device != H.device:
             raise ValueError(f"prox is on {prox.device} but H is on {H.device}")
+        if not check:
+            return
         if not bool(torch.isfinite(prox).all()):
             raise ValueError("prox contains non-finite entries (NaN or Inf)")
         err = orthonormality_error(prox.detach())
@@ -261,6 +263,7 @@ def nearest_etf(
     *,
     max_iterations: int = 30,
     return_prox: bool = False,
+    check: bool = True,
 ):
     """The nearest simplex ETF direction ``U*`` to the class means ``H`` (Eq. 7).
 
@@ -292,6 +295,11 @@ def nearest_etf(
         small problems only.  ``none``: no gradient through the solve.
     return_prox : bool
         Also return the proximal point actually used (useful with ``prox=None``).
+    check : bool
+        Check that ``H`` and ``prox`` are finite and that ``prox`` is orthonormal.  Each
+        check reads a value back to the host; on a GPU inside a training loop, where the
+        caller detects non-finite losses itself, ``check=False`` avoids those syncs.
+        Shape, dtype and option checks always run (they cost nothing).
 
     Returns
     -------
@@ -299,7 +307,7 @@ def nearest_etf(
 
     Book: chapter 3 (the solution) and chapter 5 (its gradient).
     """
-    _validate(H, prox, delta, method, backward)
+    _validate(H, prox, delta, method, backward, check)
     d, C = H.shape
     needs_grad = torch.is_grad_enabled() and (H.requires_grad or (prox is not None and prox.requires_grad))
     M = standard_simplex_etf(C, dtype=H.dtype, device=H.device)
@@ -363,6 +371,10 @@ class NearestETF(nn.Module):
         Proximal coefficient (paper: 1e-3).
     method, backward : str
         As in :func:`nearest_etf`.
+    check : bool or None
+        Input checks of :func:`nearest_etf`.  ``None`` (default) checks on the CPU and
+        skips them on accelerators, where each check is a host sync; the proximal point
+        is the layer's own previous solution and is never re-checked.
 
     Shapes: ``forward(H: (d, C)) -> U: (d, C)``.
     """
@@ -375,6 +387,7 @@ class NearestETF(nn.Module):
         method: str = "closed_form",
         backward: str = "closed_form",
         max_iterations: int = 30,
+        check: Optional[bool] = None,
     ):
         super().__init__()
         C = _check_num_classes(num_classes)
@@ -388,24 +401,34 @@ class NearestETF(nn.Module):
             raise ValueError(f"NearestETF needs delta > 0 (the proximal term makes U* unique), got {delta!r}")
         self.dim, self.num_classes = dim, C
         self.delta, self.method, self.backward, self.max_iterations = float(delta), method, backward, max_iterations
+        self.check = check
         self.register_buffer("prox", torch.zeros(dim, C))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        # Host-side mirror of the buffer, so forward never reads a device value back.
+        self._initialized = False
 
     def reset(self) -> None:
         """Forget the proximal state; the next call re-initialises from the canonical direction."""
         self.prox.zero_()
         self.initialized.fill_(False)
+        self._initialized = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._initialized = bool(self.initialized)
 
     def forward(self, H: Tensor) -> Tensor:
         if H.ndim != 2 or H.shape != (self.dim, self.num_classes):
             raise ValueError(
                 f"NearestETF expects class means of shape ({self.dim}, {self.num_classes}), got {tuple(H.shape)}"
             )
-        prox = self.prox.to(dtype=H.dtype) if bool(self.initialized) else None
-        U = nearest_etf(H, prox, self.delta, self.method, self.backward, max_iterations=self.max_iterations)
+        prox = self.prox.to(dtype=H.dtype) if self._initialized else None
+        check = (H.device.type == "cpu") if self.check is None else self.check
+        U = nearest_etf(H, prox, self.delta, self.method, self.backward, max_iterations=self.max_iterations, check=check)
         # Re-assigning (not copy_) keeps the proximal point in the caller's dtype.
         self.prox = U.detach().clone()
         self.initialized.fill_(True)
+        self._initialized = True
         return U
 
     def extra_repr(self) -> str:
