@@ -35,3 +35,11 @@ def test_bench_rejects_bad_sizes(capsys):
     with pytest.raises(SystemExit):
         bench.main(["etf", "--sizes", "4x10"])
     assert "d >= C" in capsys.readouterr().err
+
+
+def test_bench_overhead_tiny(tmp_path):
+    out = tmp_path / "overhead.json"
+    assert bench.main(["overhead", "--cases", "small_cnn", "--steps", "1", "--rounds", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["standard", "implicit, DDN off", "implicit, DDN on"]
+    assert rows[0]["ratio_to_standard"] == 1.0 and all(r["step_ms"] > 0 for r in rows)

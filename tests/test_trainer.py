@@ -248,3 +248,12 @@ def test_cli(tmp_path):
     assert (tmp_path / "ufm10" / "implicit" / "seed0" / "metrics.jsonl").exists()
     bad = subprocess.run(cmd + ["learning_rate=1"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert bad.returncode == 2 and "unknown config key(s): learning_rate" in bad.stderr
+
+
+def test_single_method_and_seed_override_replace_the_files_lists():
+    from guiding_nc.trainer import load_config
+
+    cfg = load_config("ufm10", ["method=implicit", "seed=3"])
+    assert cfg.method_list == ["implicit"] and cfg.seed_list == [3]
+    cfg = load_config("ufm10")
+    assert cfg.method_list == ["standard", "fixed", "implicit"] and cfg.seed_list == [0, 1, 2, 3, 4]

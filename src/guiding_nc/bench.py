@@ -34,6 +34,7 @@ import torch
 from . import ddn
 from .etf import standard_simplex_etf
 from .nearest import nearest_etf, nearest_etf_objective
+from .provenance import git_info, device_name
 
 DEFAULT_SIZES = ((512, 10), (1024, 100), (1024, 200), (1024, 1000), (2048, 1000))
 
@@ -128,19 +129,14 @@ def _peak_memory(kind: str, d: int, C: int, dtype, device) -> float:
 
 
 def _git_commit() -> str:
-    try:
-        root = Path(__file__).resolve().parents[2]
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except Exception:  # not a git checkout (e.g. an installed wheel)
+    info = git_info(Path(__file__).resolve().parent)
+    if info["commit"] is None:
         return "unknown"
+    return info["commit"] + ("-dirty" if info["dirty"] else "")
 
 
 def _device_name(device) -> str:
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    return f"{device_name(device)}, {torch.get_num_threads()} threads"
 
 
 def bench_etf(
@@ -227,6 +223,99 @@ def bench_etf(
     return {"rows": rows, "provenance": provenance}
 
 
+OVERHEAD_CASES = {
+    # name: (model, model kwargs, input shape, num_classes, batch, num_samples for a UFM)
+    "small_cnn": ("small_cnn", {"in_channels": 3, "input_shape": (3, 32, 32), "feature_dim": 128}, (3, 32, 32), 10, 128, None),
+    "ufm100": ("ufm", {"feature_dim": 1024, "num_samples": 5000}, None, 100, 5000, 5000),
+}
+OVERHEAD_VARIANTS = (
+    ("standard", "standard", "closed_form"),
+    ("implicit, DDN off", "implicit", "none"),
+    ("implicit, DDN on", "implicit", "closed_form"),
+)
+
+
+def _overhead_step_fn(case: str, method: str, ddn: str, device, seed: int = 0):
+    """One training step (forward, cross-entropy, backward, AGD update) of ``case`` with ``method``."""
+    import torch.nn.functional as F
+
+    from .heads import build_head
+    from .models import build_model
+    from .optim import AGD
+
+    model_name, kwargs, in_shape, C, batch, N = OVERHEAD_CASES[case]
+    torch.manual_seed(seed)
+    kw = dict(kwargs)
+    if model_name != "ufm":
+        kw["agd_compatible"] = True
+    backbone = build_model(model_name, num_classes=C, **kw).to(device)
+    head = build_head(method, backbone.feature_dim, C, ddn_backward=ddn).to(device)
+    params = [p for p in list(backbone.parameters()) + list(head.parameters()) if p.requires_grad]
+    opt = AGD(params, gain=10.0)
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.arange(batch) % C).to(device)
+    x = torch.arange(batch).to(device) if N is not None else torch.randn(batch, *in_shape, generator=g).to(device)
+    head.train()
+
+    def step():
+        logits = head(backbone(x), y)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if hasattr(head, "after_step"):
+            head.after_step()
+        return loss
+
+    return step
+
+
+def bench_overhead(cases=("small_cnn", "ufm100"), *, device: str = "cpu", steps: int = 20, rounds: int = 3,
+                   progress=print) -> dict:
+    """Per-step time of each method, measured in interleaved rounds; ratios to ``standard``."""
+    rows = []
+    start = time.time()
+    for case in cases:
+        fns = {label: _overhead_step_fn(case, method, ddn, device) for label, method, ddn in OVERHEAD_VARIANTS}
+        times = {label: [] for label in fns}
+        for fn in fns.values():  # warm-up (first nearest-ETF call runs the two-stage initialisation)
+            fn(); fn()
+        for _ in range(rounds):  # interleave so drifts in machine load hit every variant alike
+            for label, fn in fns.items():
+                times[label].append(_time(fn, device, steps) * 1e3)
+        base = statistics.median(times["standard"])
+        for label, _, _ in OVERHEAD_VARIANTS:
+            ms = statistics.median(times[label])
+            rows.append({"case": case, "variant": label, "step_ms": ms, "ratio_to_standard": ms / base})
+        progress(f"  {case}: " + ", ".join(f"{r['variant']} {r['ratio_to_standard']:.2f}x" for r in rows if r["case"] == case))
+    provenance = {
+        "command": " ".join([Path(sys.executable).name, "-m", "guiding_nc.bench"] + sys.argv[1:]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "device": _device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "steps_per_timing": steps,
+        "rounds": rounds,
+        "wall_time_s": time.time() - start,
+        "notes": "median over rounds of the median step time over `steps` steps; AGD gain 10; "
+                 "small_cnn: batch 128 of random 3x32x32 inputs, agd-compatible SmallCNN, feature_dim 128, C=10; "
+                 "ufm100: full batch N=5000, d=1024, C=100",
+    }
+    return {"rows": rows, "provenance": provenance}
+
+
+def format_overhead(result: dict) -> str:
+    lines = [f"{'case':<10} {'variant':<18} {'step ms':>9} {'x standard':>11}", "-" * 51]
+    for r in result["rows"]:
+        lines.append(f"{r['case']:<10} {r['variant']:<18} {r['step_ms']:>9.2f} {r['ratio_to_standard']:>10.2f}x")
+    p = result["provenance"]
+    lines.append("")
+    lines.append(f"device: {p['device']}; torch {p['torch']}; commit {p['git_commit']}; {p['date']}")
+    return "\n".join(lines)
+
+
 def format_table(result: dict) -> str:
     """The benchmark as a plain-text table."""
     head = (
@@ -273,14 +362,31 @@ def main(argv=None) -> int:
     p.add_argument("--kkt-cap-gb", type=float, default=4.0, help="skip the dense KKT gradient above this memory (GB)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--out", default=None, help="write the table as JSON here (e.g. data/bench/etf_cpu.json)")
+    q = sub.add_parser("overhead", help="per-step time of implicit over standard (small CNN, UFM-100)")
+    q.add_argument("--cases", default="small_cnn,ufm100")
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--steps", type=int, default=20)
+    q.add_argument("--rounds", type=int, default=3)
+    q.add_argument("--out", default=None, help="write the table as JSON here (e.g. data/bench/overhead_cpu.json)")
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda requested but CUDA is not available")
+    if args.which == "overhead":
+        cases = [c for c in args.cases.split(",") if c]
+        unknown = [c for c in cases if c not in OVERHEAD_CASES]
+        if unknown:
+            parser.error(f"unknown case(s) {unknown}; choose from {sorted(OVERHEAD_CASES)}")
+        result = bench_overhead(cases, device=args.device, steps=args.steps, rounds=args.rounds,
+                                progress=lambda s: print(s, flush=True))
+        print()
+        print(format_overhead(result))
+        _save(result, args.out)
+        return 0
     try:
         sizes = [tuple(int(x) for x in s.lower().split("x")) for s in args.sizes.split(",")]
         assert all(len(s) == 2 and s[0] >= s[1] >= 2 for s in sizes)
     except (ValueError, AssertionError):
         parser.error(f"--sizes must look like 512x10,1024x100 with d >= C >= 2, got {args.sizes!r}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda requested but CUDA is not available")
     print(f"nearest-ETF benchmark on {_device_name(args.device)}", flush=True)
     result = bench_etf(
         sizes, device=args.device, repeats=args.repeats, tr_cap_s=args.tr_cap_s,
@@ -289,14 +395,16 @@ def main(argv=None) -> int:
     )
     print()
     print(format_table(result))
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, out)  # never leave a half-written table behind
-        print(f"\nsaved {out}")
+    _save(result, args.out)
     return 0
+
+
+def _save(result: dict, path) -> None:
+    if path:
+        from .provenance import atomic_write_json
+
+        atomic_write_json(path, result)  # never leaves a half-written table behind
+        print(f"\nsaved {path}")
 
 
 if __name__ == "__main__":

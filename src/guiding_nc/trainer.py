@@ -183,6 +183,7 @@ class TrainConfig:
     eval_cache: Any = "auto"
     report_epochs: List[int] = field(default_factory=lambda: [50, 200])
     record_step_losses: bool = False
+    record_step_accuracy: bool = False
     save_margins: bool = True
     # checkpointing
     checkpoint_every: int = 10
@@ -394,7 +395,12 @@ def load_config(source: Union[None, str, os.PathLike, Dict[str, Any], TrainConfi
     else:
         data = _load_yaml_with_base(_resolve_config_path(source))
     if overrides:
-        data.update(parse_overrides(overrides) if not isinstance(overrides, dict) else overrides)
+        extra = parse_overrides(overrides) if not isinstance(overrides, dict) else dict(overrides)
+        # A single `method=`/`seed=` given on top of a file that lists several means "just this one".
+        for single, plural in (("method", "methods"), ("seed", "seeds")):
+            if single in extra and plural not in extra:
+                data.pop(plural, None)
+        data.update(extra)
     return TrainConfig.from_dict(data)
 
 
@@ -831,6 +837,7 @@ class Trainer:
         self.global_step = 0
         self.history: List[Dict[str, Any]] = []
         self.step_losses: List[float] = []
+        self.step_accuracies: List[float] = []
         self.status = "initialised"
         self.last_checkpoint_epoch: Optional[int] = None
         self.final_margins: Dict[str, np.ndarray] = {}
@@ -850,6 +857,7 @@ class Trainer:
             "rng": _rng_state(self.device),
             "history": self.history,
             "step_losses": self.step_losses,
+            "step_accuracies": self.step_accuracies,
         }
 
     def save_checkpoint(self) -> Optional[Path]:
@@ -882,6 +890,7 @@ class Trainer:
         self.global_step = int(state["global_step"])
         self.history = list(state["history"])
         self.step_losses = list(state.get("step_losses", []))
+        self.step_accuracies = list(state.get("step_accuracies", []))
         self.last_checkpoint_epoch = self.epoch
         _set_rng_state(state["rng"])
 
@@ -1057,6 +1066,7 @@ class Trainer:
         epoch_t0 = time.perf_counter()
         data_t = time.perf_counter()
         step_losses = []
+        step_correct = []  # (correct, total) per step, kept on the device until the epoch ends
         for x, y in it:
             if timer.enabled:
                 timer.add("data", (time.perf_counter() - data_t) * 1e3)
@@ -1091,6 +1101,11 @@ class Trainer:
             count += y.numel()
             if cfg.record_step_losses:
                 step_losses.append(ld.double().clone())
+            if cfg.record_step_accuracy:
+                # Accuracy of the batch at the parameters *before* this step; for a full-batch
+                # UFM this is the exact training accuracy at step - 1.
+                correct = (logits.detach().argmax(1) == y).sum().double()
+                step_correct.append(torch.stack([correct, torch.tensor(float(y.numel()), dtype=torch.float64, device=dev)]))
             if step % cfg.nonfinite_check_every == 0:
                 self._check_finite(bad_step, "step")
             if pbar is not None:
@@ -1108,6 +1123,11 @@ class Trainer:
                 _all_reduce_(sl)
                 sl = sl / self.world_size
             self.step_losses += sl.cpu().tolist()
+        if step_correct:
+            sc = torch.stack(step_correct)
+            if self.world_size > 1:
+                _all_reduce_(sc)
+            self.step_accuracies += (sc[:, 0] / sc[:, 1]).cpu().tolist()
         both = torch.stack([loss_sum, count])
         _all_reduce_(both)
         row: Dict[str, Any] = {"train_loss_running": float(both[0] / both[1].clamp_min(1))}
@@ -1226,6 +1246,7 @@ class Trainer:
             "cosine_margin_distribution": {k: _margin_summary(v) for k, v in self.final_margins.items()},
             "history": self.history,
             "step_losses": list(self.step_losses) if cfg.record_step_losses else None,
+            "step_accuracies": list(self.step_accuracies) if cfg.record_step_accuracy else None,
             "config": cfg.to_dict(),
         }
 
