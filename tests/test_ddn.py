@@ -83,3 +83,15 @@ def test_kkt_vjp_equals_jacobian_transpose_product():
 def test_memory_estimate_grows_like_d2_c2():
     assert 40e9 < ddn.kkt_memory_bytes(1024, 200) < 100e9  # the paper reports 70 GB at UFM-200
     assert ddn.kkt_memory_bytes(20, 4) < 1e6
+
+
+def test_kkt_refuses_a_singular_lagrangian_hessian():
+    """At delta = 0 the minimiser is not unique and G is singular: no silent wrong gradient."""
+    H, _, _, _ = setup(seed=2)
+    d, C = H.shape
+    P = gnc.canonical_point(d, C, dtype=F64)
+    U = gnc.nearest_etf(H, P, 0.0)
+    with pytest.raises(ValueError, match="singular"):
+        ddn.kkt_vjp(H, U, P, 0.0, torch.ones(d, C, dtype=F64))
+    with pytest.raises(ValueError, match="singular"):
+        ddn.kkt_jacobian(H, U, P, 0.0)

@@ -106,7 +106,7 @@ def _peak_child(kind: str, d: int, C: int, dtype_name: str) -> dict:
     return {"extra_peak_bytes": max(0, peak - base)}
 
 
-def _peak_memory(kind: str, d: int, C: int, dtype, device) -> float:
+def peak_memory_mb(kind: str, d: int, C: int, dtype, device="cpu") -> float:
     """Extra peak memory in MB of one forward+backward (inputs excluded)."""
     if torch.device(device).type == "cuda":
         H, P = _problem(d, C, dtype, device)
@@ -194,10 +194,10 @@ def bench_etf(
             row["kkt_fwd_bwd_ms_float64"] = None
             row["kkt_vs_cf_rel_err"] = None
         if memory:
-            row["cf_peak_mb_float32"] = _peak_memory("closed_form", d, C, torch.float32, device)
-            row["cf_peak_mb_float64"] = _peak_memory("closed_form", d, C, torch.float64, device)
+            row["cf_peak_mb_float32"] = peak_memory_mb("closed_form", d, C, torch.float32, device)
+            row["cf_peak_mb_float64"] = peak_memory_mb("closed_form", d, C, torch.float64, device)
             row["kkt_peak_mb_float64"] = (
-                _peak_memory("kkt", d, C, torch.float64, device) if row["kkt_fwd_bwd_ms_float64"] is not None else None
+                peak_memory_mb("kkt", d, C, torch.float64, device) if row["kkt_fwd_bwd_ms_float64"] is not None else None
             )
         rows.append(row)
     provenance = {

@@ -118,6 +118,26 @@ def mixed_hessian(H: Tensor) -> Tensor:
     return -2.0 * torch.kron(torch.eye(d, dtype=H.dtype, device=H.device), M)
 
 
+def _check_nonsingular(G_C: Tensor) -> None:
+    """Prop. 1 needs G non-singular; G = I_d kron G_C, so it is enough to look at the C x C block."""
+    eig = torch.linalg.eigvalsh(sym(G_C))
+    scale = float(eig.abs().max())
+    if float(eig.abs().min()) <= G_C.shape[0] * torch.finfo(G_C.dtype).eps * max(scale, 1e-300):
+        raise ValueError(
+            "the Hessian of the Lagrangian G is singular (smallest |eigenvalue| "
+            f"{float(eig.abs().min()):.2e}): Proposition 1 does not apply. This happens at delta = 0, "
+            "where the minimiser is not unique; use delta > 0"
+        )
+
+
+def _lagrangian_block(H: Tensor, U: Tensor, prox: Tensor, delta: float) -> Tensor:
+    """``G_C`` with ``G = I_d kron G_C``: ``2 M^2 + delta I - Sigma(U)``, shape (C, C)."""
+    C = U.shape[1]
+    M = standard_simplex_etf(C, dtype=U.dtype, device=U.device)
+    Sigma = sym(objective_gradient(H, U, prox, delta).T @ U)
+    return 2.0 * M @ M + delta * torch.eye(C, dtype=U.dtype, device=U.device) - Sigma
+
+
 def kkt_jacobian(H: Tensor, U: Tensor, prox: Tensor, delta: float) -> Tensor:
     """The full Jacobian ``Dy = d rvec(U*) / d rvec(H)`` of Proposition 1, shape (dC, dC).
 
@@ -128,6 +148,7 @@ def kkt_jacobian(H: Tensor, U: Tensor, prox: Tensor, delta: float) -> Tensor:
 
     Book: chapter 5, "Proposition 1, assembled".
     """
+    _check_nonsingular(_lagrangian_block(H, U, prox, delta))
     A = constraint_jacobian(U)
     B = mixed_hessian(H)
     G = lagrangian_hessian(H, U, prox, delta)
@@ -152,8 +173,8 @@ def kkt_vjp(H: Tensor, U: Tensor, prox: Tensor, delta: float, grad_U: Tensor):
     """
     d, C = H.shape
     M = standard_simplex_etf(C, dtype=H.dtype, device=H.device)
-    Sigma = sym(objective_gradient(H, U, prox, delta).T @ U)
-    G_C = 2.0 * M @ M + delta * torch.eye(C, dtype=H.dtype, device=H.device) - Sigma
+    G_C = _lagrangian_block(H, U, prox, delta)
+    _check_nonsingular(G_C)
     G_C_inv = torch.linalg.inv(G_C)
     A = constraint_jacobian(U)  # (m, dC)
     m = A.shape[0]
