@@ -365,3 +365,11 @@ def test_module_initialized_flag_survives_state_dict_round_trip():
     fresh.load_state_dict(layer.state_dict())
     H = class_means(d, C, 21)
     assert torch.allclose(fresh(H), layer(H))  # uses the stored proximal point, not a fresh start
+
+
+def test_second_derivatives_are_refused_not_wrong():
+    H = class_means(6, 3, 22).requires_grad_()
+    P = gnc.nearest_etf(H.detach(), None)
+    (g,) = torch.autograd.grad(gnc.nearest_etf(H, P).sum(), H, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable|differentiable"):
+        torch.autograd.grad(g.sum(), H)

@@ -43,6 +43,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .etf import (
     _check_num_classes,
@@ -227,6 +228,7 @@ class _NearestETFFunction(torch.autograd.Function):
         return U.clone()
 
     @staticmethod
+    @once_differentiable  # the adjoint treats the SVD factors as constants: no silent wrong Hessians
     def backward(ctx, grad_U):
         H, prox, U, s, V = ctx.saved_tensors
         delta = ctx.delta
@@ -290,6 +292,7 @@ def nearest_etf(
         trust-region on ``Stiefel(d, C)`` with the autograd backend, warm-started
         at ``prox`` and capped at ``max_iterations`` (the paper's solver).
     backward : {"closed_form", "kkt", "none"}
+        First derivatives only (a second ``grad`` through it is refused rather than wrong).
         ``closed_form``: the polar-factor adjoint, O(d C^2).  ``kkt``: the paper's
         dense implicit-function formula (Prop. 1 with Eq. 49), memory ~ (dC)^2;
         small problems only.  ``none``: no gradient through the solve.

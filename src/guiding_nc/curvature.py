@@ -1,0 +1,1036 @@
+"""Curvature of the unconstrained-features model (UFM) under four classifier parametrisations.
+
+This module measures how the choice of classifier ``W`` changes the optimisation landscape
+in the features ``H``, in the sense of "Sharper Convergence Rates for Nonconvex Optimisation
+via Reduction Mappings" (Markou, Ajanthan, Gould, arXiv 2506.08428).  That paper splits the
+variables as ``x = (x1, x2)``, fixes ``x2 = Psi(x1)`` by a *reduction mapping* that encodes
+known structure of the solution set, and studies the *reduced objective*
+``F(x1) = f(x1, Psi(x1))``.  Its Hessian is
+
+    ∇²F = Jᵀ ∇²f J + Σ_k ∂f/∂x2_k · ∇²Psi_k,    J = [I; DPsi],
+
+so an affine ``Psi`` (second term zero) only compresses ``∇²f`` onto the graph of ``Psi``,
+while a nonlinear ``Psi`` (such as an argmin) adds a correction term.  The paper shows that
+well-designed reductions lower the smoothness constant ``L`` and raise the PL / Morse–Bott
+constant ``mu``, so the condition number ``L / mu`` improves.
+
+Contents
+--------
+Second-order tools (any scalar function ``f`` of one tensor ``x``):
+
+* :func:`hvp` — Hessian–vector product, forward-over-reverse (``jvp`` of ``grad``);
+* :func:`make_hvp` — the operator ``v -> ∇²f(x) v`` at a fixed ``x`` (torch.func forward-over-reverse,
+  or a cached torch.autograd double backward, faster for many products);
+* :func:`hessian_matrix` — the exact dense Hessian (``torch.func.hessian``), small sizes only;
+* :func:`lanczos_extremal_eigenvalues` — extremal eigenvalues of a symmetric operator known
+  only through matrix–vector products (float64, optional full re-orthogonalisation);
+* :func:`hessian_extremal_eigenvalues` — the two combined.
+
+Landscape constants:
+
+* :func:`pl_constant_estimate` — ``mu(x) = ||∇f(x)||² / (2 (f(x) - f*))``;
+* :func:`gradient_statistics` — ``f`` and ``||∇f||²`` along a trajectory;
+* :func:`smoothness_estimate` / :func:`secant_smoothness` — ``L`` from the Hessian spectrum or
+  from gradient secants;
+* :func:`condition_number` — ``L / mu``.
+
+UFM objectives (:class:`UFMObjective`, built by :func:`ufm_objective`) in the features
+``H`` (N, d) for the classifier parametrisations ``free``, ``fixed``, ``implicit`` and
+``affine``; each is a scalar function of one flat float tensor.
+
+Conventions
+-----------
+* ``N`` samples, ``C`` classes, feature dimension ``d >= C``; labels are balanced
+  (``n = N / C`` samples per class, every class present).
+* Features are the rows of ``H`` (N, d); classifier rows are the rows of ``W`` (C, d).
+* With ``normalize=True`` the classifier sees ``h_i / ||h_i||`` (as
+  :func:`guiding_nc.heads.normalize_features`); logits are ``tau (W h + b)``.
+* The loss is the mean cross-entropy plus optional ridge terms (see :class:`UFMObjective`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .etf import canonical_point, random_point, standard_simplex_etf
+
+__all__ = [
+    "hvp",
+    "make_hvp",
+    "hessian_matrix",
+    "LanczosResult",
+    "lanczos_extremal_eigenvalues",
+    "hessian_extremal_eigenvalues",
+    "pl_constant_estimate",
+    "gradient_statistics",
+    "SmoothnessEstimate",
+    "smoothness_estimate",
+    "secant_smoothness",
+    "condition_number",
+    "PARAMETRISATIONS",
+    "IMPLICIT_BACKENDS",
+    "UFMVariables",
+    "UFMObjective",
+    "ufm_objective",
+    "balanced_labels",
+    "inverse_sqrt_newton_schulz",
+]
+
+PARAMETRISATIONS = ("free", "fixed", "implicit", "affine")
+IMPLICIT_BACKENDS = ("newton_schulz", "nearest_etf")
+
+ScalarFn = Callable[[Tensor], Tensor]
+
+
+# =============================================================================== HVPs
+def _check_point(x: Tensor, name: str = "x") -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def _scalar_output(f: ScalarFn) -> ScalarFn:
+    """Wrap ``f`` so a non-scalar output raises a clear error."""
+
+    def wrapped(x):
+        out = f(x)
+        if not isinstance(out, Tensor) or out.numel() != 1:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"f must return a scalar tensor (one element), got {shape}")
+        return out.reshape(())
+
+    return wrapped
+
+
+def hvp(f: ScalarFn, x: Tensor, v: Tensor) -> Tensor:
+    """Hessian–vector product ``∇²f(x) v`` by forward-over-reverse differentiation.
+
+    Computes ``jvp(grad(f), (x,), (v,))`` with :mod:`torch.func`: one reverse pass inside one
+    forward-mode pass, ``O(cost of f)`` time, no Hessian is formed.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(x) -> Tensor`` with a single element; must be composed of ``torch`` operations
+        that ``torch.func`` can transform (custom ``autograd.Function``\\ s need
+        ``setup_context``; :func:`guiding_nc.nearest.nearest_etf` does not qualify — use
+        ``UFMObjective(..., implicit_backend="newton_schulz")``).
+    x : Tensor, any shape ``S``, floating point
+    v : Tensor, shape ``S`` (same dtype and device as ``x``)
+
+    Returns
+    -------
+    Tensor, shape ``S``: ``∇²f(x) v``.
+    """
+    _check_point(x)
+    _check_point(v, "v")
+    if v.shape != x.shape:
+        raise ValueError(f"v has shape {tuple(v.shape)} but x has shape {tuple(x.shape)}; they must match")
+    if v.dtype != x.dtype or v.device != x.device:
+        raise ValueError(f"v ({v.dtype}, {v.device}) must have the dtype and device of x ({x.dtype}, {x.device})")
+    g = torch.func.grad(_scalar_output(f))
+    return torch.func.jvp(g, (x,), (v,))[1]
+
+
+def make_hvp(f: ScalarFn, x: Tensor, *, mode: str = "forward_over_reverse") -> Callable[[Tensor], Tensor]:
+    """The operator ``v -> ∇²f(x) v`` at a fixed point ``x``.
+
+    ``v`` may be given flat (``x.numel()``,) or in the shape of ``x``; the result has the
+    shape of ``v``.  ``x`` is detached and cloned, so later in-place changes do not leak in.
+
+    Modes
+    -----
+    ``"forward_over_reverse"`` (default)
+        :func:`hvp` on every call (``torch.func``; recomputes ``f`` and its gradient each time).
+    ``"double_backward"``
+        Reverse-over-reverse with ``torch.autograd``: the gradient graph ``∇f(x)`` is built
+        once (``create_graph=True``) and every call is one extra backward pass through it —
+        several times faster for the many products of :func:`lanczos_extremal_eigenvalues`.
+        ``f`` must be twice differentiable by ``torch.autograd`` (all UFM objectives with the
+        default Newton–Schulz implicit backend are; the ``nearest_etf`` backend is not).
+    """
+    _check_point(x)
+    if mode not in ("forward_over_reverse", "double_backward"):
+        raise ValueError(f"mode must be 'forward_over_reverse' or 'double_backward', got {mode!r}")
+    x0 = x.detach().clone()
+
+    def _check_v(v: Tensor) -> Tensor:
+        if not isinstance(v, Tensor) or v.numel() != x0.numel():
+            raise ValueError(f"v must be a tensor with {x0.numel()} elements (the size of x)")
+        return v.detach().reshape(x0.shape).to(dtype=x0.dtype, device=x0.device)
+
+    if mode == "forward_over_reverse":
+        def op(v: Tensor) -> Tensor:
+            return hvp(f, x0, _check_v(v)).reshape(v.shape)
+
+        return op
+
+    xg = x0.clone().requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(_scalar_output(f)(xg), xg, create_graph=True)
+    if not g.requires_grad:  # f is at most linear in x: the Hessian is zero
+        return lambda v: torch.zeros_like(_check_v(v)).reshape(v.shape)
+
+    def op_db(v: Tensor) -> Tensor:
+        (hv,) = torch.autograd.grad(g, xg, _check_v(v), retain_graph=True, allow_unused=True)
+        if hv is None:
+            hv = torch.zeros_like(x0)
+        return hv.detach().reshape(v.shape)
+
+    return op_db
+
+
+def hessian_matrix(f: ScalarFn, x: Tensor, *, max_numel: int = 4096) -> Tensor:
+    """Exact dense Hessian of a scalar ``f`` at ``x`` via ``torch.func.hessian``.
+
+    Parameters
+    ----------
+    x : Tensor, any shape with ``n = x.numel() <= max_numel`` elements.
+
+    Returns
+    -------
+    Tensor, shape ``(n, n)``: ``H[i, j] = ∂²f / ∂x_i ∂x_j`` in the flattening order of ``x``
+    (row-major).  Forward-over-reverse, so it costs ``n`` Hessian–vector products and
+    ``n²`` memory; ``max_numel`` guards against accidental huge sizes.
+    """
+    _check_point(x)
+    n = x.numel()
+    if n > max_numel:
+        raise ValueError(
+            f"hessian_matrix forms an (n, n) matrix; n = {n} exceeds max_numel = {max_numel} "
+            "(raise max_numel or use hvp / lanczos_extremal_eigenvalues)"
+        )
+    Hm = torch.func.hessian(_scalar_output(f))(x.detach())
+    return Hm.reshape(n, n)
+
+
+# ============================================================================= Lanczos
+@dataclass
+class LanczosResult:
+    """Output of :func:`lanczos_extremal_eigenvalues`.
+
+    Attributes
+    ----------
+    max, min : float
+        Largest and smallest Ritz values (estimates of ``lambda_max``, ``lambda_min``).
+    ritz_values : Tensor, shape (m,), float64, ascending
+        Eigenvalues of the tridiagonal matrix ``T_m`` (``m <= k_iter`` iterations run).
+    residuals : Tensor, shape (m,), float64
+        ``|beta_m s_{m,i}|``: ``||A y_i - theta_i y_i||`` for each Ritz pair ``(theta_i, y_i)``
+        (exact in exact arithmetic; zero after an invariant subspace was found).
+    alphas : Tensor, shape (m,), float64 — diagonal of ``T_m``.
+    betas : Tensor, shape (m - 1,), float64 — off-diagonal of ``T_m``.
+    iterations : int — ``m``.
+    invariant : bool — the Krylov space became invariant (``beta`` hit zero), so the Ritz
+        values are exact eigenvalues of the operator.
+    """
+
+    max: float
+    min: float
+    ritz_values: Tensor
+    residuals: Tensor
+    alphas: Tensor
+    betas: Tensor
+    iterations: int
+    invariant: bool
+
+
+def _operator_size(dim_or_example: Union[int, Tensor]):
+    if isinstance(dim_or_example, Tensor):
+        if not dim_or_example.is_floating_point():
+            raise TypeError(f"the example tensor must be floating point, got {dim_or_example.dtype}")
+        return dim_or_example.numel(), tuple(dim_or_example.shape), dim_or_example.dtype, dim_or_example.device
+    if isinstance(dim_or_example, bool) or not isinstance(dim_or_example, int):
+        raise TypeError(f"dim must be an int or an example tensor, got {type(dim_or_example).__name__}")
+    if dim_or_example < 1:
+        raise ValueError(f"dim must be >= 1, got {dim_or_example}")
+    return dim_or_example, (dim_or_example,), torch.float64, torch.device("cpu")
+
+
+def lanczos_extremal_eigenvalues(
+    hvp_fn: Callable[[Tensor], Tensor],
+    dim: Union[int, Tensor],
+    k_iter: int,
+    *,
+    generator: Optional[torch.Generator] = None,
+    reorthogonalize: bool = True,
+    v0: Optional[Tensor] = None,
+) -> LanczosResult:
+    """Extremal eigenvalues of a symmetric operator given only its matrix–vector products.
+
+    Runs ``m = min(k_iter, n)`` Lanczos steps from a random unit vector and returns the
+    extreme eigenvalues of the tridiagonal ``T_m = Q_mᵀ A Q_m``.  All Lanczos arithmetic is
+    float64; ``hvp_fn`` is called with vectors in the example's shape, dtype and device and
+    its output is promoted to float64.  With ``reorthogonalize=True`` every new vector is
+    orthogonalised (twice, classical Gram–Schmidt) against all previous ones, which removes
+    ghost eigenvalues and makes ``m = n`` steps exact up to rounding.  Without it the three-
+    term recurrence is used as is (``O(n)`` memory for the basis is still kept for simplicity).
+
+    Parameters
+    ----------
+    hvp_fn : callable
+        ``v -> A v`` for a symmetric ``A`` (e.g. :func:`make_hvp`); ``v`` has the shape of
+        the example tensor (or ``(dim,)``).
+    dim : int or Tensor
+        The operator size ``n``, or an example tensor whose shape/dtype/device the vectors
+        passed to ``hvp_fn`` take (``n = example.numel()``).
+    k_iter : int
+        Maximum number of Lanczos steps (``>= 1``).
+    generator : torch.Generator, optional
+        CPU generator for the random start vector (``None``: the global RNG).
+    reorthogonalize : bool
+        Full re-orthogonalisation (default; recommended).
+    v0 : Tensor, optional
+        Start vector (any shape with ``n`` elements) instead of a random one.
+
+    Returns
+    -------
+    :class:`LanczosResult`
+    """
+    n, shape, dtype, device = _operator_size(dim)
+    if isinstance(k_iter, bool) or not isinstance(k_iter, int) or k_iter < 1:
+        raise ValueError(f"k_iter must be an int >= 1, got {k_iter!r}")
+    m_max = min(k_iter, n)
+    if v0 is None:
+        q = torch.randn(n, generator=generator, dtype=torch.float64)
+    else:
+        if v0.numel() != n:
+            raise ValueError(f"v0 has {v0.numel()} elements but the operator has size {n}")
+        q = v0.detach().reshape(-1).to(device="cpu", dtype=torch.float64).clone()
+    qn = torch.linalg.vector_norm(q)
+    if not bool(torch.isfinite(qn)) or float(qn) == 0.0:
+        raise ValueError("the Lanczos start vector must be finite and non-zero")
+    q = (q / qn).to(device)
+
+    def matvec(u: Tensor) -> Tensor:
+        out = hvp_fn(u.to(dtype).reshape(shape))
+        if not isinstance(out, Tensor) or out.numel() != n:
+            raise ValueError(f"hvp_fn must return a tensor with {n} elements")
+        out = out.detach().reshape(-1).to(device=device, dtype=torch.float64)
+        if not bool(torch.isfinite(out).all()):
+            raise FloatingPointError("hvp_fn returned non-finite values")
+        return out
+
+    Q = torch.zeros(m_max, n, dtype=torch.float64, device=device)
+    alphas, betas = [], []
+    q_prev = torch.zeros_like(q)
+    beta_prev = 0.0
+    invariant = False
+    scale = 0.0
+    for j in range(m_max):
+        Q[j] = q
+        w = matvec(q)
+        alpha = float(torch.dot(w, q))
+        alphas.append(alpha)
+        w = w - alpha * q - beta_prev * q_prev
+        if reorthogonalize:
+            for _ in range(2):
+                Qj = Q[: j + 1]
+                w = w - Qj.T @ (Qj @ w)
+        beta = float(torch.linalg.vector_norm(w))
+        scale = max(scale, abs(alpha), beta)
+        if j == m_max - 1:
+            final_beta = beta
+            break
+        # Breakdown: w is (numerically) in the span of the basis.  The threshold uses the
+        # operator's own precision, since a float32 HVP leaves float32-sized noise in w.
+        if beta <= n * torch.finfo(dtype).eps * max(scale, 1e-300):
+            invariant = True
+            final_beta = 0.0
+            break
+        betas.append(beta)
+        q_prev, q, beta_prev = q, w / beta, beta
+    if len(alphas) == n:
+        invariant = True
+    m = len(alphas)
+    a = torch.tensor(alphas, dtype=torch.float64)
+    b = torch.tensor(betas, dtype=torch.float64)
+    T = torch.diag(a)
+    if m > 1:
+        T = T + torch.diag(b, 1) + torch.diag(b, -1)
+    theta, S = torch.linalg.eigh(T)
+    residuals = (final_beta * S[-1]).abs() if not invariant else torch.zeros(m, dtype=torch.float64)
+    return LanczosResult(
+        max=float(theta[-1]), min=float(theta[0]), ritz_values=theta, residuals=residuals,
+        alphas=a, betas=b, iterations=m, invariant=invariant,
+    )
+
+
+def hessian_extremal_eigenvalues(
+    f: ScalarFn,
+    x: Tensor,
+    k_iter: int = 30,
+    *,
+    generator: Optional[torch.Generator] = None,
+    reorthogonalize: bool = True,
+    mode: str = "forward_over_reverse",
+) -> LanczosResult:
+    """Lanczos estimate of ``lambda_max`` and ``lambda_min`` of ``∇²f(x)`` from HVPs only.
+
+    ``mode`` selects the HVP (:func:`make_hvp`); ``"double_backward"`` is faster for many steps.
+    """
+    return lanczos_extremal_eigenvalues(make_hvp(f, x, mode=mode), x, k_iter, generator=generator,
+                                        reorthogonalize=reorthogonalize)
+
+
+# ================================================================== landscape constants
+def _as_float64_vector(values, name: str) -> Tensor:
+    if isinstance(values, Tensor):
+        t = values.detach().to(dtype=torch.float64, device="cpu").reshape(-1)
+    else:
+        try:
+            t = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"{name} must be a number, a sequence of numbers or a tensor") from exc
+    return t
+
+
+def pl_constant_estimate(f_values, grad_norms_sq, f_star: float, *, eps: float = 0.0) -> Tensor:
+    """Pointwise Polyak–Łojasiewicz constant ``mu_i = ||∇f(x_i)||² / (2 (f(x_i) - f*))``.
+
+    Convention: ``f`` satisfies the PL inequality with constant ``mu > 0`` on a set ``S`` if
+
+        ||∇f(x)||² >= 2 mu (f(x) - f*)    for all x in S,
+
+    (so ``f = ½ mu ||x||²`` has PL constant exactly ``mu``, and gradient descent with step
+    ``1/L`` contracts the gap by ``1 - mu/L`` per step).  The pointwise ratio returned here is
+    the largest ``mu`` the inequality allows *at each point*; the PL constant of a trajectory
+    or region is its minimum (``estimate.min()``).  For ``f = ½ xᵀ A x`` with ``A ≻ 0`` the
+    ratio is ``xᵀA²x / xᵀAx``, which lies in ``[lambda_min(A), lambda_max(A)]`` and equals
+    ``lambda_min(A)`` along the bottom eigenvector.
+
+    Parameters
+    ----------
+    f_values : float, sequence or Tensor, shape (T,)
+    grad_norms_sq : same shape, ``||∇f(x_i)||²`` (squared!)
+    f_star : float
+        The optimal value ``f*`` (or a lower bound; a lower bound makes ``mu`` conservative).
+    eps : float
+        Points with ``f - f* <= eps`` (at or below the optimum, where the ratio is undefined)
+        give ``NaN``.
+
+    Returns
+    -------
+    Tensor, shape (T,), float64.
+    """
+    f = _as_float64_vector(f_values, "f_values")
+    g = _as_float64_vector(grad_norms_sq, "grad_norms_sq")
+    if f.shape != g.shape:
+        raise ValueError(f"f_values has {f.numel()} entries but grad_norms_sq has {g.numel()}")
+    if bool((g < 0).any()):
+        raise ValueError("grad_norms_sq must be non-negative (pass squared gradient norms)")
+    if not math.isfinite(float(f_star)):
+        raise ValueError(f"f_star must be finite, got {f_star!r}")
+    gap = f - float(f_star)
+    mu = g / (2.0 * gap)
+    return torch.where(gap > eps, mu, torch.full_like(mu, float("nan")))
+
+
+def _as_points(points) -> list:
+    if isinstance(points, Tensor):
+        if points.ndim < 1:
+            raise ValueError("points must be a sequence of tensors or a (T, ...) tensor")
+        return list(points.unbind(0))
+    pts = list(points)
+    if not pts:
+        raise ValueError("points is empty")
+    for p in pts:
+        _check_point(p, "each point")
+    return pts
+
+
+def gradient_statistics(f: ScalarFn, points) -> tuple:
+    """``(f(x_t), ||∇f(x_t)||²)`` along a trajectory, each a float64 tensor of shape (T,).
+
+    ``points`` is a sequence of tensors or a tensor of shape ``(T, ...)``.
+    """
+    gv = torch.func.grad_and_value(_scalar_output(f))
+    fs, gs = [], []
+    for p in _as_points(points):
+        g, v = gv(p.detach())
+        fs.append(float(v))
+        gs.append(float((g.to(torch.float64) ** 2).sum()))
+    return torch.tensor(fs, dtype=torch.float64), torch.tensor(gs, dtype=torch.float64)
+
+
+@dataclass
+class SmoothnessEstimate:
+    """Output of :func:`smoothness_estimate`.
+
+    Attributes
+    ----------
+    method : "hessian" or "secant"
+    per_point : Tensor, float64
+        ``hessian``: ``||∇²f(x_t)||_2 = max(lambda_max, -lambda_min)`` at each point, shape (T,).
+        ``secant``: ``||∇f(x_{t+1}) - ∇f(x_t)|| / ||x_{t+1} - x_t||`` per segment, shape (T-1,).
+    value : float — ``max(per_point)`` (NaNs ignored), the estimate of ``L`` on the trajectory.
+    lambda_max, lambda_min : Tensor (T,) or None — Lanczos extremes (``hessian`` only).
+    """
+
+    method: str
+    per_point: Tensor
+    value: float
+    lambda_max: Optional[Tensor] = None
+    lambda_min: Optional[Tensor] = None
+
+
+def secant_smoothness(points, grads) -> Tensor:
+    """Secant (local Lipschitz) estimates ``||g_{t+1} - g_t|| / ||x_{t+1} - x_t||``.
+
+    Each is a lower bound on the smoothness constant ``L`` over the segment ``[x_t, x_{t+1}]``.
+
+    Parameters
+    ----------
+    points, grads : sequences of T tensors (or tensors of shape (T, ...)) of matching shapes.
+
+    Returns
+    -------
+    Tensor, shape (T - 1,), float64; ``NaN`` where ``x_{t+1} = x_t``.
+    """
+    P = [p.detach().reshape(-1).to(torch.float64) for p in _as_points(points)]
+    G = [g.detach().reshape(-1).to(torch.float64) for g in _as_points(grads)]
+    if len(P) != len(G):
+        raise ValueError(f"{len(P)} points but {len(G)} gradients")
+    if len(P) < 2:
+        raise ValueError("secant estimates need at least two points")
+    out = []
+    for t in range(len(P) - 1):
+        if P[t].shape != P[t + 1].shape or G[t].shape != P[t].shape or G[t + 1].shape != P[t].shape:
+            raise ValueError("points and gradients must all have the same number of elements")
+        dx = float(torch.linalg.vector_norm(P[t + 1] - P[t]))
+        dg = float(torch.linalg.vector_norm(G[t + 1] - G[t]))
+        out.append(dg / dx if dx > 0 else float("nan"))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def smoothness_estimate(
+    f: ScalarFn,
+    points,
+    *,
+    method: str = "hessian",
+    k_iter: int = 30,
+    generator: Optional[torch.Generator] = None,
+    mode: str = "forward_over_reverse",
+) -> SmoothnessEstimate:
+    """Estimate the smoothness constant ``L`` (``||∇f(x) - ∇f(y)|| <= L ||x - y||``) along a trajectory.
+
+    ``method="hessian"``: Lanczos (``k_iter`` steps) on ``∇²f(x_t)`` at every point; the
+    local constant is the spectral norm ``max(lambda_max, -lambda_min)`` (near a minimiser,
+    where the Hessian is positive semi-definite, this is the top eigenvalue ``lambda_max``).
+    ``method="secant"``: gradient secants between consecutive points (cheap; lower bounds).
+
+    ``points``: a sequence of tensors or a ``(T, ...)`` tensor; ``mode``: the HVP of
+    :func:`make_hvp` used by Lanczos.
+    """
+    if method not in ("hessian", "secant"):
+        raise ValueError(f"method must be 'hessian' or 'secant', got {method!r}")
+    pts = _as_points(points)
+    if method == "secant":
+        gfun = torch.func.grad(_scalar_output(f))
+        grads = [gfun(p.detach()) for p in pts]
+        per = secant_smoothness(pts, grads)
+        value = float(torch.nan_to_num(per, nan=-math.inf).max()) if per.numel() else float("nan")
+        return SmoothnessEstimate("secant", per, value)
+    lmax, lmin = [], []
+    for p in pts:
+        r = hessian_extremal_eigenvalues(f, p, k_iter, generator=generator, mode=mode)
+        lmax.append(r.max)
+        lmin.append(r.min)
+    lmax_t = torch.tensor(lmax, dtype=torch.float64)
+    lmin_t = torch.tensor(lmin, dtype=torch.float64)
+    per = torch.maximum(lmax_t, -lmin_t)
+    return SmoothnessEstimate("hessian", per, float(per.max()), lmax_t, lmin_t)
+
+
+def condition_number(L, mu):
+    """Condition-number proxy ``kappa = L / mu`` (elementwise for tensors).
+
+    ``mu <= 0`` or ``NaN`` (no PL/sharpness information) gives ``inf``/``NaN`` rather than a
+    misleading negative number.  Returns a float for scalar inputs, else a float64 tensor.
+    """
+    scalar = not isinstance(L, Tensor) and not isinstance(mu, Tensor) and \
+        not isinstance(L, (list, tuple)) and not isinstance(mu, (list, tuple))
+    Lt = torch.as_tensor(L.detach() if isinstance(L, Tensor) else L, dtype=torch.float64)
+    mt = torch.as_tensor(mu.detach() if isinstance(mu, Tensor) else mu, dtype=torch.float64)
+    if bool((Lt < 0).any()):
+        raise ValueError("the smoothness constant L must be non-negative")
+    kappa = torch.where(mt > 0, Lt / mt, torch.where(torch.isnan(mt), mt, torch.full_like(mt, math.inf)))
+    return float(kappa) if scalar else kappa
+
+
+# ======================================================================= UFM objectives
+def balanced_labels(num_classes: int, n_per_class: int, *, device=None) -> Tensor:
+    """Balanced labels ``[0, 1, ..., C-1, 0, 1, ...]`` of length ``N = C * n_per_class``."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class < 1:
+        raise ValueError(f"n_per_class must be an int >= 1, got {n_per_class!r}")
+    return torch.arange(num_classes, device=device).repeat(n_per_class)
+
+
+def inverse_sqrt_newton_schulz(S: Tensor, iterations: int) -> Tensor:
+    """``S^{-1/2}`` of a symmetric positive-definite ``S`` (C, C) with spectrum in (0, 1].
+
+    The coupled Newton–Schulz iteration (Higham, *Functions of Matrices*, §6.7)::
+
+        Y_0 = S, Z_0 = I;   T_k = (3 I - Z_k Y_k) / 2,   Y_{k+1} = Y_k T_k,   Z_{k+1} = T_k Z_k
+
+    converges to ``Z = S^{-1/2}`` when ``||I - S|| < 1``: an eigenvalue ``lam`` needs about
+    ``log(1/lam) / log(9/4)`` iterations to reach O(1), then converges quadratically (to float64
+    precision in 11 / 17 / 23 / 28 / 34 / 40 iterations for ``lam`` = 1e-2 / 1e-4 / 1e-6 / 1e-8 /
+    1e-10 / 1e-12).  Needs ``S.shape == (C, C)`` (unbatched).  Only
+    matrix products are used, so the result is differentiable to any order by autograd and
+    ``torch.func`` — also where ``S`` has repeated eigenvalues (the neural-collapse regime),
+    where eigendecomposition-based derivatives are infinite.  The unrolled map is a
+    polynomial of ``S``; at convergence it is stable, so its derivatives converge to those of
+    ``S^{-1/2}``.
+    """
+    C = S.shape[-1]
+    eye = torch.eye(C, dtype=S.dtype, device=S.device)
+    Y, Z = S, eye
+    for _ in range(iterations):
+        # T = 1.5 I - 0.5 Z Y as one fused op: much cheaper than separate elementwise ops under
+        # torch.func forward-over-reverse, where elementwise ops run through Python decompositions.
+        T = torch.addmm(eye, Z, Y, beta=1.5, alpha=-0.5)
+        Y, Z = Y @ T, T @ Z
+    return Z
+
+
+class UFMVariables(NamedTuple):
+    """The unflattened variables: ``H`` (N, d); ``W`` (C, d) or None; ``b`` (C,) or None."""
+
+    H: Tensor
+    W: Optional[Tensor]
+    b: Optional[Tensor]
+
+
+class UFMObjective:
+    """Cross-entropy UFM objective in the features, as a scalar function of one flat tensor.
+
+    The base problem (the ``free`` parametrisation) is
+
+        f(H, W[, b]) = (1/N) Σ_i CE(tau (W φ(h_i) + b), y_i)
+                       + (lambda_H / 2) ||H||_F² + (lambda_W / 2) ||W||_F²,
+
+    with ``φ(h) = h / ||h||`` if ``normalize`` else ``φ(h) = h``.  The other three
+    parametrisations are reductions ``F(H) = f(H, Psi(H))`` with ``x = vec(H)`` only:
+
+    ``free``
+        ``x = [vec(H); vec(W)] (; b)`` — W (and, with ``bias=True``, b) are separate variables.
+    ``fixed``
+        ``W = etf_classifier(U0)`` a fixed simplex ETF, ``U0 = [I_C; 0]`` (``rotation=
+        "canonical"``, the paper's choice), a Haar-random Stiefel point (``"random"``, with
+        ``seed``) or a given (d, C) tensor; no bias.  A constant reduction.
+    ``implicit``
+        The paper's implicit ETF classifier (Eq. 8), an *argmin reduction*:
+        ``H̃ = centred class means of φ(H)`` (d, C) scaled to unit Frobenius norm, ``h_G``
+        the global mean of ``φ(H)``, ``U* = argmin_{U ∈ St(d,C)} ||H̃ - U M||² + δ/2 ||U - P||²``
+        (the nearest simplex ETF, :func:`guiding_nc.nearest.nearest_etf`), ``W = etf_classifier(U*)
+        = sqrt(C) M U*ᵀ`` and ``b = -W h_G``, i.e. logits ``tau W (φ(h) - h_G)``.  The proximal
+        point ``P`` is a *constant* of the objective (in training it is the previous solution and
+        is detached): pass ``prox`` or a ``reference`` point, from which ``P`` is the proximal
+        point :func:`nearest_etf` uses on a first call (the canonical δ → 0 solution), so at
+        ``x = reference`` the logits are exactly those of a fresh
+        :class:`guiding_nc.heads.ImplicitETFHead` in training mode.  ``delta = 0`` gives the
+        prox-free reduction: ``W`` is then unique (only ``U* M`` enters ``W``) and equals
+        ``sqrt(C/(C-1)) · polar(H̃ M)ᵀ`` with the rank-(C-1) polar factor.
+    ``affine``
+        ``W = Psi(H) = gamma · Π H`` with ``Π = (I_C - 1 1ᵀ / C) Yᵀ / n`` (C, N): row ``c`` of ``W``
+        is ``gamma`` times the centred mean of class ``c``, ``mean_{y_i = c} h_i - mean_i h_i``.
+        ``Psi`` is linear in the variable ``H`` — an *affine reduction* in the sense of the
+        reduction-mapping paper (``Phi(H) = (H, Psi(H))`` with constant Jacobian, so
+        ``∇²F = Jᵀ ∇²f J`` exactly, no correction term).  It encodes the structure of the
+        solution set: at neural collapse the optimal classifier is self-dual to the centred
+        class means (NC3, ``W* ∝`` centred means), and with unit-norm collapsed features and
+        ``gamma = 1`` it coincides with the implicit ETF classifier there (centred means of
+        unit vectors forming a simplex ETF = ``sqrt(C) H̃ᵀ = W_implicit``).  No bias (it is a
+        reduction of the bias-free free problem).  ``affine_features="normalized"`` applies
+        the same averaging to ``φ(H)`` instead; that ``Psi`` is affine in the normalised
+        features but *not* in ``H`` (so the affine theory does not apply exactly).
+
+    Parameters
+    ----------
+    parametrisation : one of :data:`PARAMETRISATIONS`
+    labels : Tensor (N,) int — balanced, all ``C`` classes present.
+    num_classes, dim : int — ``C >= 2``, ``d >= C``.
+    tau : float > 0 — temperature (paper default 5).
+    normalize : bool — feature normalisation ``φ``.
+    weight_decay_H, weight_decay_W : float >= 0 — ``lambda_H``, ``lambda_W`` above.  The W term
+        is included for every parametrisation (``F = f ∘ Phi``); for ``fixed``/``implicit`` it
+        is the constant ``lambda_W C / 2``.
+    bias : bool — ``free`` only: a learned bias ``b`` (C,) appended to ``x``.
+    rotation, seed : ``fixed`` only (see above).
+    delta, prox, reference : ``implicit`` only.  ``prox`` (d, C) on St(d, C); ``reference``
+        a flat point or an (N, d) feature matrix.
+    implicit_backend : ``"newton_schulz"`` (default) computes ``U*`` as the polar factor
+        ``A (AᵀA)^{-1/2}``, ``A = 2 H̃ M + δ P`` (the same closed form as ``nearest_etf``),
+        with :func:`inverse_sqrt_newton_schulz` (``ns_iterations`` steps): differentiable to any
+        order with ``torch.func`` (HVPs, Hessians).  ``"nearest_etf"`` calls
+        :func:`guiding_nc.nearest.nearest_etf` with its custom closed-form backward: exact
+        values and first derivatives under ``torch.autograd`` only (not ``torch.func``; its
+        backward treats the SVD factors as constants, so it must not be differentiated twice).
+    ns_iterations : int — Newton–Schulz steps.  40 (default) converges to float64 precision when
+        the smallest eigenvalue of ``AᵀA / ||A||_F²`` is >= 1e-12; with ``delta > 0`` that
+        eigenvalue is about ``delta² (C - 1) / 4`` (the all-ones direction is set by the prox
+        term alone), so the default covers ``delta >= ~1e-6``.  Check with
+        :meth:`reduction_residual`; more iterations cost time linearly, not accuracy.
+    affine_scale, affine_features : ``affine`` only (``gamma`` and ``"raw"``/``"normalized"``).
+    dtype : the dtype of the constants (default float64); ``x`` of another dtype is accepted and
+        the constants are cast to it.
+
+    Shapes: ``x`` is 1-D with :attr:`numel` elements, laid out as ``[vec(H), vec(W), b]``
+    (row-major; only the parts that are variables).  ``obj(x)`` returns a 0-d tensor.
+    """
+
+    def __init__(
+        self,
+        parametrisation: str,
+        labels: Tensor,
+        num_classes: int,
+        dim: int,
+        *,
+        tau: float = 5.0,
+        normalize: bool = True,
+        weight_decay_H: float = 0.0,
+        weight_decay_W: float = 0.0,
+        bias: bool = False,
+        rotation: Union[str, Tensor] = "canonical",
+        seed: int = 0,
+        delta: float = 1e-3,
+        prox: Optional[Tensor] = None,
+        reference: Optional[Tensor] = None,
+        implicit_backend: str = "newton_schulz",
+        ns_iterations: int = 40,
+        affine_scale: float = 1.0,
+        affine_features: str = "raw",
+        eps: float = 1e-12,
+        dtype: torch.dtype = torch.float64,
+    ):
+        if parametrisation not in PARAMETRISATIONS:
+            raise ValueError(f"unknown parametrisation {parametrisation!r}; choose one of {PARAMETRISATIONS}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < num_classes:
+            raise ValueError(
+                f"the feature dimension must be an int d >= C = {num_classes} (a simplex ETF needs d >= C), got {dim!r}"
+            )
+        if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError("labels must be a 1-D integer tensor")
+        if labels.numel() == 0 or int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes - 1}]")
+        counts = torch.bincount(labels.cpu().to(torch.int64), minlength=num_classes)
+        if not bool((counts == counts[0]).all()) or int(counts[0]) == 0:
+            raise ValueError(f"labels must be balanced with every class present; class counts are {counts.tolist()}")
+        for name, val in (("tau", tau),):
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val <= 0:
+                raise ValueError(f"{name} must be a positive finite number, got {val!r}")
+        for name, val in (("weight_decay_H", weight_decay_H), ("weight_decay_W", weight_decay_W)):
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val) or val < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {val!r}")
+        if bias and parametrisation != "free":
+            raise ValueError("bias=True is only meaningful for the 'free' parametrisation "
+                             "(fixed/affine have no bias, implicit has b = -W h_G)")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+
+        self.parametrisation = parametrisation
+        self.num_classes, self.dim = num_classes, dim
+        self.num_samples = labels.numel()
+        self.n_per_class = int(counts[0])
+        self.tau, self.normalize = float(tau), bool(normalize)
+        self.weight_decay_H, self.weight_decay_W = float(weight_decay_H), float(weight_decay_W)
+        self.bias = bool(bias)
+        self.eps = float(eps)
+        self.dtype = dtype
+        device = labels.device
+        self.labels = labels.to(torch.int64)
+        # Y (N, C) one-hot and Pi (C, N) = (I - 11^T/C) Y^T / n: centred class means as a matrix.
+        self._onehot = torch.nn.functional.one_hot(self.labels, num_classes).to(dtype)
+        centre = torch.eye(num_classes, dtype=dtype, device=device) - 1.0 / num_classes
+        self._Pi = centre @ self._onehot.T / self.n_per_class
+        self._M = standard_simplex_etf(num_classes, dtype=dtype, device=device)
+
+        N, d, C = self.num_samples, dim, num_classes
+        self.shapes = {"H": (N, d)}
+        if parametrisation == "free":
+            self.shapes["W"] = (C, d)
+            if self.bias:
+                self.shapes["b"] = (C,)
+        self.numel = sum(math.prod(s) for s in self.shapes.values())
+
+        self._W_fixed = None
+        self.prox = None
+        self.delta = None
+        self.implicit_backend = None
+        self.ns_iterations = None
+        self.affine_scale = None
+        self.affine_features = None
+        self.rotation = None
+        if parametrisation == "fixed":
+            if isinstance(rotation, Tensor):
+                if rotation.shape != (d, C):
+                    raise ValueError(f"rotation must have shape ({d}, {C}), got {tuple(rotation.shape)}")
+                U0 = rotation.to(dtype=dtype, device=device)
+                err = float((U0.T @ U0 - torch.eye(C, dtype=dtype, device=device)).abs().max())
+                if err > (1e-10 if dtype == torch.float64 else 1e-5):
+                    raise ValueError(f"rotation must satisfy U^T U = I; max |U^T U - I| = {err:.3g}")
+            elif rotation == "canonical":
+                U0 = canonical_point(d, C, dtype=dtype, device=device)
+            elif rotation == "random":
+                U0 = random_point(d, C, generator=torch.Generator().manual_seed(int(seed)), dtype=dtype).to(device)
+            else:
+                raise ValueError(f"rotation must be 'canonical', 'random' or a (d, C) tensor, got {rotation!r}")
+            self.rotation = rotation if isinstance(rotation, str) else "tensor"
+            self._W_fixed = math.sqrt(C) * (self._M @ U0.T)
+        elif parametrisation == "implicit":
+            if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not math.isfinite(delta) or delta < 0:
+                raise ValueError(f"delta must be a finite number >= 0, got {delta!r}")
+            if implicit_backend not in IMPLICIT_BACKENDS:
+                raise ValueError(f"unknown implicit_backend {implicit_backend!r}; choose one of {IMPLICIT_BACKENDS}")
+            if isinstance(ns_iterations, bool) or not isinstance(ns_iterations, int) or ns_iterations < 1:
+                raise ValueError(f"ns_iterations must be an int >= 1, got {ns_iterations!r}")
+            if delta == 0 and implicit_backend == "nearest_etf":
+                raise ValueError("implicit_backend='nearest_etf' needs delta > 0 (nearest_etf is not "
+                                 "differentiable at delta = 0); use the newton_schulz backend")
+            self.delta = float(delta)
+            self.implicit_backend = implicit_backend
+            self.ns_iterations = ns_iterations
+            if delta > 0:
+                if prox is None and reference is None:
+                    raise ValueError(
+                        "the implicit objective with delta > 0 needs a constant proximal point: pass prox "
+                        "(d, C) on St(d, C), or reference (a flat point or (N, d) features) to use the "
+                        "proximal point nearest_etf picks on its first call there"
+                    )
+                if prox is not None:
+                    if not isinstance(prox, Tensor) or prox.shape != (d, C):
+                        raise ValueError(f"prox must be a ({d}, {C}) tensor")
+                    P = prox.detach().to(dtype=dtype, device=device)
+                    err = float((P.T @ P - torch.eye(C, dtype=dtype, device=device)).abs().max())
+                    if err > (1e-10 if dtype == torch.float64 else 1e-5):
+                        raise ValueError(f"prox must lie on St(d, C) (P^T P = I); max |P^T P - I| = {err:.3g}")
+                    self.prox = P
+                else:
+                    self.prox = self._reference_prox(reference)
+        elif parametrisation == "affine":
+            if affine_features not in ("raw", "normalized"):
+                raise ValueError(f"affine_features must be 'raw' or 'normalized', got {affine_features!r}")
+            if isinstance(affine_scale, bool) or not isinstance(affine_scale, (int, float)) or not math.isfinite(affine_scale):
+                raise ValueError(f"affine_scale must be a finite number, got {affine_scale!r}")
+            self.affine_scale = float(affine_scale)
+            self.affine_features = affine_features
+
+    # ------------------------------------------------------------------ layout helpers
+    def __repr__(self) -> str:
+        extra = ""
+        if self.parametrisation == "implicit":
+            extra = f", delta={self.delta}, backend={self.implicit_backend!r}"
+        elif self.parametrisation == "affine":
+            extra = f", scale={self.affine_scale}, features={self.affine_features!r}"
+        elif self.parametrisation == "fixed":
+            extra = f", rotation={self.rotation!r}"
+        return (f"UFMObjective({self.parametrisation!r}, N={self.num_samples}, C={self.num_classes}, "
+                f"d={self.dim}, tau={self.tau}, normalize={self.normalize}{extra}, numel={self.numel})")
+
+    def _check_x(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.ndim != 1 or x.numel() != self.numel:
+            raise ValueError(
+                f"x must be a flat tensor of {self.numel} elements ({self.parametrisation}: "
+                f"{' + '.join(f'{k}{v}' for k, v in self.shapes.items())}), got shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"x must be floating point, got {x.dtype}")
+
+    def unflatten(self, x: Tensor) -> UFMVariables:
+        """Split a flat ``x`` into :class:`UFMVariables` ``(H (N, d), W (C, d) | None, b (C,) | None)``."""
+        self._check_x(x)
+        N, d = self.shapes["H"]
+        H = x[: N * d].reshape(N, d)
+        W = b = None
+        off = N * d
+        if "W" in self.shapes:
+            C = self.num_classes
+            W = x[off: off + C * d].reshape(C, d)
+            off += C * d
+            if "b" in self.shapes:
+                b = x[off: off + C]
+        return UFMVariables(H, W, b)
+
+    def flatten(self, H: Tensor, W: Optional[Tensor] = None, b: Optional[Tensor] = None) -> Tensor:
+        """Inverse of :meth:`unflatten`.  For ``free``, ``W`` is required and ``b`` iff ``bias``."""
+        if H.shape != self.shapes["H"]:
+            raise ValueError(f"H must have shape {self.shapes['H']}, got {tuple(H.shape)}")
+        parts = [H.reshape(-1)]
+        if "W" in self.shapes:
+            if W is None or W.shape != self.shapes["W"]:
+                raise ValueError(f"the free parametrisation needs W of shape {self.shapes['W']}")
+            parts.append(W.reshape(-1))
+            if "b" in self.shapes:
+                if b is None or b.shape != self.shapes["b"]:
+                    raise ValueError(f"bias=True needs b of shape {self.shapes['b']}")
+                parts.append(b.reshape(-1))
+        elif W is not None or b is not None:
+            raise ValueError(f"the {self.parametrisation!r} parametrisation has H as its only variable")
+        return torch.cat(parts)
+
+    def initial_point(self, generator: Optional[torch.Generator] = None, *, scale: float = 1.0) -> Tensor:
+        """A random flat point: ``H ~ scale * N(0, 1)``, ``W ~ N(0, 1/d)``, ``b = 0`` (CPU generator)."""
+        N, d = self.shapes["H"]
+        H = scale * torch.randn(N, d, generator=generator, dtype=torch.float64)
+        W = b = None
+        if "W" in self.shapes:
+            W = torch.randn(self.num_classes, d, generator=generator, dtype=torch.float64) / math.sqrt(d)
+            if "b" in self.shapes:
+                b = torch.zeros(self.num_classes, dtype=torch.float64)
+        return self.flatten(H, W, b).to(dtype=self.dtype, device=self.labels.device)
+
+    def collapsed_point(self, *, scale: float = 1.0) -> Tensor:
+        """Features at exact neural collapse: ``h_i = scale * W_ETF[y_i]`` (norm ``scale``), flat.
+
+        ``W_ETF = etf_classifier([I_C; 0])`` (unit rows, summing to zero): the class means form
+        a simplex ETF and the global mean is zero.  For ``free`` the classifier part is ``W_ETF`` (and ``b = 0``).
+        """
+        C, d = self.num_classes, self.dim
+        W = math.sqrt(C) * (self._M @ canonical_point(d, C, dtype=self.dtype, device=self.labels.device).T)
+        H = scale * W[self.labels]
+        return self.flatten(H, W if "W" in self.shapes else None,
+                            torch.zeros(C, dtype=self.dtype, device=H.device) if "b" in self.shapes else None)
+
+    # --------------------------------------------------------------------- the model
+    def transform(self, H: Tensor) -> Tensor:
+        """``φ(H)``: rows on the unit sphere if ``normalize`` (``eps`` guards zero rows), shape (N, d)."""
+        if not self.normalize:
+            return H
+        return H / torch.linalg.vector_norm(H, dim=1, keepdim=True).clamp_min(self.eps)
+
+    def class_mean_matrix(self, h: Tensor):
+        """``(H̃ (d, C), h_G (d,))``: unit-Frobenius centred class means of ``h`` (N, d) and the global mean."""
+        Y = self._onehot.to(h.dtype)
+        means = Y.T @ h / self.n_per_class  # (C, d)
+        h_g = h.mean(0)
+        centred = means - h_g
+        norm = torch.linalg.vector_norm(centred).clamp_min(self.eps)
+        return (centred / norm).T, h_g
+
+    def _reference_prox(self, reference: Tensor) -> Tensor:
+        from .nearest import nearest_etf
+
+        if not isinstance(reference, Tensor):
+            raise TypeError("reference must be a tensor (a flat point or (N, d) features)")
+        ref = reference.detach().to(dtype=self.dtype, device=self.labels.device)
+        if ref.ndim == 1:
+            ref = self.unflatten(ref).H
+        if ref.shape != self.shapes["H"]:
+            raise ValueError(f"reference features must have shape {self.shapes['H']}, got {tuple(ref.shape)}")
+        Ht, _ = self.class_mean_matrix(self.transform(ref))
+        _, P = nearest_etf(Ht, None, self.delta, return_prox=True)
+        return P.detach().clone()
+
+    def implicit_direction(self, Ht: Tensor) -> Tensor:
+        """The reduction's Stiefel point (d, C) for the class-mean matrix ``H̃`` (d, C).
+
+        ``delta > 0``: ``U* = polar(2 H̃ M + delta P)``, the nearest-ETF solution.
+        ``delta = 0``: the rank-(C-1) polar factor of ``H̃ M`` (``U* V_r`` on the class-mean
+        subspace; ``U* M`` and hence ``W`` are the same for every minimiser), computed as
+        ``B (BᵀB / c + 1 1ᵀ / C)^{-1/2} / sqrt(c)``, ``B = H̃ M``, ``c = ||B||_F²``.
+        """
+        C = self.num_classes
+        M = self._M.to(Ht.dtype)
+        if self.implicit_backend == "nearest_etf":
+            from .nearest import nearest_etf
+
+            return nearest_etf(Ht, self.prox.to(Ht.dtype), self.delta)
+        if self.delta > 0:
+            A = 2.0 * Ht @ M + self.delta * self.prox.to(Ht.dtype)
+            G = A.T @ A
+            c = (A * A).sum()
+            Z = inverse_sqrt_newton_schulz(G / c, self.ns_iterations)
+            return A @ Z / torch.sqrt(c)
+        B = Ht @ M
+        c = (B * B).sum()
+        J = torch.full((C, C), 1.0 / C, dtype=Ht.dtype, device=Ht.device)
+        Z = inverse_sqrt_newton_schulz(B.T @ B / c + J, self.ns_iterations)
+        return B @ Z / torch.sqrt(c)
+
+    def classifier(self, x: Tensor):
+        """``(W (C, d), b (C,) or None)`` at the flat point ``x``."""
+        H, W, b = self.unflatten(x)
+        p = self.parametrisation
+        if p == "free":
+            return W, b
+        if p == "fixed":
+            return self._W_fixed.to(H.dtype), None
+        if p == "affine":
+            src = H if self.affine_features == "raw" else self.transform(H)
+            return self.affine_scale * (self._Pi.to(H.dtype) @ src), None
+        h = self.transform(H)
+        Ht, h_g = self.class_mean_matrix(h)
+        U = self.implicit_direction(Ht)
+        W = math.sqrt(self.num_classes) * (self._M.to(H.dtype) @ U.T)
+        return W, -(W @ h_g)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """``tau (W φ(h_i) + b)`` for every sample, shape (N, C)."""
+        H = self.unflatten(x).H
+        W, b = self.classifier(x)
+        out = self.transform(H) @ W.T
+        if b is not None:
+            out = out + b
+        return self.tau * out
+
+    def per_sample_losses(self, x: Tensor) -> Tensor:
+        """Cross-entropy of each sample, shape (N,)."""
+        z = self.logits(x)
+        return torch.logsumexp(z, dim=1) - z.gather(1, self.labels.unsqueeze(1)).squeeze(1)
+
+    def regulariser(self, x: Tensor) -> Tensor:
+        """``(lambda_H / 2) ||H||² + (lambda_W / 2) ||W||²`` (0-d)."""
+        H = self.unflatten(x).H
+        out = 0.5 * self.weight_decay_H * (H * H).sum()
+        if self.weight_decay_W:
+            W, _ = self.classifier(x)
+            out = out + 0.5 * self.weight_decay_W * (W * W).sum()
+        return out
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """The objective value (0-d tensor) at the flat point ``x`` (N d [+ C d [+ C]],)."""
+        self._check_x(x)
+        H = self.unflatten(x).H
+        W, b = self.classifier(x)
+        z = self.transform(H) @ W.T
+        if b is not None:
+            z = z + b
+        z = self.tau * z
+        ce = torch.logsumexp(z, dim=1) - z.gather(1, self.labels.unsqueeze(1)).squeeze(1)
+        value = ce.mean()
+        if self.weight_decay_H:
+            value = value + 0.5 * self.weight_decay_H * (H * H).sum()
+        if self.weight_decay_W:
+            value = value + 0.5 * self.weight_decay_W * (W * W).sum()
+        return value
+
+    def reduction_residual(self, x: Tensor) -> float:
+        """Newton–Schulz convergence check for ``implicit``: ``max |U*ᵀU* - I|`` (δ > 0) or
+        ``max |U*ᵀU* - (I - 1 1ᵀ/C)|`` (δ = 0) at ``x``; 0 for other parametrisations."""
+        if self.parametrisation != "implicit":
+            return 0.0
+        with torch.no_grad():
+            Ht, _ = self.class_mean_matrix(self.transform(self.unflatten(x.detach()).H))
+            U = self.implicit_direction(Ht)
+            C = self.num_classes
+            target = torch.eye(C, dtype=U.dtype, device=U.device)
+            if self.delta == 0:
+                target = target - 1.0 / C
+            return float((U.T @ U - target).abs().max())
+
+
+def ufm_objective(parametrisation: str, labels: Tensor, num_classes: int, dim: int, **kwargs) -> UFMObjective:
+    """Build a :class:`UFMObjective` (all keyword options are documented there)."""
+    return UFMObjective(parametrisation, labels, num_classes, dim, **kwargs)
