@@ -200,6 +200,7 @@ class TrainConfig:
     timing: str = "events"
     nonfinite_check_every: int = 20
     quick: bool = False
+    num_threads: Optional[int] = None
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -271,6 +272,9 @@ class TrainConfig:
         from .optim import OPTIMIZER_NAMES, SCHEDULER_NAMES
         from .nearest import BACKWARDS, METHODS
 
+        if self.num_threads is not None and (isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int)
+                                             or self.num_threads < 1):
+            raise ConfigError(f"num_threads must be a positive integer or null, got {self.num_threads!r}")
         for m in self.method_list:
             if m not in METHOD_NAMES:
                 raise ConfigError(f"unknown method {m!r}; choose one of {', '.join(METHOD_NAMES)}")
@@ -693,6 +697,9 @@ class Trainer:
         self.rank, self.world_size, self.local_rank = init_distributed(cfg.device)
         self.is_main = self.rank == 0
         self.device = self._pick_device(cfg.device)
+        if cfg.num_threads is not None:
+            # Small problems (UFMs) on a busy CPU run far faster on one intra-op thread.
+            torch.set_num_threads(int(cfg.num_threads))
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
@@ -895,6 +902,17 @@ class Trainer:
         _set_rng_state(state["rng"])
 
     # -- files -----------------------------------------------------------------------------
+    def _append_metrics(self, row: Dict[str, Any]) -> None:
+        """Append one epoch to ``metrics.jsonl`` (cheap: O(1) per epoch); the full files are
+        rewritten atomically at checkpoints and at the end (:meth:`_write_metrics`)."""
+        if not self.is_main:
+            return
+        import json
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(to_jsonable(row)) + "\n")
+
     def _write_metrics(self) -> None:
         if not self.is_main:
             return
@@ -1150,9 +1168,12 @@ class Trainer:
             if cfg.resume:
                 self.load_checkpoint(self.checkpoint_path)
                 resumed_from = self.epoch
+                self._write_metrics()  # drop rows appended after the checkpoint: they are re-run
             elif not cfg.overwrite:
                 raise ConfigError(f"{self.run_dir} already holds a checkpoint; pass resume=true to continue it "
                                   "or overwrite=true to start again")
+        if resumed_from is None and self.is_main:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run appends epoch by epoch
         if self.is_main:
             atomic_write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_jsonable(cfg.to_dict()), sort_keys=False))
         self._write_provenance("running", None)
@@ -1187,9 +1208,13 @@ class Trainer:
                             self.final_margins[split] = margins
                 row.update(_peak_memory(self.device))
                 self.history.append(row)
-                self._write_metrics()
+                checkpoint_now = (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or epoch == cfg.epochs
+                if checkpoint_now:
+                    self._write_metrics()  # full, consistent rewrite alongside the checkpoint
+                else:
+                    self._append_metrics(row)
                 self._fire("epoch_end")
-                if (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or epoch == cfg.epochs:
+                if checkpoint_now:
                     self.save_checkpoint()
                 if epoch_bar is not None:
                     epoch_bar.update(1)

@@ -49,7 +49,7 @@ def first_fit_step(accuracies: Sequence[float]) -> Optional[int]:
 
 def run(configs=DEFAULT_CONFIGS, methods=DEFAULT_METHODS, seeds=(0, 1, 2, 3, 4), *, steps: Optional[int] = None,
         quick: bool = False, device: str = "auto", out: Optional[Path] = None, progress: bool = True,
-        argv: Optional[Sequence[str]] = None) -> Dict:
+        num_threads: Optional[int] = None, argv: Optional[Sequence[str]] = None) -> Dict:
     """Run the experiment and return ``{"runs": [...], "summary": {...}, "curves": {...}}``."""
     from tqdm.auto import tqdm
 
@@ -66,6 +66,7 @@ def run(configs=DEFAULT_CONFIGS, methods=DEFAULT_METHODS, seeds=(0, 1, 2, 3, 4),
                 "method": method, "seed": seed, "record_step_accuracy": True,
                 "output_dir": tmp, "progress": False, "verbose": False, "device": device,
                 "eval_test": False, "checkpoint_every": 10**9, "save_margins": False, "timing": "off",
+                "num_threads": num_threads,
             }
             cfg = load_config(config_name, overrides)
             if steps is not None:
@@ -99,7 +100,8 @@ def run(configs=DEFAULT_CONFIGS, methods=DEFAULT_METHODS, seeds=(0, 1, 2, 3, 4),
         atomic_write_json(out / "curves.json", curves, indent=None)
         atomic_write_json(out / "summary.json", summary)
         prov = collect_provenance(
-            {"configs": list(configs), "methods": list(methods), "seeds": list(seeds), "steps": steps, "quick": quick},
+            {"configs": list(configs), "methods": list(methods), "seeds": list(seeds), "steps": steps, "quick": quick,
+             "num_threads": num_threads},
             device=used_device, argv=argv if argv is not None else [sys.executable, "-m", __name__] + sys.argv[1:],
             extra={"status": "completed", "wall_time_s": time.time() - start},
         )
@@ -145,10 +147,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny UFMs and few steps (CI)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="data/results/steps_to_fit")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 is fastest for UFMs on a busy CPU)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     result = run(args.configs, args.methods, args.seeds, steps=args.steps, quick=args.quick, device=args.device,
-                 out=Path(args.out), progress=not args.no_progress)
+                 out=Path(args.out), progress=not args.no_progress, num_threads=args.threads)
     print(format_summary(result["summary"]))
     print(f"saved {args.out}")
     return 0
