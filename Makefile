@@ -1,24 +1,35 @@
 # The two commands of the README:
 #   make book   build and execute the book (quick mode) into _build/html
-#   make test   run the whole test suite
+#   make test   run the whole test suite, including the headless-browser check of the built book
 # Both create or refresh the virtual environment in .venv first.
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env book test bench clean
+.PHONY: env book browser test bench clean
 
 env:
 	@bash scripts/setup_env.sh
 
+# -W: warnings are errors. Executed outputs are cached (execute_notebooks: cache in _config.yml,
+# kept in _build/.jupyter_cache), so an unchanged rebuild takes seconds. Sphinx does not re-read
+# unchanged pages, so after a failed build the next one would pass without repeating the
+# warnings: on failure the Sphinx environment (_build/.doctrees) is dropped, and the next build
+# re-reads every page (from the execution cache, without re-running it).
 book: env
-	$(VENV)/bin/jupyter-book build . -W --keep-going
+	$(VENV)/bin/jupyter-book build . -W --keep-going || { rm -rf _build/.doctrees; \
+	  echo "error: the book build failed (warnings are errors); see the messages above" >&2; exit 1; }
 	@echo "Book built: file://$(CURDIR)/_build/html/index.html"
 
-test: env
+# Chromium + chromedriver for tests/test_book_browser.py (apt-get, when root and missing).
+browser:
+	@bash scripts/ensure_chromium.sh
+
+# The browser test opens every page of _build/html, so the book is built (cached) first.
+test: env browser book
 	$(PY) -m pytest
 
 bench: env
 	$(PY) -m guiding_nc.bench etf --out data/bench/etf_cpu.json
 
 clean:
-	rm -rf _build .pytest_cache .hypothesis
+	rm -rf _build artifacts .pytest_cache .hypothesis

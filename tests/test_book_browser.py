@@ -1,0 +1,312 @@
+"""Open every chapter of the built book in headless Chromium, offline, and check it renders.
+
+The pages are the ones listed in ``_toc.yml`` (parsed here, never hard-coded); the HTML is the one
+``make book`` / ``make test`` builds into ``_build/html``. For each page the test checks that it
+loads with a title, that MathJax (the local copy under ``_static/mathjax``; the browser has no
+network) typeset every math node with no TeX error and its fonts loaded, that no raw ``$$``,
+``\\begin{``, inline TeX or Markdown table is left in the visible text, that every image of the
+main content loaded, and that the page requested nothing over the network. It saves a full-page
+screenshot of each chapter to ``artifacts/screenshots/<page>.png``.
+
+Needs the Debian packages ``chromium`` and ``chromium-driver`` (``make test`` installs them when
+run as root) and a built book. Where either is missing the test skips with the reason, except in
+CI (``CI=true``), where it fails.
+"""
+from __future__ import annotations
+
+import base64
+import html.parser
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML_DIR = ROOT / "_build" / "html"
+SCREENSHOT_DIR = ROOT / "artifacts" / "screenshots"
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--window-size=1280,900",
+    # No network: every host name fails to resolve. Pages are loaded over file://.
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+]
+MAX_SCREENSHOT_HEIGHT = 16000  # Chromium cannot capture much taller surfaces
+
+pytestmark = pytest.mark.browser
+
+IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def unavailable(reason: str):
+    """Fail in CI, skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true, so this is a failure, not a skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+# --------------------------------------------------------------------------- pages from _toc.yml
+
+
+def toc_pages(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
+    """Source paths (without extension, relative to the root) of every page listed in the toc."""
+    toc = yaml.safe_load(toc_path.read_text())
+    pages: list[str] = []
+
+    def add(path: str) -> None:
+        path = re.sub(r"\.(md|ipynb|rst)$", "", str(path).strip().removeprefix("./"))
+        if path not in pages:
+            pages.append(path)
+
+    def walk(node) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            if "file" in node:
+                add(node["file"])
+            if "glob" in node:
+                for src in sorted(ROOT.glob(node["glob"])):
+                    if src.suffix in {".md", ".ipynb", ".rst"}:
+                        add(src.relative_to(ROOT).with_suffix("").as_posix())
+            for key in ("parts", "chapters", "sections", "subtrees", "entries"):
+                if key in node:
+                    walk(node[key])
+
+    if toc.get("root"):
+        add(toc["root"])
+    walk(toc)
+    return pages
+
+
+PAGES = toc_pages()
+
+
+def screenshot_name(page: str) -> str:
+    return page.removeprefix("book/").replace("/", "__") + ".png"
+
+
+def test_toc_lists_pages():
+    assert PAGES, "_toc.yml lists no pages"
+    for page in PAGES:
+        assert any((ROOT / f"{page}{ext}").is_file() for ext in (".md", ".ipynb", ".rst")), (
+            f"_toc.yml lists {page!r} but there is no such source file"
+        )
+
+
+# --------------------------------------------------------------------------- static check: no CDN
+
+
+class _ExternalRefs(html.parser.HTMLParser):
+    """Collects <script src>, <link href> (stylesheets, preloads, icons), <img src> and
+    <iframe src> that point off the machine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        url = {"script": attrs.get("src"), "link": attrs.get("href"), "img": attrs.get("src"),
+               "iframe": attrs.get("src")}.get(tag)
+        if url and re.match(r"^(https?:)?//", url.strip(), re.I):
+            self.external.append(f"<{tag}> {url}")
+
+
+def built_html_files() -> list[Path]:
+    if not HTML_DIR.is_dir():
+        unavailable(f"the book is not built ({HTML_DIR} is missing): run `make book`")
+    return sorted(HTML_DIR.rglob("*.html"))
+
+
+def test_built_html_loads_nothing_from_the_network():
+    files = built_html_files()
+    assert files
+    offenders = {}
+    for path in files:
+        parser = _ExternalRefs()
+        parser.feed(path.read_text(encoding="utf-8", errors="replace"))
+        if parser.external:
+            offenders[str(path.relative_to(HTML_DIR))] = parser.external
+    assert not offenders, f"pages load scripts/styles/images from the network: {offenders}"
+    assert (HTML_DIR / "_static" / "mathjax" / "tex-chtml.js").is_file(), "local MathJax missing"
+
+
+# --------------------------------------------------------------------------- the browser
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        unavailable(
+            f"{' and '.join(missing)} not found: install the Debian packages chromium and "
+            "chromium-driver (`make test` does it when run as root)"
+        )
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:  # pragma: no cover - selenium is in the test extra
+        unavailable("selenium is not installed (pip install -e .[test])")
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in CHROMIUM_ARGS:
+        options.add_argument(arg)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(60)
+    driver.set_script_timeout(90)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+# Runs in the page once it has loaded: waits for MathJax and for fonts and images, then reports.
+PAGE_REPORT_JS = r"""
+const done = arguments[arguments.length - 1];
+const main = document.querySelector("article.bd-article") || document.querySelector("main")
+             || document.body;
+const timeout = (ms) => new Promise((resolve) => setTimeout(() => resolve("timeout"), ms));
+(async () => {
+  const mathNodes = [...document.querySelectorAll(".math")];
+  const report = {title: document.title, mathNodes: mathNodes.length, mathjax: false};
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+    report.mathjax = (await Promise.race([MathJax.startup.promise.then(() => true), timeout(60000)]))
+                     === true;
+  }
+  await Promise.race([document.fonts.ready, timeout(20000)]);
+  report.untypeset = mathNodes.filter((n) => !n.querySelector("mjx-container"))
+                              .map((n) => n.textContent.trim().slice(0, 80));
+  report.mathjaxContainers = document.querySelectorAll("mjx-container").length;
+  report.texErrors = [...document.querySelectorAll("mjx-merror, [data-mjx-error]")]
+                     .map((n) => (n.getAttribute("data-mjx-error") || n.textContent).slice(0, 120));
+  // MathJax's noundefined package renders an unknown macro as its name, in red, without an error
+  report.texErrors.push(...[...document.querySelectorAll('mjx-assistive-mml mtext[mathcolor]')]
+                     .filter((n) => /^\\[A-Za-z]+$/.test(n.textContent.trim()))
+                     .map((n) => "undefined macro " + n.textContent.trim()));
+  report.failedFonts = [...document.fonts].filter((f) => f.status === "error")
+                       .map((f) => f.family);
+  const imgs = [...main.querySelectorAll("img")];
+  imgs.forEach((img) => { img.loading = "eager"; });
+  await Promise.race([Promise.all(imgs.map((img) => img.decode().catch(() => null))),
+                      timeout(20000)]);
+  report.images = imgs.length;
+  report.brokenImages = imgs.filter((img) => !(img.complete && img.naturalWidth > 0))
+                            .map((img) => img.getAttribute("src"));
+  const clone = main.cloneNode(true);
+  clone.querySelectorAll("pre, code, script, style, mjx-container, .highlight")
+       .forEach((n) => n.remove());
+  report.text = clone.textContent;
+  return report;
+})().then(done, (err) => done({error: String(err)}));
+"""
+
+
+def network_requests(driver) -> list[str]:
+    """URLs the browser requested over the network since the last call (drains the log)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            url = message["params"]["request"]["url"]
+            if re.match(r"^(https?|wss?|ftp):", url, re.I):
+                urls.append(url)
+    return urls
+
+
+def full_page_screenshot(driver, path: Path) -> None:
+    """Screenshot of the whole page: the viewport is made as tall as the page, then restored.
+
+    (Page.captureScreenshot's captureBeyondViewport mis-renders this theme: the article comes out
+    shifted sideways, so the page is laid out at full height instead.)"""
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    width = driver.execute_script("return window.innerWidth")
+    height = max(1, min(int(size["height"]), MAX_SCREENSHOT_HEIGHT))
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+    )
+    try:
+        driver.execute_async_script(  # let the relayout paint: two animation frames
+            "const done = arguments[arguments.length - 1];"
+            "requestAnimationFrame(() => requestAnimationFrame(() => done(true)));"
+        )
+        shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(base64.b64decode(shot["data"]))
+
+
+@pytest.fixture(scope="module")
+def screenshot_dir():
+    if SCREENSHOT_DIR.exists():  # screenshots of pages no longer in the toc would mislead
+        shutil.rmtree(SCREENSHOT_DIR)
+    SCREENSHOT_DIR.mkdir(parents=True)
+    return SCREENSHOT_DIR
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES)
+def test_chapter_renders_offline(page, request, screenshot_dir):
+    html_path = HTML_DIR / f"{page}.html"
+    if not html_path.is_file():
+        unavailable(f"{html_path.relative_to(ROOT)} is not built: run `make book`")
+    # Requested here rather than as an argument, so a missing Chromium fails the test in CI
+    # (a failing fixture would be reported as an error).
+    browser = request.getfixturevalue("browser")
+
+    network_requests(browser)  # drain whatever came before this page
+    browser.get(html_path.as_uri())
+    report = browser.execute_async_script(PAGE_REPORT_JS)
+    full_page_screenshot(browser, screenshot_dir / screenshot_name(page))
+    requested = network_requests(browser)
+
+    assert "error" not in report, report.get("error")
+    problems = []
+    if not report["title"].strip():
+        problems.append("the page has no <title>")
+    if report["mathNodes"]:
+        if not report["mathjax"]:
+            problems.append("MathJax did not load or did not finish typesetting")
+        if report["untypeset"]:
+            problems.append(f"math left untypeset: {report['untypeset'][:5]}")
+    if report["texErrors"]:
+        problems.append(f"TeX errors: {report['texErrors'][:5]}")
+    if report["failedFonts"]:
+        problems.append(f"fonts failed to load: {sorted(set(report['failedFonts']))}")
+    for raw in ("$$", "\\begin{"):
+        if raw in report["text"]:
+            i = report["text"].index(raw)
+            snippet = " ".join(report["text"][max(0, i - 60): i + 60].split())
+            problems.append(f"raw {raw!r} in the visible text: ...{snippet}...")
+    # Markdown that reached the page without being parsed (e.g. a code cell's Markdown output)
+    raw_tex = re.search(r"\$[^$\s][^$]{0,300}?[\\^_{][^$]{0,300}?\$", report["text"])
+    if raw_tex:
+        problems.append(f"raw inline TeX in the visible text: {raw_tex.group(0)[:120]!r}")
+    raw_table = re.search(r"\|\s*:?[-\u2013\u2014]+:?\s*\|", report["text"])
+    if raw_table:
+        i = raw_table.start()
+        snippet = " ".join(report["text"][max(0, i - 60): i + 60].split())
+        problems.append(f"raw Markdown table in the visible text: ...{snippet}...")
+    if report["brokenImages"]:
+        problems.append(f"images that did not load: {report['brokenImages']}")
+    if requested:
+        problems.append(f"the page tried to use the network: {requested[:5]}")
+    assert not problems, f"{page}: " + "; ".join(problems)
