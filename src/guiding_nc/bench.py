@@ -361,6 +361,7 @@ def main(argv=None) -> int:
     p.add_argument("--tr-cap-s", type=float, default=60.0, help="time cap for one trust-region solve (s)")
     p.add_argument("--kkt-cap-gb", type=float, default=4.0, help="skip the dense KKT gradient above this memory (GB)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="write the table as JSON here (e.g. data/bench/etf_cpu.json)")
     q = sub.add_parser("overhead", help="per-step time of implicit over standard (small CNN, UFM-100)")
     q.add_argument("--cases", default="small_cnn,ufm100")
@@ -368,7 +369,13 @@ def main(argv=None) -> int:
     q.add_argument("--steps", type=int, default=20)
     q.add_argument("--rounds", type=int, default=3)
     q.add_argument("--out", default=None, help="write the table as JSON here (e.g. data/bench/overhead_cpu.json)")
+    q.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the peak-memory subprocesses inherit it
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda requested but CUDA is not available")
     if args.which == "overhead":
