@@ -139,6 +139,19 @@ def _device_name(device) -> str:
     return f"{device_name(device)}, {torch.get_num_threads()} threads"
 
 
+def _provenance(device) -> dict:
+    """What every benchmark table records about how it was produced."""
+    return {
+        "command": " ".join([Path(sys.executable).name, "-m", "guiding_nc.bench"] + sys.argv[1:]),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git_commit(),
+        "device": _device_name(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def bench_etf(
     sizes=DEFAULT_SIZES,
     *,
@@ -201,14 +214,8 @@ def bench_etf(
             )
         rows.append(row)
     provenance = {
-        "command": " ".join([Path(sys.executable).name, "-m", "guiding_nc.bench"] + sys.argv[1:]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
-        "device": _device_name(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
+        **_provenance(device),
         "pymanopt": __import__("pymanopt").__version__,
-        "threads": torch.get_num_threads(),
         "repeats": repeats,
         "tr_cap_s": tr_cap_s,
         "kkt_cap_gb": kkt_cap_gb,
@@ -289,13 +296,7 @@ def bench_overhead(cases=("small_cnn", "ufm100"), *, device: str = "cpu", steps:
             rows.append({"case": case, "variant": label, "step_ms": ms, "ratio_to_standard": ms / base})
         progress(f"  {case}: " + ", ".join(f"{r['variant']} {r['ratio_to_standard']:.2f}x" for r in rows if r["case"] == case))
     provenance = {
-        "command": " ".join([Path(sys.executable).name, "-m", "guiding_nc.bench"] + sys.argv[1:]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
-        "device": _device_name(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
+        **_provenance(device),
         "steps_per_timing": steps,
         "rounds": rounds,
         "wall_time_s": time.time() - start,

@@ -799,7 +799,21 @@ class StratifiedBatchSampler(_GlobalBatchSampler):
             yield rng.permutation(np.concatenate([guaranteed[j], fill[j]])).tolist()
 
 
-class RandomBatchSampler(_GlobalBatchSampler):
+class _UnstratifiedBatchSampler(_GlobalBatchSampler):
+    """Shared set-up of the samplers that ignore labels: ``ceil(N / b)`` batches (``floor`` with ``drop_last``)."""
+
+    def __init__(self, labels: Any, batch_size: int, *, num_classes: Optional[int] = None, seed: int = 0,
+                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
+        n = int(labels) if isinstance(labels, (int, np.integer)) else len(_labels_array(labels))
+        super().__init__(n, batch_size, seed=seed, drop_last=drop_last, num_replicas=num_replicas, rank=rank)
+        self.num_classes = num_classes
+
+    def __len__(self) -> int:
+        N, b = self.num_samples, self.batch_size
+        return N // b if self.drop_last else -(-N // b)
+
+
+class RandomBatchSampler(_UnstratifiedBatchSampler):
     """Plain shuffled batches (no stratification) with the same interface as :class:`StratifiedBatchSampler`.
 
     Each epoch draws a random permutation of ``range(N)`` (seeded by ``(seed, epoch)``) and cuts
@@ -814,16 +828,6 @@ class RandomBatchSampler(_GlobalBatchSampler):
             :class:`StratifiedBatchSampler` (``num_classes`` is accepted and ignored).
     """
 
-    def __init__(self, labels: Any, batch_size: int, *, num_classes: Optional[int] = None, seed: int = 0,
-                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
-        n = int(labels) if isinstance(labels, (int, np.integer)) else len(_labels_array(labels))
-        super().__init__(n, batch_size, seed=seed, drop_last=drop_last, num_replicas=num_replicas, rank=rank)
-        self.num_classes = num_classes
-
-    def __len__(self) -> int:
-        N, b = self.num_samples, self.batch_size
-        return N // b if self.drop_last else -(-N // b)
-
     def global_batches(self) -> Iterator[list[int]]:
         B, b, N = len(self), self.batch_size, self.num_samples
         if B == 0:
@@ -835,23 +839,13 @@ class RandomBatchSampler(_GlobalBatchSampler):
             yield perm[j * b:(j + 1) * b].tolist()
 
 
-class SequentialBatchSampler(_GlobalBatchSampler):
+class SequentialBatchSampler(_UnstratifiedBatchSampler):
     """Evaluation batches ``[0..b), [b..2b), ...`` in dataset order; the last one may be shorter.
 
     With ``num_replicas > 1`` each rank gets the contiguous slice ``batch[r*n//R:(r+1)*n//R]`` of
     every global batch (``n`` its length), so the ranks together see every index exactly once.
     ``set_epoch`` has no effect.
     """
-
-    def __init__(self, labels: Any, batch_size: int, *, num_classes: Optional[int] = None, seed: int = 0,
-                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
-        n = int(labels) if isinstance(labels, (int, np.integer)) else len(_labels_array(labels))
-        super().__init__(n, batch_size, seed=seed, drop_last=drop_last, num_replicas=num_replicas, rank=rank)
-        self.num_classes = num_classes
-
-    def __len__(self) -> int:
-        N, b = self.num_samples, self.batch_size
-        return N // b if self.drop_last else -(-N // b)
 
     def global_batches(self) -> Iterator[list[int]]:
         N, b = self.num_samples, self.batch_size
