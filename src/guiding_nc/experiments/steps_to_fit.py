@@ -87,26 +87,28 @@ def run(configs=DEFAULT_CONFIGS, methods=DEFAULT_METHODS, seeds=(0, 1, 2, 3, 4),
                 "final_step_accuracy": acc[-1] if acc else None, "wall_time_s": time.time() - t0,
             })
             curves[f"{config_name}/{method}/{seed}"] = acc
-    summary = summarize(rows)
-    result = {"runs": rows, "summary": summary, "curves": curves}
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(out / "runs.csv", buf.getvalue())
-        atomic_write_json(out / "curves.json", curves, indent=None)
-        atomic_write_json(out / "summary.json", summary)
-        prov = collect_provenance(
-            {"configs": list(configs), "methods": list(methods), "seeds": list(seeds), "steps": steps, "quick": quick,
-             "num_threads": num_threads},
-            device=used_device, argv=argv if argv is not None else [sys.executable, "-m", __name__] + sys.argv[1:],
-            extra={"status": "completed", "wall_time_s": time.time() - start},
-        )
-        atomic_write_json(out / "provenance.json", prov)
-    return result
+            if out is not None:  # after every run, so an interrupted experiment keeps what it measured
+                _write(Path(out), rows, curves, "running" if len(rows) < len(jobs) else "completed",
+                       start, used_device, configs, methods, seeds, steps, quick, num_threads, argv)
+    return {"runs": rows, "summary": summarize(rows), "curves": curves}
+
+
+def _write(out: Path, rows, curves, status, start, device, configs, methods, seeds, steps, quick, num_threads, argv):
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "runs.csv", buf.getvalue())
+    atomic_write_json(out / "curves.json", curves, indent=None)
+    atomic_write_json(out / "summary.json", summarize(rows))
+    prov = collect_provenance(
+        {"configs": list(configs), "methods": list(methods), "seeds": list(seeds), "steps": steps, "quick": quick,
+         "num_threads": num_threads},
+        device=device, argv=argv if argv is not None else [sys.executable, "-m", __name__] + sys.argv[1:],
+        extra={"status": status, "runs_done": len(rows), "wall_time_s": time.time() - start},
+    )
+    atomic_write_json(out / "provenance.json", prov)
 
 
 def summarize(rows: Sequence[Dict]) -> Dict[str, Dict[str, Dict]]:
