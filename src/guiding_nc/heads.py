@@ -183,11 +183,17 @@ class ClassMeanEMA(nn.Module):
         """Per-class sums ``(C, d)`` and counts ``(C,)`` of the (global, all-reduced) batch."""
         h = features.to(self.dtype)
         y = labels.to(device=h.device, dtype=torch.int64)
-        # A (B, C) membership mask and a matmul: deterministic, differentiable and free of the
-        # host syncs that bincount / one_hot perform on CUDA.
-        mask = (y.unsqueeze(1) == torch.arange(self.num_classes, device=h.device).unsqueeze(0)).to(h.dtype)
-        sums = mask.T @ h
-        counts = mask.sum(0)
+        if h.device.type == "cpu":
+            # Scatter-add: O(B d), deterministic on the CPU, differentiable.
+            sums = torch.zeros(self.num_classes, h.shape[1], dtype=h.dtype, device=h.device).index_add(0, y, h)
+            counts = torch.zeros(self.num_classes, dtype=h.dtype, device=h.device).index_add(
+                0, y, torch.ones_like(y, dtype=h.dtype))
+        else:
+            # On accelerators a (B, C) membership mask and a matmul: deterministic (no atomics),
+            # differentiable and free of the host syncs that bincount / one_hot perform.
+            mask = (y.unsqueeze(1) == torch.arange(self.num_classes, device=h.device).unsqueeze(0)).to(h.dtype)
+            sums = mask.T @ h
+            counts = mask.sum(0)
         sums = _all_reduce_sum(sums, differentiable)
         counts = _all_reduce_sum(counts, False)
         return sums, counts
