@@ -397,7 +397,7 @@ class ImplicitETFHead(_Head):
 
     def logits_from(self, h: Tensor) -> Tensor:
         W = self.W.to(h.dtype)
-        return self.tau * ((h - self.ema.global_mean.to(h.dtype)) @ W.T)
+        return self.tau * (h @ W.T - W @ self.ema.global_mean.to(h.dtype))
 
     def forward(self, features: Tensor, labels: Optional[Tensor] = None) -> Tensor:
         self.check_dims(features)
@@ -424,7 +424,9 @@ class ImplicitETFHead(_Head):
         if timer is not None:
             timer.stop("etf_forward")
         Wc = W.to(h.dtype)
-        return self.tau * ((h - h_g.to(h.dtype)) @ Wc.T)
+        # tau (W h + b) with b = -W h_G (Eq. 8): centring through the (C,) bias avoids a (B, d)
+        # subtraction and its backward.
+        return self.tau * (h @ Wc.T - Wc @ h_g.to(h.dtype))
 
 
 # ------------------------------------------------------------------------------ factory
