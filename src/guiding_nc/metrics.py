@@ -36,6 +36,7 @@ __all__ = [
     "equinorm",
     "cosine_margin",
     "max_cosine_margin",
+    "cross_entropy_lower_bound",
     "ncc_mismatch",
     "ncc_mismatch_count",
     "topk_accuracy",
@@ -432,6 +433,21 @@ def max_cosine_margin(num_classes: int) -> float:
     """Largest possible cosine margin, ``C / (C - 1)``, attained by a simplex ETF (Eq. 17)."""
     C = _check_int("num_classes", num_classes, 2)
     return C / (C - 1)
+
+
+def cross_entropy_lower_bound(num_classes: int, tau: float) -> float:
+    """Smallest mean cross-entropy reachable with unit features and unit classifier rows.
+
+    With logits ``tau * W h``, ``||h|| = 1`` and ``||w_c|| = 1``, balanced classes and
+    ``d >= C - 1``, the mean cross-entropy is minimised when the features collapse onto the
+    rows of a simplex ETF (``h_i = w_{y_i}``): the true logit is ``tau`` and every other one
+    ``-tau / (C - 1)``, so the bound is ``log(1 + (C - 1) exp(-tau C / (C - 1)))``.  This is
+    the dashed line of the paper's Fig. 2 (book: the UFM-10 chapter).
+    """
+    C = _check_int("num_classes", num_classes, 2)
+    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+    return math.log1p((C - 1) * math.exp(-tau * C / (C - 1)))
 
 
 def cosine_margin(features: Tensor, labels: Tensor, W: Tensor, global_mean: Tensor) -> Tensor:

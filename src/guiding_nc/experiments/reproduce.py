@@ -1,0 +1,458 @@
+"""Run one of the paper's experiments (a grid of training runs) and write tidy results.
+
+An *experiment* is a YAML file in ``configs/experiments/`` naming the training configs, the
+methods, the seeds and, optionally, *variants* (named sets of overrides such as ``ddn: none``
+or ``delta: 1e-5``) to compare; it also says how to shrink everything in quick mode.  Every
+run goes through :func:`guiding_nc.trainer.train_run` with the same settings except the ones
+the experiment varies, so the comparison is one switch at a time.
+
+Usage::
+
+    python -m guiding_nc.experiments.reproduce ufm10                 # full mode (the paper's sizes)
+    python -m guiding_nc.experiments.reproduce ufm10 --quick         # seconds, for CI
+    python -m guiding_nc.experiments.reproduce real_offline --seeds 0 1 --device cuda
+    python -m guiding_nc.experiments.reproduce --list
+
+Output directory (default ``data/results/<experiment>`` in full mode), written atomically after
+every run so an interrupted experiment keeps everything it finished:
+
+* ``runs.csv``: one row per run (final metrics, snapshots at the report epochs, steps to
+  100% train accuracy, wall time, peak memory);
+* ``curves.csv``: one row per evaluated epoch of every run (loss, top-1, NC1-NC4, equinorm,
+  cosine margins, per-step time split);
+* ``step_accuracy.json``: exact per-step train accuracy of every full-batch run (UFMs);
+* ``margins.json``: final per-sample cosine margins (train split) of every run, if asked;
+* ``summary.json``: median and min-max over seeds per (config, variant, method) and metric;
+* ``provenance.json``: exact command, experiment spec, mode, seeds, git commit, date, device,
+  library versions, wall time and status.
+
+Each run also keeps its own directory under ``--work-dir`` (checkpoints, the trainer's own
+files and a ``record.json`` once it finished); rerunning the same command continues a killed
+run from its last checkpoint and skips finished ones.  Book: the experiment chapters.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import io
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import yaml
+
+from ..provenance import atomic_write_json, atomic_write_text, collect_provenance, to_jsonable
+from ..trainer import CONFIG_DIR, ConfigError, load_config, train_run
+from .steps_to_fit import first_fit_step
+
+__all__ = ["ExperimentSpec", "EXPERIMENT_DIR", "list_experiments", "load_experiment", "run_experiment",
+           "load_results", "summarize_records", "main"]
+
+EXPERIMENT_DIR = CONFIG_DIR / "experiments"
+REPO_ROOT = CONFIG_DIR.parent
+# Run-level numbers that summary.json aggregates over seeds (when a run has them).
+SUMMARY_KEYS = ("train_loss", "train_top1", "test_top1", "train_top5", "test_top5", "train_nc1", "train_nc2",
+                "train_nc3", "train_equinorm", "train_ncc_mismatch", "train_cosine_margin_mean",
+                "train_cosine_margin_min", "test_nc1", "test_ncc_mismatch", "steps_to_fit", "wall_time_s",
+                "time_step_ms", "time_backbone_ms", "time_etf_forward_ms", "time_ddn_backward_ms", "peak_mem_gb")
+_SPEC_KEYS = {"description", "paper", "configs", "methods", "seeds", "overrides", "config_overrides", "variants",
+              "quick", "record_step_accuracy", "save_margins", "report_epochs", "notes"}
+_QUICK_KEYS = {"configs", "seeds", "overrides", "variants", "config_overrides"}
+
+
+@dataclass
+class ExperimentSpec:
+    """What to run: ``configs x variants x methods x seeds`` training runs.
+
+    ``overrides`` apply to every run, ``config_overrides`` to the runs of one config;
+    ``variants`` maps a name to ``{"methods": [...] (optional), "overrides": {...}}``; with
+    none given there is one variant, ``"default"``.  ``quick`` holds the quick-mode changes:
+    fewer ``configs``/``seeds``/``variants``, extra ``overrides`` for all runs and
+    ``config_overrides`` per config (e.g. a shrunken UFM).  ``notes`` is free text (why the
+    budget differs from the paper's, say) copied into the provenance.
+    """
+
+    name: str
+    description: str = ""
+    paper: str = ""
+    configs: List[str] = field(default_factory=list)
+    methods: List[str] = field(default_factory=lambda: ["standard", "fixed", "implicit"])
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    overrides: Dict[str, Any] = field(default_factory=dict)
+    config_overrides: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    variants: Dict[str, Dict[str, Any]] = field(default_factory=lambda: {"default": {}})
+    quick: Dict[str, Any] = field(default_factory=dict)
+    record_step_accuracy: bool = False
+    save_margins: bool = False
+    report_epochs: Optional[List[int]] = None
+    notes: str = ""
+
+    def quick_spec(self) -> "ExperimentSpec":
+        """The quick-mode version (CI): the ``quick`` section applied."""
+        q = self.quick
+        spec = copy.deepcopy(self)
+        spec.configs = list(q.get("configs", self.configs))
+        spec.seeds = [int(s) for s in q.get("seeds", self.seeds[:2])]
+        if "variants" in q:
+            spec.variants = {k: v for k, v in self.variants.items() if k in q["variants"]}
+        spec.overrides = {**self.overrides, **q.get("overrides", {})}
+        quick_cfg = q.get("config_overrides", {})
+        spec.config_overrides = {c: {**self.config_overrides.get(c, {}), **quick_cfg.get(c, {})}
+                                 for c in set(self.config_overrides) | set(quick_cfg)}
+        spec.quick = {}
+        return spec
+
+    def jobs(self) -> List[Dict[str, Any]]:
+        """Every run as ``{"config", "variant", "method", "seed", "overrides"}``."""
+        out = []
+        per_config = self.config_overrides
+        for config in self.configs:
+            cfg_ov = dict(per_config.get(config, {}))
+            # `seeds` in a config's overrides narrows the experiment's seeds for that config.
+            cfg_seeds = cfg_ov.pop("seeds", None)
+            seeds = [s for s in self.seeds if cfg_seeds is None or s in cfg_seeds]
+            for variant, v in self.variants.items():
+                for method in v.get("methods", self.methods):
+                    for seed in seeds:
+                        ov = {**self.overrides, **cfg_ov, **v.get("overrides", {})}
+                        out.append({"config": config, "variant": variant, "method": method, "seed": int(seed),
+                                    "overrides": ov})
+        return out
+
+
+def list_experiments() -> List[str]:
+    return sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
+
+
+def load_experiment(name_or_path) -> ExperimentSpec:
+    """An :class:`ExperimentSpec` from ``configs/experiments/<name>.yaml`` or a path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = EXPERIMENT_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise ConfigError(f"no experiment {str(name_or_path)!r}: {path} does not exist. "
+                          f"Known experiments: {', '.join(list_experiments())}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: an experiment file must be a mapping")
+    unknown = sorted(set(data) - _SPEC_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown experiment key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_SPEC_KEYS))}")
+    bad_quick = sorted(set(data.get("quick", {}) or {}) - _QUICK_KEYS)
+    if bad_quick:
+        raise ConfigError(f"{path}: unknown quick key(s) {', '.join(bad_quick)}; valid: {', '.join(sorted(_QUICK_KEYS))}")
+    if not data.get("configs"):
+        raise ConfigError(f"{path}: an experiment needs a non-empty 'configs' list")
+    data.setdefault("variants", {"default": {}})
+    for vname, v in data["variants"].items():
+        if not isinstance(v, dict) or set(v) - {"methods", "overrides"}:
+            raise ConfigError(f"{path}: variant {vname!r} must be a mapping with 'methods' and/or 'overrides'")
+    data["quick"] = data.get("quick") or {}
+    spec = ExperimentSpec(name=path.stem, **data)
+    return spec
+
+
+def _run_config(spec: ExperimentSpec, job: Dict[str, Any], run_dir: Path, device: str, num_threads, progress: bool):
+    ov = dict(job["overrides"])
+    ov.update(method=job["method"], seed=job["seed"], run_dir=str(run_dir), resume=True, device=device,
+              progress=progress, verbose=False, record_step_accuracy=spec.record_step_accuracy,
+              save_margins=spec.save_margins)
+    if num_threads is not None:
+        ov["num_threads"] = num_threads
+    cfg = load_config(job["config"], ov)
+    if spec.report_epochs is not None:
+        cfg = cfg.replace(report_epochs=[e for e in spec.report_epochs if e <= cfg.epochs])
+    cfg.validate()
+    return cfg
+
+
+def _record(job: Dict[str, Any], cfg, res: Dict[str, Any]) -> Dict[str, Any]:
+    """The distilled result of one run: what the tidy files hold."""
+    final_eval = res.get("final_eval") or {}
+    last = res.get("final") or {}
+    row: Dict[str, Any] = {
+        "config": job["config"], "variant": job["variant"], "method": job["method"], "seed": job["seed"],
+        "dataset": cfg.dataset, "model": cfg.model, "num_classes": res.get("num_classes", cfg.num_classes),
+        "feature_dim": cfg.feature_dim, "epochs": cfg.epochs, "steps": res["global_step"],
+        "batch_size": cfg.batch_size, "optimizer": cfg.optimizer, "gain": cfg.gain, "stratified": cfg.stratified,
+        "delta": cfg.delta, "ddn_backward": cfg.ddn_backward, "status": res["status"],
+        "wall_time_s": res["wall_time_s"], "peak_mem_gb": res.get("peak_mem_gb"), "device": res["device"],
+    }
+    for k, v in final_eval.items():
+        if k.startswith(("train_", "test_")):
+            row[k] = v
+    times = [r for r in res["history"] if "time_step_ms" in r]
+    for k in ("time_step_ms", "time_backbone_ms", "time_etf_forward_ms", "time_ddn_backward_ms"):
+        vals = [r[k] for r in times if r.get(k) is not None]
+        if vals:
+            # Median over epochs after the first (which pays one-off start-up costs).
+            row[k] = float(statistics.median(vals[1:] if len(vals) > 1 else vals))
+    for e, snap in (res.get("at_epochs") or {}).items():
+        for k in ("train_top1", "test_top1"):
+            if snap.get(k) is not None:
+                row[f"{k}@{e}"] = snap[k]
+    acc = res.get("step_accuracies")
+    if acc:
+        row["steps_to_fit"] = first_fit_step(acc)
+    curves = []
+    for r in res["history"]:
+        if any(k.startswith(("train_top1", "test_top1")) for k in r):
+            curves.append({k: v for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    margins = None
+    if cfg.save_margins and res.get("run_dir"):
+        npz = Path(res["run_dir"]) / "cosine_margins_final.npz"
+        if npz.exists():
+            with np.load(npz) as f:
+                if "train" in f:
+                    margins = [round(float(x), 5) for x in f["train"]]
+    return {"row": row, "curves": curves, "step_accuracy": [round(float(a), 6) for a in acc] if acc else None,
+            "margins": margins}
+
+
+def _key(job_or_row: Dict[str, Any]) -> str:
+    return f"{job_or_row['config']}/{job_or_row['variant']}/{job_or_row['method']}/{job_or_row['seed']}"
+
+
+def _csv(rows: Sequence[Dict[str, Any]], lead: Sequence[str]) -> str:
+    keys: List[str] = list(lead)
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
+    return buf.getvalue()
+
+
+def summarize_records(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """``{"config/variant/method": {metric: {"median", "min", "max", "n", "values"}}}`` over seeds."""
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(f"{r['config']}/{r['variant']}/{r['method']}", []).append(r)
+    out: Dict[str, Any] = {}
+    for g, rs in groups.items():
+        cell: Dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
+        keys = [k for k in rs[0] if k in SUMMARY_KEYS or "@" in k]
+        for k in keys:
+            vals = [float(r[k]) for r in rs if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                    and math.isfinite(float(r[k]))]
+            missing = len(rs) - len(vals)
+            if vals:
+                cell[k] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals),
+                           "missing": missing, "values": vals}
+            elif k == "steps_to_fit":
+                cell[k] = {"median": None, "min": None, "max": None, "n": 0, "missing": missing, "values": []}
+        out[g] = cell
+    return out
+
+
+def _write_outputs(out: Path, spec: ExperimentSpec, records: Dict[str, Dict[str, Any]], status: str,
+                   start: float, mode: str, device: Optional[str], argv: Sequence[str], num_threads) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    recs = list(records.values())
+    rows = [r["row"] for r in recs]
+    lead = ("config", "variant", "method", "seed")
+    atomic_write_text(out / "runs.csv", _csv(rows, lead))
+    curve_rows = []
+    for r in recs:
+        for c in r["curves"]:
+            curve_rows.append({**{k: r["row"][k] for k in lead}, **c})
+    atomic_write_text(out / "curves.csv", _csv(curve_rows, lead + ("epoch", "step")))
+    if spec.record_step_accuracy:
+        atomic_write_json(out / "step_accuracy.json", {_key(r["row"]): r["step_accuracy"] for r in recs}, indent=None)
+    if spec.save_margins:
+        atomic_write_json(out / "margins.json", {_key(r["row"]): r["margins"] for r in recs}, indent=None)
+    atomic_write_json(out / "summary.json", summarize_records(rows))
+    spec_dict = {k: v for k, v in spec.__dict__.items()}
+    prov = collect_provenance(
+        {"experiment": spec.name, "spec": spec_dict, "mode": mode, "num_threads": num_threads},
+        device=device, argv=list(argv),
+        extra={"status": status, "runs_done": len(rows), "runs_total": len(spec.jobs()),
+               "wall_time_s": time.time() - start, "experiment": spec.name, "mode": mode,
+               "seeds": list(spec.seeds), "configs": list(spec.configs)},
+    )
+    atomic_write_json(out / "provenance.json", prov)
+
+
+def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = None,
+                   work_dir: Optional[Path] = None, device: str = "auto", seeds: Optional[Sequence[int]] = None,
+                   configs: Optional[Sequence[str]] = None, variants: Optional[Sequence[str]] = None,
+                   methods: Optional[Sequence[str]] = None, overrides: Optional[Dict[str, Any]] = None,
+                   num_threads: Optional[int] = None, progress: bool = True,
+                   argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Run (or continue) an experiment; returns ``{"records": [...], "summary": {...}, "out": path}``.
+
+    ``seeds``/``configs``/``variants``/``methods`` restrict the grid; ``overrides`` apply to every
+    run (e.g. ``{"device": "cuda", "data_root": "/data"}``).  Quick mode uses the experiment's
+    ``quick`` section.  ``out`` defaults to ``data/results/<name>`` (full) or
+    ``runs/experiments/<name>-quick`` (quick); ``work_dir`` (per-run checkpoints) defaults to
+    ``runs/experiments/<name>[-quick]/work``.
+    """
+    from tqdm.auto import tqdm
+
+    spec = name_or_spec if isinstance(name_or_spec, ExperimentSpec) else load_experiment(name_or_spec)
+    spec = spec.quick_spec() if quick else copy.deepcopy(spec)
+    if seeds is not None:
+        spec.seeds = [int(s) for s in seeds]
+    if configs is not None:
+        unknown = sorted(set(configs) - set(spec.configs))
+        if unknown:
+            raise ConfigError(f"experiment {spec.name!r} has no config(s) {', '.join(unknown)}; it has "
+                              f"{', '.join(spec.configs)}")
+        spec.configs = list(configs)
+    if variants is not None:
+        unknown = sorted(set(variants) - set(spec.variants))
+        if unknown:
+            raise ConfigError(f"experiment {spec.name!r} has no variant(s) {', '.join(unknown)}; it has "
+                              f"{', '.join(spec.variants)}")
+        spec.variants = {k: v for k, v in spec.variants.items() if k in variants}
+    if methods is not None:
+        spec.methods = list(methods)
+        for v in spec.variants.values():
+            if "methods" in v:
+                v["methods"] = [m for m in v["methods"] if m in methods]
+    if overrides:
+        spec.overrides = {**spec.overrides, **overrides}
+    mode = "quick" if quick else "full"
+    tag = spec.name + ("-quick" if quick else "")
+    out = Path(out) if out is not None else (REPO_ROOT / "data" / "results" / spec.name if not quick
+                                             else REPO_ROOT / "runs" / "experiments" / tag)
+    work_dir = Path(work_dir) if work_dir is not None else REPO_ROOT / "runs" / "experiments" / tag / "work"
+    argv = list(argv) if argv is not None else [Path(sys.executable).name, "-m", __name__] + sys.argv[1:]
+    jobs = spec.jobs()
+    # Validate every run before the first one starts: a typo fails now, not an hour in.
+    cfgs = [_run_config(spec, job, work_dir / _key(job), device, num_threads, progress=False) for job in jobs]
+    start = time.time()
+    records: Dict[str, Dict[str, Any]] = {}
+    used_device = None
+    bar = tqdm(list(zip(jobs, cfgs)), desc=spec.name, disable=not progress, dynamic_ncols=True)
+    for job, cfg in bar:
+        bar.set_postfix_str(_key(job))
+        run_dir = work_dir / _key(job)
+        rec_path = run_dir / "record.json"
+        if rec_path.exists():
+            rec = json.loads(rec_path.read_text())
+            if rec.get("config_hash") == _hash(cfg):
+                records[_key(job)] = rec
+                used_device = rec["row"].get("device", used_device)
+                continue
+        res = train_run(cfg, argv=argv)
+        used_device = res["device"]
+        rec = _record(job, cfg, res)
+        rec["config_hash"] = _hash(cfg)
+        atomic_write_json(rec_path, rec, indent=None)
+        records[_key(job)] = rec
+        _write_outputs(out, spec, records, "running" if len(records) < len(jobs) else "completed", start, mode,
+                       used_device, argv, num_threads)
+    _write_outputs(out, spec, records, "completed", start, mode, used_device, argv, num_threads)
+    rows = [r["row"] for r in records.values()]
+    return {"records": list(records.values()), "summary": summarize_records(rows), "out": str(out), "spec": spec}
+
+
+def _hash(cfg) -> str:
+    import hashlib
+
+    d = cfg.to_dict()
+    for k in ("progress", "verbose", "resume", "device", "num_threads"):
+        d.pop(k, None)
+    return hashlib.sha256(json.dumps(to_jsonable(d), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_results(path) -> Dict[str, Any]:
+    """Read an experiment's result directory back: ``runs`` (list of dicts), ``curves`` (list of
+    dicts), ``summary``, ``provenance`` and, when present, ``step_accuracy`` and ``margins``."""
+    path = Path(path)
+    if not (path / "runs.csv").exists():
+        raise FileNotFoundError(f"{path} holds no experiment results (no runs.csv); run "
+                                f"`python -m guiding_nc.experiments.reproduce <experiment>` to produce them")
+
+    def read_csv(p: Path) -> List[Dict[str, Any]]:
+        rows = []
+        with p.open(newline="") as fh:
+            for r in csv.DictReader(fh):
+                rows.append({k: _parse(v) for k, v in r.items()})
+        return rows
+
+    out = {"runs": read_csv(path / "runs.csv"), "curves": read_csv(path / "curves.csv"),
+           "summary": json.loads((path / "summary.json").read_text()),
+           "provenance": json.loads((path / "provenance.json").read_text())}
+    for name in ("step_accuracy", "margins"):
+        if (path / f"{name}.json").exists():
+            out[name] = json.loads((path / f"{name}.json").read_text())
+    return out
+
+
+def _parse(v: str) -> Any:
+    if v == "":
+        return None
+    if v in ("True", "False"):
+        return v == "True"
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+
+def format_summary(summary: Dict[str, Any], metrics: Iterable[str]) -> str:
+    metrics = list(metrics)
+    lines = ["  ".join([f"{'config/variant/method':<36}"] + [f"{m:>24}" for m in metrics])]
+    for g, cell in summary.items():
+        vals = []
+        for m in metrics:
+            c = cell.get(m)
+            vals.append(f"{'-':>24}" if not c or c["median"] is None else
+                        f"{c['median']:.4g} [{c['min']:.4g}, {c['max']:.4g}]".rjust(24))
+        lines.append("  ".join([f"{g:<36}"] + vals))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m guiding_nc.experiments.reproduce",
+                                     description="Run one of the paper's experiments and write tidy results with provenance.")
+    parser.add_argument("experiment", nargs="?", help="name in configs/experiments/ (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the experiments and exit")
+    parser.add_argument("--quick", action="store_true", help="the experiment's quick mode (CI)")
+    parser.add_argument("--seeds", nargs="+", type=int)
+    parser.add_argument("--configs", nargs="+")
+    parser.add_argument("--variants", nargs="+")
+    parser.add_argument("--methods", nargs="+")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--work-dir", default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("overrides", nargs="*", default=[], help="key=value applied to every run")
+    args, extra = parser.parse_known_args(argv)
+    if args.list:
+        for name in list_experiments():
+            spec = load_experiment(name)
+            print(f"{name:<16} {spec.paper:<28} {spec.description}")
+        return 0
+    if not args.experiment:
+        parser.error("name an experiment (see --list)")
+    items = list(args.overrides) + list(extra)
+    bad = [i for i in items if "=" not in i]
+    if bad:
+        parser.error(f"unrecognised argument(s) {' '.join(bad)}; overrides are key=value")
+    from ..trainer import parse_overrides
+
+    res = run_experiment(args.experiment, quick=args.quick, out=args.out, work_dir=args.work_dir, device=args.device,
+                         seeds=args.seeds, configs=args.configs, variants=args.variants, methods=args.methods,
+                         overrides=parse_overrides(items), num_threads=args.threads, progress=not args.no_progress,
+                         argv=None if argv is None else ["python", "-m", __name__, *argv])
+    print(format_summary(res["summary"], ("train_top1", "test_top1", "steps_to_fit", "train_nc1", "wall_time_s")))
+    print(f"saved {res['out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
