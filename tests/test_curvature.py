@@ -429,3 +429,166 @@ def test_objective_errors():
     with pytest.raises(ValueError, match="flat tensor of 36"):
         obj(torch.zeros(24, dtype=F64))
     assert set(PARAMETRISATIONS) == {"free", "fixed", "implicit", "affine"}
+
+
+# ============================================================ reduction-mapping analysis
+from guiding_nc.curvature import (  # noqa: E402
+    base_objective,
+    curvature_at,
+    generalized_eigenvalues,
+    gradient_descent,
+    lift,
+    matched_weight_decay,
+    morse_bott_constant,
+    optimal_value,
+    pullback_metric,
+    reduction_jacobian,
+    reduction_map,
+)
+
+
+def _matched(kind, C=C, n=N_PER, d=D):
+    y = _labels(C, n)
+    kw = {"bias": True} if kind == "free" else ({"delta": 0.0} if kind == "implicit" else {})
+    return ufm_objective(kind, y, C, d, weight_decay_W=matched_weight_decay(C, 5.0), **kw)
+
+
+def test_matched_weight_decay_makes_the_collapsed_point_a_critical_point_of_every_parametrisation():
+    lam = matched_weight_decay(C, 5.0)
+    a = 5.0 * C / (C - 1)
+    g = lambda r: math.log(1 + (C - 1) * math.exp(-a * r)) + lam * C * r * r / 2
+    h = 1e-5
+    assert (g(1 + h) - g(1 - h)) / (2 * h) == pytest.approx(0.0, abs=1e-9)
+    values = []
+    for kind in PARAMETRISATIONS:
+        obj = _matched(kind)
+        xc = obj.collapsed_point()
+        assert float(torch.func.grad(obj)(xc).norm()) < 1e-12
+        base = base_objective(obj)
+        assert float(torch.func.grad(base)(lift(obj, xc)).norm()) < 1e-12
+        values.append(optimal_value(obj))
+    assert max(values) - min(values) < 1e-14
+    with pytest.raises(ValueError, match="num_classes"):
+        matched_weight_decay(1)
+    with pytest.raises(ValueError, match="tau"):
+        matched_weight_decay(3, tau=-1.0)
+
+
+@pytest.mark.parametrize("kind", PARAMETRISATIONS)
+def test_lift_reproduces_the_reduced_objective(kind):
+    obj = _matched(kind)
+    x = obj.initial_point(_gen(3))
+    base = base_objective(obj)
+    assert base.parametrisation == "free" and base.bias
+    xb = lift(obj, x)
+    assert xb.shape == (base.numel,)
+    assert float(base(xb)) == pytest.approx(float(obj(x)), rel=1e-13)
+    if kind == "free":
+        assert base is obj
+        with pytest.raises(ValueError, match="no reduction"):
+            reduction_map(obj, x)
+        assert torch.equal(pullback_metric(obj, x), torch.eye(obj.numel, dtype=F64))
+
+
+def test_reduction_jacobian_affine_fixed_and_implicit():
+    y = _labels()
+    aff, fix, imp = _matched("affine"), _matched("fixed"), _matched("implicit")
+    x = _point(7)
+    D = reduction_jacobian(aff, x)
+    n = N_PER
+    Pi = (torch.eye(C, dtype=F64) - 1.0 / C) @ torch.nn.functional.one_hot(y, C).to(F64).T / n
+    expected = torch.cat([torch.kron(Pi, torch.eye(D_dim := D.shape[1] // (C * n), dtype=F64)),
+                          torch.zeros(C, C * n * D_dim, dtype=F64)])
+    assert torch.allclose(D, expected, atol=1e-13)
+    assert torch.equal(reduction_jacobian(fix, x), torch.zeros_like(D))
+    # Implicit: the Jacobian agrees with central differences.
+    Di = reduction_jacobian(imp, x)
+    v = torch.randn(x.numel(), generator=_gen(8), dtype=F64)
+    eps = 1e-6
+    fd = (reduction_map(imp, x + eps * v) - reduction_map(imp, x - eps * v)) / (2 * eps)
+    assert torch.allclose(Di @ v, fd, atol=1e-7)
+    G = pullback_metric(imp, x)
+    assert torch.allclose(G, torch.eye(x.numel(), dtype=F64) + Di.T @ Di)
+    with pytest.raises(ValueError, match="max_numel"):
+        reduction_jacobian(imp, x, max_numel=3)
+    with pytest.raises(ValueError, match="UFMObjective"):
+        lift("not an objective", x)
+
+
+def test_generalized_eigenvalues_and_errors():
+    g = _gen(11)
+    A = torch.randn(6, 6, generator=g, dtype=F64)
+    A = A + A.T
+    B = torch.randn(6, 6, generator=g, dtype=F64)
+    G = torch.eye(6, dtype=F64) + B @ B.T
+    w, V = torch.linalg.eigh(G)
+    Gm12 = V @ torch.diag(w.rsqrt()) @ V.T
+    assert torch.allclose(generalized_eigenvalues(A, G), torch.linalg.eigvalsh(Gm12 @ A @ Gm12), atol=1e-11)
+    assert torch.allclose(generalized_eigenvalues(A, torch.eye(6, dtype=F64)), torch.linalg.eigvalsh(A), atol=1e-12)
+    with pytest.raises(ValueError, match="positive definite"):
+        generalized_eigenvalues(A, -G)
+    with pytest.raises(ValueError, match="square"):
+        generalized_eigenvalues(A, G[:5, :5])
+
+
+def test_morse_bott_constant_splits_kernel_and_normal_curvature():
+    mb = morse_bott_constant([0.0, 1e-17, -1e-16, 0.5, 2.0, 3.0])
+    assert mb["kernel_dim"] == 3
+    assert mb["constant"] == pytest.approx(0.5)
+    assert mb["next_above_kernel"] == pytest.approx(2.0)
+    assert mb["max"] == pytest.approx(3.0)
+    assert math.isnan(morse_bott_constant([0.0, 0.0, 0.0])["constant"])
+    with pytest.raises(ValueError, match="empty"):
+        morse_bott_constant([])
+    with pytest.raises(ValueError, match="rel_tol"):
+        morse_bott_constant([1.0], rel_tol=2.0)
+
+
+def test_gradient_descent_on_a_quadratic_and_errors():
+    a = torch.tensor([1.0, 4.0], dtype=F64)
+    f = lambda z: 0.5 * (a * z * z).sum()
+    x0 = torch.tensor([1.0, 1.0], dtype=F64)
+    r = gradient_descent(f, x0, 0.25, 5, record_every=2)
+    assert r.record_steps == [0, 2, 4, 5]
+    expected = x0 * (1 - 0.25 * a) ** 5
+    assert torch.allclose(r.points[-1], expected, atol=1e-15)
+    assert float(r.values[-1]) == pytest.approx(float(f(expected)), rel=1e-12)
+    assert r.lr == [0.25] * 5 and not r.diverged
+    # A callable step rule, evaluated at the recorded points (here: 1 / lambda_max = 1/4).
+    calls = []
+    r2 = gradient_descent(f, x0, lambda x: calls.append(1) or 0.25, 5, record_every=2)
+    assert len(calls) == 4 and torch.allclose(r2.points[-1], expected)
+    with pytest.raises(ValueError, match="lr"):
+        gradient_descent(f, x0, 0.0, 3)
+    with pytest.raises(ValueError, match="steps"):
+        gradient_descent(f, x0, 0.1, -1)
+    with pytest.raises(ValueError, match="record_every"):
+        gradient_descent(f, x0, 0.1, 3, record_every=0)
+    with pytest.raises(ValueError, match="lr"):
+        gradient_descent(f, x0, lambda x: float("nan"), 3)
+    assert gradient_descent(lambda z: (z ** 2).sum(), x0, 1e200, 3).diverged
+
+
+@pytest.mark.parametrize("kind", PARAMETRISATIONS)
+def test_curvature_at_exact_matches_lanczos_and_the_affine_theory(kind):
+    obj = _matched(kind)
+    x = obj.initial_point(_gen(4))
+    fs = optimal_value(obj)
+    ex = curvature_at(obj, x, fs, method="exact")
+    lz = curvature_at(obj, x, fs, method="lanczos", k_iter=obj.numel)
+    for key in ("lambda_max", "lambda_min", "base_lambda_max", "base_lambda_min"):
+        assert lz[key] == pytest.approx(ex[key], rel=1e-8, abs=1e-10)
+    assert ex["pl"] == pytest.approx(ex["grad_norm_sq"] / (2 * (ex["value"] - fs)))
+    assert ex["kappa"] == pytest.approx(ex["lambda_max"] / ex["pl"])
+    # In the pullback metric the reduced gradient can only lose length: ∇Fᵀ G⁻¹ ∇F <= ||∇f||².
+    assert ex["pb_pl"] <= ex["base_pl"] * (1 + 1e-12)
+    if kind == "free":
+        assert "correction_norm" not in ex
+        assert ex["base_lambda_max"] == ex["lambda_max"]
+    elif kind in ("fixed", "affine"):
+        assert ex["correction_norm"] < 1e-12  # affine maps: ∇²F = Jᵀ ∇²f J exactly
+        assert ex["pb_lambda_max"] <= ex["base_lambda_max"] * (1 + 1e-12)  # Rayleigh quotient on a subspace
+    else:
+        assert ex["correction_norm"] > 1e-6
+    with pytest.raises(ValueError, match="method"):
+        curvature_at(obj, x, fs, method="power")
