@@ -307,3 +307,137 @@ def test_validation_errors():
         fg.upstream_matrix(params, x, 2)
     with pytest.raises(ValueError, match="at least 2"):
         fg.bias_variance("weight", params, x, y, 1)
+
+
+# ----------------------------------------------------------------------------- matrix-free paths
+def test_matrix_free_wt_samples_equal_materialised_guesses():
+    params, x, y = tiny(21)
+    M = [fg.upstream_matrix(params, x, l) for l in range(len(params) - 1)]
+    _, inputs, _ = fg._forward_record(params, x)
+    gen = torch.Generator().manual_seed(3)
+    chunk = next(fg._sample_chunks("wt", params, x, y, 4, None, gen, 10, 3, 4))
+    gen = torch.Generator().manual_seed(3)
+    for l, (W, b) in enumerate(params):
+        if l < len(params) - 1:
+            eta = torch.randn(4, x.shape[0], M[l].shape[-1], generator=gen, dtype=DT)
+            U = torch.einsum("bdr,gbr->gbd", M[l], eta)
+            s = fg.directional_derivative_activations(params, x, y, l, U)
+            torch.testing.assert_close(chunk[l][0], torch.einsum("gbo,bi->goi", s[..., None] * U, inputs[l]) / x.shape[0])
+        else:
+            torch.randn(4, x.shape[0], W.shape[0], generator=gen, dtype=DT)
+
+
+def test_ns_topk_matrix_free_equals_materialised_iteration():
+    params, x, y = tiny(22, dims=(5, 9, 8, 3))
+    Q, _ = fg.guess_generators("upstream_ns", params, x, 0, k=3, ns_iters=7, power_iters=2)
+    M = fg.upstream_matrix(params, x, 0)
+    Omega = torch.randn(8, 3, generator=torch.Generator().manual_seed(fg.NS_SKETCH_SEED), dtype=DT)
+    Y = M @ Omega
+    for _ in range(2):
+        Y = M @ (M.transpose(1, 2) @ fg.newton_schulz(Y, 7))
+    torch.testing.assert_close(Q, fg.newton_schulz(Y, 7))
+
+
+# ----------------------------------------------------------------------------- measurement tools
+def test_gradient_spectra_matches_svd_and_rank_bound():
+    params, x, y = tiny(23, dims=(7, 9, 8, 3), B=2)
+    true = fg.true_gradient(params, x, y)
+    recs = fg.gradient_spectra(params, x, y)
+    assert [r["layer"] for r in recs] == [0, 1, 2]
+    for r, (G, _) in zip(recs, true):
+        torch.testing.assert_close(torch.tensor(r["singular_values"], dtype=DT), torch.linalg.svdvals(G))
+        assert r["full_rank_bound"] == 2
+        assert all(v < 1e-10 * r["singular_values"][0] for v in r["singular_values"][2:])  # rank <= B
+        assert 1 <= r["energy_rank"] <= 2 and 1.0 <= r["stable_rank"] <= 2.0 + 1e-9
+    with pytest.raises(ValueError, match="energy"):
+        fg.gradient_spectra(params, x, y, energy=1.5)
+
+
+def test_upstream_subspace_energy_is_one_minus_squared_bias():
+    params, x, y = tiny(24, dims=(5, 9, 8, 3))
+    recs = fg.upstream_subspace_energy(params, x, y, [1, 2, 4, 8])
+    l0 = [r for r in recs if r["layer"] == 0]
+    assert all(a["energy"] <= b["energy"] + 1e-12 for a, b in zip(l0, l0[1:]))
+    assert l0[-1]["energy"] == pytest.approx(1.0)  # k = 8 >= rank M: the whole gradient
+    assert all(0 <= r["energy"] <= 1 + 1e-12 and r["random_energy"] == min(r["k_used"] / r["width"], 1) for r in recs)
+    # per example, 1 - energy is the squared relative bias of the top-k guess in z-space
+    gz = fg._per_example_preact_grads(params, x, y)
+    A, Ahat = fg.guess_generators("upstream", params, x, 0, k=2)
+    Eg = torch.einsum("bdr,bcr,bc->bd", Ahat, A, gz[0])
+    rel = ((Eg - gz[0]).norm(dim=1) ** 2 / gz[0].norm(dim=1) ** 2)
+    assert float(1 - rel.mean()) == pytest.approx([r for r in l0 if r["k"] == 2][0]["energy"])
+    with pytest.raises(ValueError, match="positive int"):
+        fg.upstream_subspace_energy(params, x, y, [0])
+
+
+@pytest.mark.parametrize("name", fg.UNBIASED_ESTIMATORS)
+def test_estimator_quality_unbiased_mc_within_variance(name):
+    """E||mean_n - g||^2 = tr Cov / n for an unbiased estimator: the MC bias must respect it."""
+    params, x, y = tiny(25)
+    n = 400
+    for r in fg.estimator_quality(name, params, x, y, n, generator=torch.Generator().manual_seed(0)):
+        assert r["exact_relative_bias"] < 1e-10
+        assert r["bias_norm"] ** 2 < 4 * r["variance"] / n
+        assert r["relative_mse"] == pytest.approx(r["relative_variance"])
+
+
+def test_estimator_quality_biased_guesses():
+    params, x, y = tiny(26, dims=(5, 9, 8, 3))
+    wt = fg.estimator_quality("wt", params, x, y, 50, generator=torch.Generator().manual_seed(0))
+    up = fg.estimator_quality("upstream", params, x, y, 50, k=1, generator=torch.Generator().manual_seed(0))
+    assert wt[0]["exact_relative_bias"] > 1e-3 and up[0]["exact_relative_bias"] > 1e-3
+    assert wt[-1]["exact_relative_bias"] < 1e-10  # last layer: plain activation perturbation
+    for r in up + wt:
+        assert -1 <= r["expectation_cosine"] <= 1 + 1e-12
+        assert r["relative_mse"] == pytest.approx(r["exact_relative_bias"] ** 2 + r["relative_variance"])
+
+
+def test_running_mean_error_unbiased_decays_biased_levels_off():
+    params, x, y = tiny(27)
+    e = fg.running_mean_error("activation", params, x, y, [10, 1500], generator=torch.Generator().manual_seed(0))
+    q = fg.estimator_quality("activation", params, x, y, 400, generator=torch.Generator().manual_seed(1))
+    tot_var = sum(r["variance"] for r in q) / sum(r["true_norm"] ** 2 for r in q)
+    assert e[1] < 4 * math.sqrt(tot_var / 1500) and e[1] < e[0]
+    w = fg.running_mean_error("upstream", params, x, y, [1500], k=1, generator=torch.Generator().manual_seed(0))
+    E = fg.expected_estimate("upstream", params, x, y, k=1)
+    true = fg.true_gradient(params, x, y)
+    bias = float((flat(E) - flat(true)).norm() / flat(true).norm())
+    assert abs(w[0] - bias) < 0.25 * bias
+    with pytest.raises(ValueError, match="positive int"):
+        fg.running_mean_error("activation", params, x, y, [0])
+
+
+def test_peak_memory_meter_counts_only_new_live_tensors():
+    before = torch.ones(1000, dtype=torch.float64)
+    with fg.PeakMemoryMeter() as m:
+        a = torch.zeros(2000, dtype=torch.float64)  # 16000 bytes
+        b = a * 2  # + 16000
+        del a, b
+        c = torch.zeros(100, dtype=torch.float64)
+        v = c.view(10, 10)  # a view shares the storage: not counted twice
+    assert m.peak_bytes == 32000
+    assert m.current_bytes == 800
+    del c, v
+    assert m.current_bytes == 0
+    assert before.sum() == 1000
+
+
+def test_train_mlp_backprop_learns_and_validates():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 6, generator=g)
+    y = (x[:, 0] > 0).long()
+    rec = fg.train_mlp("backprop", [6, 16, 16, 2], x, y, x, y, steps=40, batch_size=16, lr=1e-2, eval_every=20)
+    assert rec["step"] == [0, 20, 40] and rec["cosine_step"] == [20, 40]
+    assert rec["train_loss"][-1] < rec["train_loss"][0] and rec["test_accuracy"][-1] > 0.8
+    assert all(c == pytest.approx([1.0] * 3) for c in rec["cosine"])
+    r2 = fg.train_mlp("upstream", [6, 16, 16, 2], x, y, x, y, steps=4, batch_size=8, k=2, eval_every=2,
+                      return_params=True)
+    assert len(r2["params"]) == 3 and len(r2["cosine"][0]) == 3 and not r2["diverged"]
+    with pytest.raises(ValueError, match="unknown method"):
+        fg.train_mlp("sgd", [6, 2], x, y, x, y, steps=1)
+    with pytest.raises(ValueError, match="backprop takes k=None"):
+        fg.train_mlp("backprop", [6, 4, 2], x, y, x, y, steps=1, k=2)
+    with pytest.raises(ValueError, match="lr"):
+        fg.train_mlp("backprop", [6, 4, 2], x, y, x, y, steps=1, lr=-1.0)
+    with pytest.raises(ValueError, match="features"):
+        fg.train_mlp("backprop", [5, 4, 2], x, y, x, y, steps=1)

@@ -83,6 +83,14 @@ plain activation perturbation ``u ~ N(0, I_C)`` there (unbiased; C is small).
 
 Reference tools (``true_gradient``, ``expected_estimate``) use reverse mode; estimators never
 do (the tests patch ``torch.autograd.grad`` / ``backward`` to raise while estimating).
+
+Memory: ``"wt"`` and ``"upstream_ns"`` with ``k`` are applied matrix-free (products with the
+mask and ``W_{l+1}``, memory ``O(B d_l k)``); ``"upstream"``, ``"upstream_precond"`` and
+``"upstream_ns"`` with ``k=None`` materialise the per-example ``M_{l,b}`` (``O(B d_l d_{l+1})``)
+for their SVD / full Newton–Schulz.
+
+Measurement and training tools (``gradient_spectra``, ``upstream_subspace_energy``,
+``PeakMemoryMeter``, ``train_mlp``) back the book chapter ``book/14_forward_gradients.md``.
 """
 from __future__ import annotations
 
@@ -116,6 +124,14 @@ __all__ = [
     "cosine_similarity_per_layer",
     "bias_variance",
     "sweep_bias_variance",
+    "gradient_spectra",
+    "upstream_subspace_energy",
+    "PeakMemoryMeter",
+    "TRAIN_METHODS",
+    "gradient",
+    "train_mlp",
+    "estimator_quality",
+    "running_mean_error",
 ]
 
 Layer = Tuple[Tensor, Optional[Tensor]]
@@ -543,6 +559,8 @@ def guess_generators(
 def _generators(name, params, pre, layer, k, ns_iters, power_iters):
     if name == "activation" or layer == len(params) - 1:
         return None, None
+    if name == "upstream_ns" and k is not None:
+        return _ns_topk_matrix_free(params, pre, layer, k, ns_iters, power_iters)
     M = _upstream_from(params, pre, layer)  # (B, d_l, d_{l+1})
     if name == "wt":
         return M, M
@@ -559,16 +577,27 @@ def _generators(name, params, pre, layer, k, ns_iters, power_iters):
             return A, A
         S_safe = torch.where(keep > 0, S, torch.ones_like(S))
         return U * (S * keep)[:, None, :], U * (keep / S_safe)[:, None, :]
-    # upstream_ns
-    if k is None:
-        Q = newton_schulz(M, ns_iters)
-        return Q, Q
+    # upstream_ns, k=None: approximate polar factor of the whole M
+    Q = newton_schulz(M, ns_iters)
+    return Q, Q
+
+
+def _ns_topk_matrix_free(params, pre, layer, k, ns_iters, power_iters):
+    """Top-k Newton–Schulz subspace without forming M (memory O(B d_l k), not O(B d_l d_{l+1})).
+
+    Uses ``M Y = m * (W_{l+1}^T Y)`` and ``M^T X = W_{l+1} (m * X)`` (``m`` the ReLU mask); the
+    result equals the subspace iteration on the materialised ``M`` up to rounding.
+    """
+    W_next = params[layer + 1][0]  # (d_{l+1}, d_l)
+    d_n, d_l = W_next.shape
+    k = min(k, d_l, d_n)
+    mask = (pre[layer] > 0).to(pre[layer].dtype)[:, :, None]  # (B, d_l, 1)
     g = torch.Generator(device="cpu").manual_seed(NS_SKETCH_SEED)
-    Omega = torch.randn(d_n, k, generator=g, dtype=M.dtype).to(M.device)
-    Y = M @ Omega
-    Mt = M.transpose(-1, -2)
+    Omega = torch.randn(d_n, k, generator=g, dtype=W_next.dtype).to(W_next.device)
+    Y = mask * (W_next.T @ Omega)[None]  # (B, d_l, k) = M Omega
     for _ in range(power_iters):
-        Y = M @ (Mt @ newton_schulz(Y, ns_iters))
+        Z = W_next @ (mask * newton_schulz(Y, ns_iters))  # (B, d_{l+1}, k) = M^T NS(Y)
+        Y = mask * (W_next.T @ Z)  # M Z
     Q = newton_schulz(Y, ns_iters)
     return Q, Q
 
@@ -618,7 +647,9 @@ def _sample_chunks(
                 done += g
             return
         _, inputs, pre = _forward_record(params, x)
-        gens = [_generators(name, params, pre, l, k, ns_iters, power_iters) for l in range(len(params))]
+        wt_free = name == "wt"  # W^T guess applied matrix-free: u = m * (eps W_{l+1})
+        gens = [(None, None) if wt_free else _generators(name, params, pre, l, k, ns_iters, power_iters)
+                for l in range(len(params))]
         done = 0
         while done < n:
             g = min(chunk_size, n - done)
@@ -626,7 +657,12 @@ def _sample_chunks(
             for l, (W, b) in enumerate(params):
                 A, Ahat = gens[l]
                 d_l = W.shape[0]
-                if A is None:
+                if wt_free and l < len(params) - 1:
+                    W_next = params[l + 1][0]
+                    eta = _randn((g, B, W_next.shape[0]), W, generator)
+                    U = (pre[l] > 0).to(W.dtype) * (eta @ W_next)  # (g, B, d_l) = M_b eps
+                    A = Ahat = U  # marker: ghat = s * U below
+                elif A is None:
                     eta = _randn((g, B, d_l), W, generator)
                     U = eta
                 else:
@@ -635,7 +671,7 @@ def _sample_chunks(
                 s = _act_jvp(params, x, y, l, U)  # (g, B): one JVP per guess
                 if Ahat is None:
                     ghat = s[..., None] * eta
-                elif Ahat is A:
+                elif Ahat is A:  # A = Ahat (also the matrix-free W^T marker)
                     ghat = s[..., None] * U
                 else:
                     ghat = s[..., None] * torch.einsum("bdr,gbr->gbd", Ahat, eta)
@@ -929,3 +965,343 @@ def sweep_bias_variance(
                 if nm not in _K_METHODS:
                     break
     return records
+
+
+# --------------------------------------------------------------------------------------
+# structure of the true gradient (book chapter 14, "Gradients without backpropagation")
+# --------------------------------------------------------------------------------------
+def _energy_rank(S: Tensor, fraction: float) -> int:
+    """Smallest r with sum_{i<r} s_i^2 >= fraction * sum_i s_i^2 (0 for a zero matrix)."""
+    e = S.double() ** 2
+    tot = float(e.sum())
+    if tot == 0.0:
+        return 0
+    c = torch.cumsum(e, 0) / tot
+    return int((c < fraction - 1e-12).sum()) + 1
+
+
+def gradient_spectra(params: Params, x: Tensor, y: Tensor, *, energy: float = 0.9) -> List[Dict[str, object]]:
+    """Singular values of the true weight gradient ``dF/dW_l`` (shape ``(d_l, d_{l-1})``) per layer.
+
+    Returns one dict per layer with ``singular_values`` (descending, ``min(d_l, d_{l-1})``
+    floats), ``stable_rank`` ``= ||G||_F^2 / ||G||_2^2``, ``energy_rank`` (the number of
+    singular values holding ``energy`` of ``||G||_F^2``), ``full_rank_bound``
+    ``= min(d_l, d_{l-1}, B)`` and ``shape``. Reference tool (uses reverse mode).
+    """
+    params = _check_params(params)
+    x, y = _check_xy(params, x, y)
+    if not (isinstance(energy, float) and 0.0 < energy <= 1.0):
+        raise ValueError(f"energy must be a float in (0, 1], got {energy!r}")
+    out = []
+    for l, (G, _) in enumerate(true_gradient(params, x, y)):
+        S = torch.linalg.svdvals(G.double())
+        s1 = float(S[0]) if S.numel() else 0.0
+        out.append({
+            "layer": l,
+            "shape": list(G.shape),
+            "singular_values": [float(v) for v in S],
+            "stable_rank": float((S ** 2).sum() / S[0] ** 2) if s1 > 0 else 0.0,
+            "energy_rank": _energy_rank(S, energy),
+            "energy": energy,
+            "full_rank_bound": min(G.shape[0], G.shape[1], x.shape[0]),
+        })
+    return out
+
+
+def upstream_subspace_energy(params: Params, x: Tensor, y: Tensor, ks: Sequence[int]) -> List[Dict[str, object]]:
+    """Fraction of each per-example pre-activation gradient inside the top-k upstream subspace.
+
+    For every hidden layer ``l`` and ``k`` in ``ks``: ``mean_b ||U_k U_k^T g_{l,b}||^2 / ||g_{l,b}||^2``
+    with ``U_k`` the top-k left singular vectors of ``M_{l,b}`` (:func:`upstream_matrix`) — i.e.
+    one minus the mean squared *relative bias* of the single-guess ``"upstream"`` estimator in
+    pre-activation space — next to ``k / d_l``, the expected fraction inside a *random*
+    k-dimensional subspace. ``k`` is clipped per layer to ``min(d_l, d_{l+1})``.
+    Returns dicts with ``layer, k, k_used, width, energy, random_energy``. Uses reverse mode
+    (reference tool).
+    """
+    params = _check_params(params)
+    x, y = _check_xy(params, x, y)
+    ks = [_check_pos_int("k", k) for k in ks]
+    if len(params) < 2:
+        raise ValueError("the network has no hidden layer")
+    gz = _per_example_preact_grads(params, x, y)
+    with torch.no_grad():
+        pre = _forward_record(params, x)[2]
+        out = []
+        for l in range(len(params) - 1):
+            M = _upstream_from(params, pre, l)
+            U, S, _ = torch.linalg.svd(M, full_matrices=False)
+            U = U * _svd_rank_mask(S, *M.shape[-2:])[:, None, :]
+            g = gz[l]
+            gn = (g * g).sum(1)
+            keep = gn > 0
+            coef = torch.einsum("bdr,bd->br", U, g) ** 2  # (B, r): energy along each singular direction
+            for k in ks:
+                kk = min(k, U.shape[-1])
+                e = coef[:, :kk].sum(1)[keep] / gn[keep]
+                out.append({"layer": l, "k": k, "k_used": kk, "width": int(M.shape[1]),
+                            "energy": float(e.mean()) if e.numel() else float("nan"),
+                            "random_energy": min(kk / M.shape[1], 1.0)})
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# peak tensor memory on any device (book chapter 14)
+# --------------------------------------------------------------------------------------
+class PeakMemoryMeter:
+    """Context manager measuring the peak bytes of *tensors created inside it* (CPU or GPU).
+
+    Every tensor returned by an ATen operator while the meter is active is tracked through
+    its storage (views share one entry) until it is freed, so ``peak_bytes`` is the largest
+    total of simultaneously live storages created inside the block — activations kept for a
+    backward pass, tangents, guess matrices, gradients, temporaries. Tensors that existed
+    before (parameters, inputs) are not counted. Implemented with a ``TorchDispatchMode``;
+    it slows execution, so time and memory are measured in separate runs.
+    """
+
+    def __init__(self) -> None:
+        self.peak_bytes = 0
+        self.current_bytes = 0
+        self._live: Dict[int, List[int]] = {}
+        self._mode = None
+
+    def _release(self, key: int) -> None:
+        entry = self._live.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            del self._live[key]
+            self.current_bytes -= entry[0]
+
+    def _track(self, t: Tensor) -> None:
+        import weakref
+
+        try:
+            st = t.untyped_storage()
+            key, n = st.data_ptr(), st.nbytes()
+        except Exception:  # tensors without a real storage (e.g. functorch wrappers)
+            return
+        if n == 0:
+            return
+        if key in self._live:
+            self._live[key][1] += 1
+        else:
+            self._live[key] = [n, 1]
+            self.current_bytes += n
+            self.peak_bytes = max(self.peak_bytes, self.current_bytes)
+        weakref.finalize(t, self._release, key)
+
+    def __enter__(self) -> "PeakMemoryMeter":
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        meter = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, Tensor):
+                        meter._track(t)
+                return out
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+        self._mode = None
+
+
+# --------------------------------------------------------------------------------------
+# training with an estimator (book chapter 14)
+# --------------------------------------------------------------------------------------
+#: Gradient sources accepted by :func:`train_mlp`: backpropagation plus every estimator.
+TRAIN_METHODS: Tuple[str, ...] = ("backprop",) + ESTIMATORS
+
+
+def gradient(name: str, params: Params, x: Tensor, y: Tensor, *, k: Optional[int] = None,
+             num_guesses: int = 1, generator: Optional[torch.Generator] = None) -> Params:
+    """``true_gradient`` for ``name="backprop"``, else :func:`estimate` (forward mode only)."""
+    if name == "backprop":
+        if k is not None:
+            raise ValueError("k is only used by the upstream estimators; backprop takes k=None")
+        return true_gradient(params, x, y)
+    return estimate(name, params, x, y, k=k, num_guesses=num_guesses, generator=generator)
+
+
+def _accuracy_and_loss(params: Params, x: Tensor, y: Tensor, batch: int = 2048) -> Tuple[float, float]:
+    correct, loss = 0, 0.0
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch):
+            logits = _forward_record(params, x[i:i + batch])[0]
+            correct += int((logits.argmax(1) == y[i:i + batch]).sum())
+            loss += float(F.cross_entropy(logits, y[i:i + batch], reduction="sum"))
+    return correct / x.shape[0], loss / x.shape[0]
+
+
+def train_mlp(
+    name: str,
+    dims: Sequence[int],
+    x_train: Tensor,
+    y_train: Tensor,
+    x_test: Tensor,
+    y_test: Tensor,
+    *,
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    k: Optional[int] = None,
+    num_guesses: int = 1,
+    seed: int = 0,
+    eval_every: int = 25,
+    eval_train: int = 1000,
+    return_params: bool = False,
+) -> Dict[str, object]:
+    """Train the ReLU MLP ``dims`` with Adam on gradients from ``name`` (:data:`TRAIN_METHODS`).
+
+    Args:
+        dims: ``[d_0, d_1, ..., d_L]`` (``d_0`` = flattened input size, ``d_L`` = classes).
+        x_train, x_test: ``(N, d_0)`` (or ``(N, *)``) float inputs; y_train, y_test: ``(N,)`` labels.
+        steps: optimiser steps; minibatches of ``batch_size`` drawn by a seeded permutation
+            per epoch. lr: Adam learning rate (the same for every method; not tuned).
+        k: subspace size for the upstream estimators. num_guesses: guesses per step.
+        seed: seeds the initialisation, the minibatch order and the guesses.
+        eval_every: evaluate every this many steps (and at step 0 and ``steps``).
+        eval_train: number of training examples (fixed, first ones) used for the train loss.
+        return_params: also return the trained parameters under ``"params"``.
+
+    Returns:
+        ``{"step": [...], "test_accuracy": [...], "train_loss": [...], "train_accuracy": [...],
+        "cosine": [[per-layer cosine of that step's gradient to the true minibatch gradient],
+        ...] (recorded at the evaluation steps > 0), "cosine_step": [...], "diverged": bool}``.
+        Training stops early (``diverged=True``) if the loss becomes non-finite.
+    """
+    if name not in TRAIN_METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {TRAIN_METHODS}")
+    steps = _check_pos_int("steps", steps)
+    batch_size = _check_pos_int("batch_size", batch_size)
+    eval_every = _check_pos_int("eval_every", eval_every)
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    gen = torch.Generator().manual_seed(int(seed))
+    params = random_mlp(list(dims), generator=gen)
+    xtr, ytr = _check_xy(params, x_train, y_train)
+    xte, yte = _check_xy(params, x_test, y_test)
+    if name != "backprop":
+        _check_k(name, params, k)
+    elif k is not None:
+        raise ValueError("k is only used by the upstream estimators; backprop takes k=None")
+    leaves = [t for t in _flat(params)]
+    opt = torch.optim.Adam(leaves, lr=lr)
+    N = xtr.shape[0]
+    order = torch.randperm(N, generator=gen)
+    pos = 0
+    rec: Dict[str, object] = {"step": [], "test_accuracy": [], "train_loss": [], "train_accuracy": [],
+                              "cosine": [], "cosine_step": [], "diverged": False}
+
+    def evaluate(step: int) -> bool:
+        acc, _ = _accuracy_and_loss(params, xte, yte)
+        tr_acc, tr_loss = _accuracy_and_loss(params, xtr[:eval_train], ytr[:eval_train])
+        rec["step"].append(step)
+        rec["test_accuracy"].append(acc)
+        rec["train_loss"].append(tr_loss)
+        rec["train_accuracy"].append(tr_acc)
+        return math.isfinite(tr_loss)
+
+    evaluate(0)
+    for step in range(1, steps + 1):
+        if pos + batch_size > N:
+            order, pos = torch.randperm(N, generator=gen), 0
+        idx = order[pos:pos + batch_size]
+        pos += batch_size
+        xb, yb = xtr[idx], ytr[idx]
+        grads = gradient(name, params, xb, yb, k=k, num_guesses=num_guesses, generator=gen)
+        is_eval = step % eval_every == 0 or step == steps
+        if is_eval:
+            rec["cosine"].append(cosine_similarity_per_layer(grads, true_gradient(params, xb, yb)))
+            rec["cosine_step"].append(step)
+        for p, gr in zip(leaves, _flat(grads)):
+            p.grad = gr
+        opt.step()
+        if is_eval and not evaluate(step):
+            rec["diverged"] = True
+            break
+    if return_params:
+        rec["params"] = params
+    return rec
+
+
+def estimator_quality(
+    name: str,
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    num_samples: int,
+    *,
+    k: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    chunk_size: int = 32,
+) -> List[Dict[str, float]]:
+    """Per-layer quality of the single-guess estimator: exact bias, Monte-Carlo variance, cosines.
+
+    Extends :func:`bias_variance` (whose keys it keeps: ``variance``, ``mean_cosine``,
+    ``true_norm``, Monte-Carlo ``bias_norm`` ...) with the *exact* bias from the closed-form
+    expectation :func:`expected_estimate` ``E``:
+
+    * ``exact_relative_bias`` ``= ||E - g|| / ||g||`` (0 for the unbiased estimators);
+    * ``expectation_cosine`` ``= cos(E, g)`` (the direction a many-guess average converges to);
+    * ``relative_variance`` ``= variance / ||g||^2`` (trace of the covariance, single guess);
+    * ``relative_mse`` ``= exact_relative_bias^2 + relative_variance``.
+
+    Layers are 0-based; W and b concatenated. Used by chapter 14's width/k sweep.
+    """
+    recs = bias_variance(name, params, x, y, num_samples, k=k, generator=generator, chunk_size=chunk_size)
+    exp = expected_estimate(name, params, x, y, k=k)
+    true = true_gradient(params, x, y)
+    cos_e = cosine_similarity_per_layer(exp, true)
+    for r, e, t, c in zip(recs, exp, true, cos_e):
+        tv, ev = _layer_vec(t), _layer_vec(e)
+        tn2 = float(tv @ tv)
+        rb = float((ev - tv).norm()) / math.sqrt(tn2) if tn2 > 0 else float("nan")
+        rv = r["variance"] / tn2 if tn2 > 0 else float("nan")
+        r.update(exact_relative_bias=rb, expectation_cosine=c, relative_variance=rv, relative_mse=rb * rb + rv)
+    return recs
+
+
+def running_mean_error(
+    name: str,
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    ns: Sequence[int],
+    *,
+    k: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    chunk_size: int = 64,
+) -> List[float]:
+    """``||mean of the first n single-guess estimates - grad f|| / ||grad f||`` for each n in ``ns``.
+
+    Whole-network vector (all layers, W and b). Draws ``max(ns)`` guesses once, so the curve is
+    one realisation of the averaging: ~``sqrt(relative_variance / n)`` for an unbiased estimator,
+    levelling off at the exact relative bias for a biased one (chapter 14's numerical check).
+    """
+    name, params, x, y, k = _prepare(name, params, x, y, k, 10, 3)
+    ns = sorted(_check_pos_int("n", n) for n in ns)
+    if not ns:
+        raise ValueError("ns must contain at least one positive int")
+    _check_pos_int("chunk_size", chunk_size)
+    tv = torch.cat([_layer_vec(t) for t in true_gradient(params, x, y)])
+    total = torch.zeros_like(tv)
+    out, done, j = [], 0, 0
+    for chunk in _sample_chunks(name, params, x, y, ns[-1], k, generator, 10, 3, chunk_size):
+        V = torch.cat([t.reshape(t.shape[0], -1) for W, b in chunk for t in (W, b) if t is not None], 1)
+        for row in V:
+            total += row
+            done += 1
+            while j < len(ns) and ns[j] == done:
+                out.append(float((total / done - tv).norm() / tv.norm()))
+                j += 1
+    return out
