@@ -495,3 +495,25 @@ def test_suite_input_errors():
         neural_collapse_metrics(shrinking, W, b, num_classes=3)
     with pytest.raises(ValueError, match=r"logits_fn returned shape"):
         neural_collapse_metrics([(features, labels)], W, b, num_classes=3, logits_fn=lambda h: h)
+
+
+def test_cross_entropy_lower_bound_is_attained_at_collapse_and_never_beaten():
+    import torch.nn.functional as F
+
+    from guiding_nc.etf import etf_classifier, random_point
+    from guiding_nc.metrics import cross_entropy_lower_bound
+
+    g = torch.Generator().manual_seed(0)
+    for C, d, tau in [(2, 4, 1.0), (10, 32, 5.0), (50, 64, 3.0)]:
+        W = etf_classifier(random_point(d, C, generator=g, dtype=torch.float64))
+        y = torch.arange(C).repeat(3)
+        bound = cross_entropy_lower_bound(C, tau)
+        assert F.cross_entropy(tau * W[y] @ W.T, y).item() == pytest.approx(bound, rel=1e-12, abs=1e-15)
+        for _ in range(5):
+            H = F.normalize(torch.randn(len(y), d, generator=g, dtype=torch.float64), dim=1)
+            Wr = F.normalize(torch.randn(C, d, generator=g, dtype=torch.float64), dim=1)
+            assert F.cross_entropy(tau * H @ Wr.T, y).item() >= bound
+    with pytest.raises(ValueError, match="num_classes"):
+        cross_entropy_lower_bound(1, 5.0)
+    with pytest.raises(ValueError, match="tau"):
+        cross_entropy_lower_bound(10, -1.0)

@@ -52,9 +52,10 @@ from ..provenance import atomic_write_json, atomic_write_text, collect_provenanc
 from ..trainer import CONFIG_DIR, ConfigError, load_config, train_run
 from .steps_to_fit import first_fit_step
 
-__all__ = ["ExperimentSpec", "EXPERIMENT_DIR", "list_experiments", "load_experiment", "run_experiment",
+__all__ = ["ExperimentSpec", "EXPERIMENT_DIR", "results_dir", "list_experiments", "load_experiment", "run_experiment",
            "load_results", "summarize_records", "main"]
 
+MODULE = "guiding_nc.experiments.reproduce"
 EXPERIMENT_DIR = CONFIG_DIR / "experiments"
 REPO_ROOT = CONFIG_DIR.parent
 # Run-level numbers that summary.json aggregates over seeds (when a run has them).
@@ -125,6 +126,11 @@ class ExperimentSpec:
                         out.append({"config": config, "variant": variant, "method": method, "seed": int(seed),
                                     "overrides": ov})
         return out
+
+
+def results_dir(name: str) -> Path:
+    """Where the committed full-mode results of experiment ``name`` live: ``data/results/<name>``."""
+    return REPO_ROOT / "data" / "results" / name
 
 
 def list_experiments() -> List[str]:
@@ -198,7 +204,9 @@ def _record(job: Dict[str, Any], cfg, res: Dict[str, Any]) -> Dict[str, Any]:
         for k in ("train_top1", "test_top1"):
             if snap.get(k) is not None:
                 row[f"{k}@{e}"] = snap[k]
-    acc = res.get("step_accuracies")
+    # Per-step accuracy is the exact training accuracy only for full-batch training (one step per
+    # epoch); a mini-batch's accuracy says nothing about the training set, so it is not kept.
+    acc = res.get("step_accuracies") if res.get("steps_per_epoch") == 1 else None
     if acc:
         row["steps_to_fit"] = first_fit_step(acc)
     curves = []
@@ -254,8 +262,24 @@ def summarize_records(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     return out
 
 
+def _run_commits(work_dir: Path, keys: Iterable[str]) -> List[str]:
+    """The git commits (``-dirty`` when the tree had changes) that produced the runs, from each
+    run's own provenance: a result rewritten later still names the code that computed it."""
+    seen: List[str] = []
+    for k in keys:
+        p = work_dir / k / "provenance.json"
+        if not p.exists():
+            continue
+        git = json.loads(p.read_text()).get("git") or {}
+        c = (git.get("commit") or "unknown") + ("-dirty" if git.get("dirty") else "")
+        if c not in seen:
+            seen.append(c)
+    return seen
+
+
 def _write_outputs(out: Path, spec: ExperimentSpec, records: Dict[str, Dict[str, Any]], status: str,
-                   start: float, mode: str, device: Optional[str], argv: Sequence[str], num_threads) -> None:
+                   start: float, mode: str, device: Optional[str], argv: Sequence[str], num_threads,
+                   work_dir: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     recs = list(records.values())
     rows = [r["row"] for r in recs]
@@ -267,7 +291,8 @@ def _write_outputs(out: Path, spec: ExperimentSpec, records: Dict[str, Dict[str,
             curve_rows.append({**{k: r["row"][k] for k in lead}, **c})
     atomic_write_text(out / "curves.csv", _csv(curve_rows, lead + ("epoch", "step")))
     if spec.record_step_accuracy:
-        atomic_write_json(out / "step_accuracy.json", {_key(r["row"]): r["step_accuracy"] for r in recs}, indent=None)
+        atomic_write_json(out / "step_accuracy.json", {_key(r["row"]): r["step_accuracy"] for r in recs
+                                                        if r["step_accuracy"]}, indent=None)
     if spec.save_margins:
         atomic_write_json(out / "margins.json", {_key(r["row"]): r["margins"] for r in recs}, indent=None)
     atomic_write_json(out / "summary.json", summarize_records(rows))
@@ -276,8 +301,10 @@ def _write_outputs(out: Path, spec: ExperimentSpec, records: Dict[str, Dict[str,
         {"experiment": spec.name, "spec": spec_dict, "mode": mode, "num_threads": num_threads},
         device=device, argv=list(argv),
         extra={"status": status, "runs_done": len(rows), "runs_total": len(spec.jobs()),
-               "wall_time_s": time.time() - start, "experiment": spec.name, "mode": mode,
-               "seeds": list(spec.seeds), "configs": list(spec.configs)},
+               "wall_time_s": time.time() - start,
+               "runs_wall_time_s": float(sum(r.get("wall_time_s") or 0.0 for r in rows)),
+               "run_commits": _run_commits(work_dir, records), "experiment": spec.name, "mode": mode,
+               "seeds": list(spec.seeds), "configs": list(spec.configs), "notes": spec.notes},
     )
     atomic_write_json(out / "provenance.json", prov)
 
@@ -323,10 +350,24 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
         spec.overrides = {**spec.overrides, **overrides}
     mode = "quick" if quick else "full"
     tag = spec.name + ("-quick" if quick else "")
-    out = Path(out) if out is not None else (REPO_ROOT / "data" / "results" / spec.name if not quick
+    out = Path(out) if out is not None else (results_dir(spec.name) if not quick
                                              else REPO_ROOT / "runs" / "experiments" / tag)
     work_dir = Path(work_dir) if work_dir is not None else REPO_ROOT / "runs" / "experiments" / tag / "work"
-    argv = list(argv) if argv is not None else [Path(sys.executable).name, "-m", __name__] + sys.argv[1:]
+    if argv is None:  # called from Python (a notebook): record the equivalent command line
+        argv = ["python", "-m", MODULE, str(name_or_spec if not isinstance(name_or_spec, ExperimentSpec)
+                                             else spec.name)]
+        argv += ["--quick"] if quick else []
+        for flag, val in (("--seeds", seeds), ("--configs", configs), ("--variants", variants), ("--methods", methods)):
+            if val is not None:
+                argv += [flag, *map(str, val)]
+        argv += ["--device", device, "--out", str(out), "--work-dir", str(work_dir)]
+        argv += ["--threads", str(num_threads)] if num_threads is not None else []
+        argv += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (overrides or {}).items()]
+    argv = list(argv)
+    if num_threads is not None:
+        import torch
+
+        torch.set_num_threads(int(num_threads))  # the trainer does the same; provenance records it
     jobs = spec.jobs()
     # Validate every run before the first one starts: a typo fails now, not an hour in.
     cfgs = [_run_config(spec, job, work_dir / _key(job), device, num_threads, progress=False) for job in jobs]
@@ -337,22 +378,29 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
     for job, cfg in bar:
         bar.set_postfix_str(_key(job))
         run_dir = work_dir / _key(job)
-        rec_path = run_dir / "record.json"
+        rec_path, hash_path, h = run_dir / "record.json", run_dir / "config_hash.txt", _hash(cfg)
         if rec_path.exists():
             rec = json.loads(rec_path.read_text())
-            if rec.get("config_hash") == _hash(cfg):
+            if rec.get("config_hash") == h:
                 records[_key(job)] = rec
                 used_device = rec["row"].get("device", used_device)
                 continue
+        old = rec.get("config_hash") if rec_path.exists() else (hash_path.read_text().strip() if hash_path.exists()
+                                                                 else None)
+        if old is not None and old != h:
+            # The run was made (or started) with other settings: keep it aside, start this one afresh.
+            run_dir.rename(run_dir.with_name(f"{run_dir.name}.superseded-{old}"))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(hash_path, h)
         res = train_run(cfg, argv=argv)
         used_device = res["device"]
         rec = _record(job, cfg, res)
-        rec["config_hash"] = _hash(cfg)
+        rec["config_hash"] = h
         atomic_write_json(rec_path, rec, indent=None)
         records[_key(job)] = rec
         _write_outputs(out, spec, records, "running" if len(records) < len(jobs) else "completed", start, mode,
-                       used_device, argv, num_threads)
-    _write_outputs(out, spec, records, "completed", start, mode, used_device, argv, num_threads)
+                       used_device, argv, num_threads, work_dir)
+    _write_outputs(out, spec, records, "completed", start, mode, used_device, argv, num_threads, work_dir)
     rows = [r["row"] for r in records.values()]
     return {"records": list(records.values()), "summary": summarize_records(rows), "out": str(out), "spec": spec}
 
@@ -448,7 +496,7 @@ def main(argv=None) -> int:
     res = run_experiment(args.experiment, quick=args.quick, out=args.out, work_dir=args.work_dir, device=args.device,
                          seeds=args.seeds, configs=args.configs, variants=args.variants, methods=args.methods,
                          overrides=parse_overrides(items), num_threads=args.threads, progress=not args.no_progress,
-                         argv=None if argv is None else ["python", "-m", __name__, *argv])
+                         argv=["python", "-m", MODULE, *(sys.argv[1:] if argv is None else argv)])
     print(format_summary(res["summary"], ("train_top1", "test_top1", "steps_to_fit", "train_nc1", "wall_time_s")))
     print(f"saved {res['out']}")
     return 0

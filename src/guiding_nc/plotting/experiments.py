@@ -1,0 +1,392 @@
+"""Figures and tables for the experiment chapters (paper Figs. 2-5, 15-18, Tables 1-3).
+
+Every function reads what :func:`guiding_nc.experiments.reproduce.load_results` (or
+:mod:`guiding_nc.experiments.cost`) returns and draws it; nothing here trains or computes a
+metric.  Curves over seeds are drawn as the median with a shaded min-max band, as in the paper.
+Tables come back as Markdown strings (``IPython.display.Markdown`` renders them in the book).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .collapse import _style
+
+__all__ = [
+    "seed_bands",
+    "plot_ufm_dynamics",
+    "plot_step_accuracy",
+    "plot_accuracy_curves",
+    "plot_variant_curves",
+    "plot_delta_sensitivity",
+    "plot_cost",
+    "summary_table_markdown",
+    "paper_table_markdown",
+    "cost_table_markdown",
+    "provenance_caption",
+]
+
+METHOD_LABELS = {"standard": "standard", "fixed": "fixed ETF", "implicit": "implicit ETF",
+                 "standard-no-norm": "standard, no weight norm.", "fixed-random": "fixed ETF, random rotation"}
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def seed_bands(curves: Sequence[Mapping[str, Any]], y: str, *, x: str = "step",
+               group: Sequence[str] = ("config", "variant", "method"), where: Optional[Mapping[str, Any]] = None
+               ) -> Dict[Tuple, Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Median and min-max over seeds of ``y`` against ``x``, per group.
+
+    ``curves``: rows of ``curves.csv`` (one per evaluated epoch of every run).  ``where``
+    keeps only rows whose keys equal the given values.  Returns ``{group values: (xs, median,
+    lo, hi)}``; only the ``x`` values every seed of the group reached are kept, so a band never
+    mixes a different number of seeds.
+    """
+    by: Dict[Tuple, Dict[Any, Dict[Any, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in curves:
+        if where and any(r.get(k) != v for k, v in where.items()):
+            continue
+        if not _finite(r.get(y)) or r.get(x) is None:
+            continue
+        by[tuple(r[g] for g in group)][r["seed"]][r[x]] = float(r[y])
+    out = {}
+    for key, seeds in by.items():
+        common = sorted(set.intersection(*(set(s) for s in seeds.values())))
+        vals = np.array([[seeds[s][t] for t in common] for s in seeds])  # (seeds, x)
+        out[key] = (np.asarray(common, dtype=float), np.median(vals, 0), vals.min(0), vals.max(0))
+    return out
+
+
+def _band(ax, xs, med, lo, hi, *, label, style, floor: Optional[float] = None):
+    if floor is not None:
+        med, lo, hi = (np.maximum(a, floor) for a in (med, lo, hi))
+    ax.plot(xs, med, lw=1.8, label=label, **style)
+    ax.fill_between(xs, lo, hi, color=style.get("color"), alpha=0.18, lw=0)
+
+
+def _methods_in(bands: Mapping[Tuple, Any]) -> List[str]:
+    seen: List[str] = []
+    for k in bands:
+        if k[-1] not in seen:
+            seen.append(k[-1])
+    return seen
+
+
+def plot_ufm_dynamics(results: Mapping[str, Any], *, num_classes: int, loss_bound: float,
+                      config: Optional[str] = None) -> Figure:
+    """The shape of the paper's Fig. 2: loss vs its lower bound, cosine margins, NC1, NC3, equinorm.
+
+    ``results``: :func:`~guiding_nc.experiments.reproduce.load_results` of a UFM experiment
+    with ``margins.json``.  ``loss_bound``: :func:`guiding_nc.metrics.cross_entropy_lower_bound`.
+    """
+    curves = results["curves"]
+    where = {"config": config} if config else None
+    panels = [
+        ("train_loss", "cross-entropy loss (train)", "loss", True),
+        ("train_cosine_margin_mean", "average cosine margin (Eq. 16)", "cosine margin", False),
+        ("train_nc1", "NC1: within-class variability", r"$\mathrm{tr}(\Sigma_W\Sigma_B^\dagger)/C$", True),
+        ("train_nc3", "NC3: self-duality", r"$\|W/\|W\| - \bar H^\top/\|\bar H\|\|_F$", True),
+        ("train_equinorm", r"$W$–$\bar H$ equinorm", "|CV(W) − CV(H̄)|", True),
+    ]
+    fig = Figure(figsize=(14.5, 7.6), layout="constrained")
+    axes = fig.subplots(2, 3)
+    for ax, (key, title, ylabel, log) in zip(axes.flat, panels):
+        bands = seed_bands(curves, key, where=where)
+        for i, ((_, _, method), (xs, med, lo, hi)) in enumerate(bands.items()):
+            _band(ax, xs, med, lo, hi, label=METHOD_LABELS.get(method, method), style=_style(method, i),
+                  floor=1e-12 if log else None)
+        if key == "train_loss":
+            ax.axhline(loss_bound, color="k", ls=":", lw=1.3, label=f"lower bound {loss_bound:.2e}")
+        if key == "train_cosine_margin_mean":
+            ax.axhline(num_classes / (num_classes - 1), color="k", ls=":", lw=1.3,
+                       label=f"ETF maximum $C/(C-1)$ = {num_classes / (num_classes - 1):.3f}")
+        if log:
+            ax.set_yscale("log")
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training step (full batch)")
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes.flat[5]
+    margins = results.get("margins") or {}
+    per_method: Dict[str, List[float]] = defaultdict(list)
+    for key, vals in margins.items():
+        cfg, _, method, _ = key.split("/")
+        if vals and (config is None or cfg == config):
+            per_method[method] += vals
+    if per_method:
+        lo = min(min(v) for v in per_method.values())
+        hi = num_classes / (num_classes - 1)
+        bins = np.linspace(lo, hi, 60)
+        for i, (method, vals) in enumerate(per_method.items()):
+            st = _style(method, i)
+            ax.hist(vals, bins=bins, histtype="step", lw=1.8, color=st["color"], label=METHOD_LABELS.get(method, method))
+        ax.axvline(hi, color="k", ls=":", lw=1.3, label="ETF maximum")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    ax.set_title("final per-sample cosine margins (all seeds)", fontsize=10)
+    ax.set_xlabel("cosine margin")
+    ax.set_ylabel("number of samples")
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"UFM with $C = {num_classes}$: median over seeds, band = min–max")
+    return fig
+
+
+def _step_accuracy_bands(step_accuracy: Mapping[str, Sequence[float]]):
+    groups: Dict[Tuple[str, str], List[np.ndarray]] = defaultdict(list)
+    for key, acc in step_accuracy.items():
+        cfg, _, method, _ = key.split("/")
+        if acc:
+            groups[(cfg, method)].append(np.asarray(acc, dtype=float))
+    out = {}
+    for k, runs in groups.items():
+        n = min(len(a) for a in runs)
+        a = np.stack([r[:n] for r in runs])
+        out[k] = (np.arange(n), np.median(a, 0), a.min(0), a.max(0), len(runs))
+    return out
+
+
+def plot_step_accuracy(step_accuracy: Mapping[str, Sequence[float]], *, configs: Sequence[str],
+                       titles: Optional[Mapping[str, str]] = None, max_steps: Optional[int] = None) -> Figure:
+    """The shape of the paper's Fig. 3: exact train top-1 after each full-batch step, one panel per UFM.
+
+    ``step_accuracy``: ``{"config/variant/method/seed": [accuracy after 0, 1, ... steps]}``.
+    """
+    bands = _step_accuracy_bands(step_accuracy)
+    fig = Figure(figsize=(4.2 * len(configs), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(configs), squeeze=False)[0]
+    for ax, cfg in zip(axes, configs):
+        i = 0
+        for (c, method), (xs, med, lo, hi, n) in bands.items():
+            if c != cfg:
+                continue
+            if max_steps is not None:
+                keep = xs <= max_steps
+                xs, med, lo, hi = xs[keep], med[keep], lo[keep], hi[keep]
+            _band(ax, xs + 1, 100 * med, 100 * lo, 100 * hi, label=f"{METHOD_LABELS.get(method, method)} ({n} seeds)",
+                  style=_style(method, i))
+            i += 1
+        ax.set_xscale("log")
+        ax.set_title((titles or {}).get(cfg, cfg), fontsize=10)
+        ax.set_xlabel("training step + 1 (full batch, log scale)")
+        ax.set_ylabel("train top-1 accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Train accuracy against optimisation steps: median over seeds, band = min–max")
+    return fig
+
+
+def plot_accuracy_curves(results: Mapping[str, Any], *, configs: Sequence[str],
+                         titles: Optional[Mapping[str, str]] = None) -> Figure:
+    """Train and test top-1 against epoch, one column per config (the paper's Fig. 4 / Figs. 6-11)."""
+    curves = results["curves"]
+    fig = Figure(figsize=(4.3 * len(configs), 7.0), layout="constrained")
+    axes = fig.subplots(2, len(configs), squeeze=False)
+    for j, cfg in enumerate(configs):
+        for i, split in enumerate(("train", "test")):
+            ax = axes[i, j]
+            bands = seed_bands(curves, f"{split}_top1", x="epoch", where={"config": cfg})
+            for k, ((_, _, method), (xs, med, lo, hi)) in enumerate(bands.items()):
+                _band(ax, xs, 100 * med, 100 * lo, 100 * hi, label=METHOD_LABELS.get(method, method),
+                      style=_style(method, k))
+            ax.set_title(f"{(titles or {}).get(cfg, cfg)}: {split}", fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(f"{split} top-1 accuracy (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Top-1 accuracy: median over seeds, band = min–max")
+    return fig
+
+
+def plot_variant_curves(results: Mapping[str, Any], *, config: str, variants: Sequence[str], y: str,
+                        ylabel: str, x: str = "step", log: bool = False, title: str = "",
+                        ax=None, labels: Optional[Mapping[str, str]] = None) -> Figure:
+    """One metric against training progress, one band per variant of an ablation."""
+    fig = None
+    if ax is None:
+        fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+        ax = fig.subplots()
+    bands = seed_bands(results["curves"], y, x=x, where={"config": config})
+    for i, v in enumerate(variants):
+        hits = [(k, b) for k, b in bands.items() if k[1] == v]
+        for k, (xs, med, lo, hi) in hits:
+            st = _style("__" + v, i)
+            scale = 100.0 if y.endswith("top1") else 1.0
+            _band(ax, xs, scale * med, scale * lo, scale * hi, label=(labels or {}).get(v, v), style=st,
+                  floor=1e-12 if log else None)
+    if log:
+        ax.set_yscale("log")
+    if x == "step":
+        ax.set_xscale("log")
+    ax.set_xlabel("training step (full batch)" if x == "step" else x)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig if fig is not None else ax.figure
+
+
+def plot_delta_sensitivity(summary: Mapping[str, Any], *, configs: Sequence[str], deltas: Mapping[str, float],
+                           metrics: Sequence[Tuple[str, str, bool]], titles: Optional[Mapping[str, str]] = None) -> Figure:
+    """Run-level metrics of the implicit ETF against the proximal coefficient delta (log scale).
+
+    ``deltas``: ``{variant name: delta}``; ``metrics``: ``(summary key, y label, log y)``.
+    Points are medians over seeds, error bars min-max.
+    """
+    fig = Figure(figsize=(4.4 * len(metrics), 3.5 * len(configs)), layout="constrained")
+    axes = fig.subplots(len(configs), len(metrics), squeeze=False)
+    for i, cfg in enumerate(configs):
+        for j, (key, ylabel, log) in enumerate(metrics):
+            ax = axes[i, j]
+            pts = []
+            for v, dlt in deltas.items():
+                cell = summary.get(f"{cfg}/{v}/implicit", {}).get(key)
+                if cell and cell.get("median") is not None:
+                    scale = 100.0 if "top1" in key else 1.0
+                    pts.append((dlt, scale * cell["median"], scale * cell["min"], scale * cell["max"]))
+            if pts:
+                pts.sort()
+                d, med, lo, hi = map(np.asarray, zip(*pts))
+                ax.errorbar(d, med, yerr=[med - lo, hi - med], fmt="o-", color="tab:green", capsize=3, lw=1.5)
+            ax.set_xscale("log")
+            if log:
+                ax.set_yscale("log")
+            ax.set_xlabel(r"proximal coefficient $\delta$")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{(titles or {}).get(cfg, cfg)}", fontsize=10)
+            ax.grid(alpha=0.3)
+    fig.suptitle(r"Implicit ETF against $\delta$: median over seeds, bars = min–max")
+    return fig
+
+
+def plot_cost(rows: Sequence[Mapping[str, Any]], *, configs: Sequence[str]) -> Figure:
+    """Per-step time split (stacked bars) and peak memory per variant, one group per UFM size."""
+    variants: List[str] = []
+    for r in rows:
+        if r["variant"] not in variants:
+            variants.append(r["variant"])
+    fig = Figure(figsize=(13.5, 4.6), layout="constrained")
+    ax_t, ax_m = fig.subplots(1, 2)
+    width = 0.8 / len(variants)
+    parts = (("time_backbone_ms", "backbone + loss (fwd + bwd)", "tab:blue"),
+             ("time_etf_forward_ms", "nearest-ETF forward", "tab:orange"),
+             ("time_ddn_backward_ms", "DDN backward", "tab:red"))
+    hatches = ["", "//", "..", "xx", "\\\\", "++"]
+    for j, v in enumerate(variants):
+        for i, cfg in enumerate(configs):
+            r = next((r for r in rows if r["config"] == cfg and r["variant"] == v), None)
+            x = i + (j - (len(variants) - 1) / 2) * width
+            if r is None or not _finite(r.get("time_step_ms")):
+                ax_t.text(x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
+                if r is not None and _finite(r.get("kkt_need_gb")):
+                    ax_m.bar(x, r["kkt_need_gb"], width, color="none", edgecolor="tab:red", ls="--", lw=1.2)
+                continue
+            bottom = 0.0
+            for key, label, color in parts:
+                val = max(float(r.get(key) or 0.0), 0.0)
+                ax_t.bar(x, val, width, bottom=bottom, color=color, hatch=hatches[j % len(hatches)],
+                         edgecolor="white", label=label if (i == 0 and j == 0) else None)
+                bottom += val
+            other = float(r["time_step_ms"]) - bottom
+            if other > 0:
+                ax_t.bar(x, other, width, bottom=bottom, color="tab:gray", hatch=hatches[j % len(hatches)],
+                         edgecolor="white", label="optimiser, EMA, other" if (i == 0 and j == 0) else None)
+            ax_m.bar(x, max(float(r["peak_extra_gb"]), 1e-4), width, color=f"C{j}", label=v if i == 0 else None)
+    for ax in (ax_t, ax_m):
+        ax.set_xticks(range(len(configs)), configs)
+        ax.set_xlabel("unconstrained feature model (C classes)")
+        ax.grid(alpha=0.3, axis="y")
+        ax.set_yscale("log")
+    ax_t.set_ylabel("time per training step (ms, log scale)")
+    ax_t.set_title("time split per step; bar order within a group = variant order\n(" +
+                   "; ".join(f"{k + 1}: {v}" for k, v in enumerate(variants)) + ")", fontsize=8)
+    ax_t.legend(fontsize=8, loc="upper left")
+    ax_m.set_ylabel("peak memory above model + data (GB, log scale)")
+    ax_m.set_title("peak memory per step (dashed outline: what the dense KKT gradient would need)", fontsize=9)
+    ax_m.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def _cell(summary: Mapping[str, Any], group: str, key: str, scale: float = 100.0, digits: int = 2) -> str:
+    c = summary.get(group, {}).get(key)
+    if not c or c.get("median") is None:
+        return "–"
+    return f"{scale * c['median']:.{digits}f} [{scale * c['min']:.{digits}f}, {scale * c['max']:.{digits}f}]"
+
+
+def summary_table_markdown(summary: Mapping[str, Any], *, configs: Sequence[str], key_at: Sequence[str],
+                           methods: Sequence[str] = ("standard", "fixed", "implicit"), variant: str = "default",
+                           titles: Optional[Mapping[str, str]] = None, scale: float = 100.0, digits: int = 2) -> str:
+    """A Markdown table shaped like the paper's Tables 1-2: one row per (config, metric@epoch),
+    one column per method, cells ``median [min, max]`` over seeds."""
+    head = "| experiment | metric | " + " | ".join(METHOD_LABELS.get(m, m) for m in methods) + " |"
+    lines = [head, "|---|---|" + "---:|" * len(methods)]
+    for cfg in configs:
+        for key in key_at:
+            cells = [_cell(summary, f"{cfg}/{variant}/{m}", key, scale, digits) for m in methods]
+            if all(c == "–" for c in cells):
+                continue
+            lines.append(f"| {(titles or {}).get(cfg, cfg)} | {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paper_table_markdown(table: Mapping[str, Mapping[str, Sequence[float]]], *, epochs: Sequence[int] = (50, 200),
+                         methods: Sequence[str] = ("standard", "fixed", "implicit")) -> str:
+    """The paper's own numbers (quoted), ``table[experiment][method] = (value at epoch 50, at 200)``."""
+    head = "| experiment (paper) | " + " | ".join(
+        f"{METHOD_LABELS.get(m, m)} @{e}" for m in methods for e in epochs) + " |"
+    lines = [head, "|---|" + "---:|" * (len(methods) * len(epochs))]
+    for exp, row in table.items():
+        lines.append(f"| {exp} | " + " | ".join(f"{v:.2f}" for m in methods for v in row[m]) + " |")
+    return "\n".join(lines)
+
+
+def cost_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The cost rows as a Markdown table (times in ms per step, memory in GB)."""
+    lines = ["| UFM | variant | step (ms) | backbone (ms) | ETF forward (ms) | DDN backward (ms) | peak extra memory (GB) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if not _finite(r.get("time_step_ms")):
+            lines.append(f"| {r['config']} | {r['variant']} | – | – | – | – | {r.get('status', '')} |")
+            continue
+        lines.append(f"| {r['config']} | {r['variant']} | {r['time_step_ms']:.1f} | {r['time_backbone_ms']:.1f} | "
+                     f"{r['time_etf_forward_ms']:.1f} | {r['time_ddn_backward_ms']:.1f} | {r['peak_extra_gb']:.3f} |")
+    return "\n".join(lines)
+
+
+def provenance_caption(prov: Mapping[str, Any]) -> str:
+    """One block of plain text saying how a result file was produced."""
+    git = prov.get("git") or {}
+    commit = git.get("commit") or prov.get("git_commit") or "unknown"
+    if git.get("dirty"):
+        commit += " (with uncommitted changes)"
+    lines = [f"command : {prov.get('command', '?')}"]
+    if prov.get("run_commits"):
+        lines.append(f"runs at : commit {', '.join(prov['run_commits'])}  (-dirty: uncommitted changes in the tree)")
+        lines.append(f"files at: commit {commit}")
+    else:
+        lines.append(f"commit  : {commit}")
+    lines += [
+        f"date    : {prov.get('date', '?')}   status: {prov.get('status', '?')}",
+        f"device  : {prov.get('device_name', prov.get('device', '?'))}, {prov.get('num_threads', '?')} thread(s)",
+        f"versions: python {prov.get('python', '?')}, torch {prov.get('torch', '?')}, numpy {prov.get('numpy', '?')}",
+    ]
+    if prov.get("runs_wall_time_s") is not None:
+        lines.append(f"compute : {float(prov['runs_wall_time_s']) / 60:.1f} min of training, summed over "
+                     f"{prov.get('runs_done', '?')} of {prov.get('runs_total', '?')} runs")
+    elif prov.get("wall_time_s") is not None:
+        lines.append(f"wall    : {float(prov['wall_time_s']) / 60:.1f} min")
+    if prov.get("seeds") is not None:
+        lines.append(f"seeds   : {prov['seeds']}")
+    if prov.get("notes"):
+        lines.append(f"notes   : {prov['notes']}")
+    return "\n".join(lines)

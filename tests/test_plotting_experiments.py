@@ -1,0 +1,96 @@
+"""Experiment figures and tables: built from real (quick) results, labelled, honest about bands."""
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from guiding_nc.experiments import paper
+from guiding_nc.experiments import reproduce as rp
+from guiding_nc.metrics import cross_entropy_lower_bound
+from guiding_nc.plotting import experiments as plots
+
+SPEC = """
+configs: [ufm10]
+seeds: [0, 1]
+overrides: {num_samples: 40, feature_dim: 16, batch_size: 40, epochs: 8, eval_every: 2, device: cpu}
+record_step_accuracy: true
+save_margins: true
+"""
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("plots")
+    (tmp / "q.yaml").write_text(SPEC)
+    rp.run_experiment(rp.load_experiment(tmp / "q.yaml"), out=tmp / "out", work_dir=tmp / "work",
+                      progress=False, num_threads=1)
+    return rp.load_results(tmp / "out")
+
+
+def _labelled(fig):
+    axes = [a for a in fig.axes if a.get_visible()]
+    assert axes
+    for ax in axes:
+        assert ax.get_xlabel() and ax.get_ylabel()
+
+
+def test_seed_bands_keep_only_steps_every_seed_reached():
+    rows = [{"config": "c", "variant": "v", "method": "m", "seed": s, "step": t, "y": float(s + t)}
+            for s in (0, 1) for t in ((1, 2, 3) if s == 0 else (1, 2))]
+    ((key, (xs, med, lo, hi)),) = plots.seed_bands(rows, "y").items()
+    assert key == ("c", "v", "m") and list(xs) == [1, 2]
+    assert np.allclose(med, [1.5, 2.5]) and np.allclose(lo, [1, 2]) and np.allclose(hi, [2, 3])
+
+
+def test_ufm_dynamics_figure(quick):
+    fig = plots.plot_ufm_dynamics(quick, num_classes=10, loss_bound=cross_entropy_lower_bound(10, 5.0))
+    assert isinstance(fig, Figure)
+    _labelled(fig)
+    loss_ax = fig.axes[0]
+    assert len(loss_ax.get_lines()) == 4  # three methods + the bound
+    assert "lower bound" in loss_ax.get_legend().get_texts()[-1].get_text()
+
+
+def test_step_accuracy_figure(quick):
+    fig = plots.plot_step_accuracy(quick["step_accuracy"], configs=["ufm10"], titles={"ufm10": "UFM"})
+    _labelled(fig)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert all("(2 seeds)" in lab for lab in labels) and len(labels) == 3
+
+
+def test_variant_and_accuracy_figures(quick):
+    _labelled(plots.plot_variant_curves(quick, config="ufm10", variants=["default"], y="train_loss",
+                                        ylabel="loss", log=True))
+    res = dict(quick)
+    res["curves"] = [dict(c, test_top1=c["train_top1"]) for c in quick["curves"]]
+    _labelled(plots.plot_accuracy_curves(res, configs=["ufm10"]))
+
+
+def test_delta_and_cost_figures_and_tables():
+    summary = {f"u/{v}/implicit": {"train_loss": {"median": x, "min": x / 2, "max": 2 * x}}
+               for v, x in (("a", 0.1), ("b", 0.2))}
+    _labelled(plots.plot_delta_sensitivity(summary, configs=["u"], deltas={"a": 1e-3, "b": 1e-1},
+                                           metrics=[("train_loss", "loss", True)]))
+    rows = [{"config": "ufm10", "variant": "standard", "time_step_ms": 3.0, "time_backbone_ms": 2.0,
+             "time_etf_forward_ms": 0.0, "time_ddn_backward_ms": 0.0, "peak_extra_gb": 0.01},
+            {"config": "ufm10", "variant": "implicit, DDN dense KKT", "kkt_need_gb": 70.0, "status": "skipped: big"}]
+    _labelled(plots.plot_cost(rows, configs=["ufm10"]))
+    md = plots.cost_table_markdown(rows)
+    assert "skipped: big" in md and "| 3.0 |" in md
+
+
+def test_tables(quick):
+    md = plots.summary_table_markdown(quick["summary"], configs=["ufm10"], key_at=["train_top1"])
+    assert md.splitlines()[0].startswith("| experiment | metric | standard | fixed ETF | implicit ETF |")
+    assert "[" in md.splitlines()[2]
+    pm = plots.paper_table_markdown(paper.TABLE1)
+    assert "| CIFAR10 ResNet18 | 87.42 | 96.69 | 86.89 | 97.18 | 88.71 | 98.09 |" in pm
+    cap = plots.provenance_caption(quick["provenance"])
+    assert "command : python -m guiding_nc.experiments.reproduce" in cap and "runs at : commit" in cap
+
+
+def test_paper_tables_have_every_experiment_and_method():
+    assert len(paper.TABLE1) == len(paper.TABLE2) == 7
+    for t in (paper.TABLE1, paper.TABLE2):
+        for row in t.values():
+            assert set(row) == set(paper.METHODS) and all(len(v) == 2 and 0 < v[0] <= 100 for v in row.values())
+    assert paper.TABLE3["UFM-200"]["implicit, DDN on"] == 70.3 and paper.TABLE3["UFM-1000"]["implicit, DDN on"] is None

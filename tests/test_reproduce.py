@@ -1,0 +1,230 @@
+"""Experiment grids: spec parsing, the grid of runs, tidy results, provenance, resume, errors."""
+import csv
+import json
+import math
+
+import pytest
+
+from guiding_nc.experiments import reproduce as rp
+from guiding_nc.trainer import ConfigError, load_config
+
+
+def _write(tmp_path, text, name="exp.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_every_shipped_experiment_loads_and_every_run_validates():
+    names = rp.list_experiments()
+    assert {"ufm10", "ufm_scaling", "ufm_scaling_cpu", "real_offline", "real_images", "ablations"} <= set(names)
+    for name in names:
+        for spec in (rp.load_experiment(name), rp.load_experiment(name).quick_spec()):
+            jobs = spec.jobs()
+            assert jobs, name
+            for job in jobs:  # a typo in any override fails here, not an hour into a run
+                cfg = load_config(job["config"], {**job["overrides"], "method": job["method"], "seed": job["seed"]})
+                cfg.validate()
+
+
+def test_paper_experiments_keep_the_paper_protocol():
+    for name in ("ufm10", "ufm_scaling", "real_images"):
+        spec = rp.load_experiment(name)
+        assert spec.seeds == [0, 1, 2, 3, 4] and spec.methods == ["standard", "fixed", "implicit"]
+        for job in spec.jobs():
+            cfg = load_config(job["config"], job["overrides"])
+            assert (cfg.optimizer, cfg.gain, cfg.delta, cfg.tau, cfg.stratified) == ("agd", 10.0, 1e-3, 5.0, True)
+            if cfg.is_ufm:
+                assert cfg.epochs == 2000 and cfg.batch_size == cfg.num_samples
+    assert rp.load_experiment("ufm_scaling_cpu").notes  # a reduced budget says why
+
+
+def test_grid_variants_config_seeds_and_quick_merge(tmp_path):
+    p = _write(tmp_path, """
+configs: [ufm10, ufm100]
+methods: [standard, implicit]
+seeds: [0, 1, 2]
+overrides: {epochs: 7}
+config_overrides:
+  ufm100: {seeds: [1], epochs: 3}
+variants:
+  a: {}
+  b: {methods: [implicit], overrides: {delta: 0.1}}
+quick:
+  seeds: [1, 2]
+  variants: [b]
+  config_overrides:
+    ufm10: {num_samples: 40}
+""")
+    spec = rp.load_experiment(p)
+    jobs = spec.jobs()
+    keys = {(j["config"], j["variant"], j["method"], j["seed"]) for j in jobs}
+    assert len(jobs) == 3 * 3 + 1 * 3  # ufm10: (a: 2 methods + b: 1) x 3 seeds; ufm100: 3 x seed 1
+    assert ("ufm100", "a", "standard", 1) in keys and ("ufm100", "a", "standard", 0) not in keys
+    b = next(j for j in jobs if j["variant"] == "b")
+    assert b["overrides"]["delta"] == 0.1 and b["method"] == "implicit"
+    assert next(j for j in jobs if j["config"] == "ufm100")["overrides"]["epochs"] == 3
+    q = spec.quick_spec()
+    qjobs = q.jobs()
+    assert {j["variant"] for j in qjobs} == {"b"}
+    assert {j["seed"] for j in qjobs if j["config"] == "ufm10"} == {1, 2}
+    assert {j["seed"] for j in qjobs if j["config"] == "ufm100"} == {1}
+    u10 = next(j for j in qjobs if j["config"] == "ufm10")["overrides"]
+    assert u10["num_samples"] == 40 and u10["epochs"] == 7
+
+
+@pytest.mark.parametrize("text, match", [
+    ("configs: [ufm10]\nbogus: 1\n", "unknown experiment key"),
+    ("methods: [standard]\n", "non-empty 'configs'"),
+    ("configs: [ufm10]\nvariants: {a: {what: 1}}\n", "variant 'a'"),
+    ("configs: [ufm10]\nquick: {epochs: 3}\n", "unknown quick key"),
+])
+def test_bad_experiment_files_are_named(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        rp.load_experiment(_write(tmp_path, text))
+
+
+def test_unknown_experiment_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="Known experiments: .*ufm10"):
+        rp.load_experiment("no_such_experiment")
+
+
+def test_bad_override_fails_before_any_run(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key"):
+        rp.run_experiment("ufm10", quick=True, out=tmp_path / "o", work_dir=tmp_path / "w", overrides={"epoch": 3},
+                          progress=False)
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ConfigError, match="no config"):
+        rp.run_experiment("ufm10", quick=True, configs=["ufm100"], out=tmp_path / "o", progress=False)
+
+
+QUICK = """
+configs: [ufm10]
+seeds: [0, 1]
+overrides: {num_samples: 40, feature_dim: 16, batch_size: 40, epochs: 12, eval_every: 4, device: cpu}
+record_step_accuracy: true
+save_margins: true
+"""
+
+
+def test_quick_experiment_end_to_end(tmp_path):
+    spec = rp.load_experiment(_write(tmp_path, QUICK))
+    out, work = tmp_path / "out", tmp_path / "work"
+    res = rp.run_experiment(spec, out=out, work_dir=work, progress=False, num_threads=1)
+    assert len(res["records"]) == 6
+    loaded = rp.load_results(out)
+    runs = loaded["runs"]
+    assert sorted((r["method"], r["seed"]) for r in runs) == sorted(
+        (m, s) for m in ("standard", "fixed", "implicit") for s in (0, 1))
+    for r in runs:
+        assert r["status"] == "completed" and r["steps"] == 12 and r["optimizer"] == "agd"
+        assert 0.0 <= r["train_top1"] <= 1.0 and r["train_loss"] > 0
+        acc = loaded["step_accuracy"][f"ufm10/default/{r['method']}/{r['seed']}"]
+        assert len(acc) == 12
+        from guiding_nc.experiments.steps_to_fit import first_fit_step
+        assert r["steps_to_fit"] == first_fit_step(acc)
+        assert len(loaded["margins"][f"ufm10/default/{r['method']}/{r['seed']}"]) == 40
+    epochs = sorted({c["epoch"] for c in loaded["curves"] if c["method"] == "implicit" and c["seed"] == 0})
+    assert epochs == [4, 8, 12]
+    # summary.json is exactly what the rows give (no number in it is written by hand)
+    assert loaded["summary"] == json.loads(json.dumps(rp.summarize_records(runs)))
+    prov = loaded["provenance"]
+    assert prov["status"] == "completed" and prov["runs_done"] == prov["runs_total"] == 6
+    assert prov["git"]["commit"] and prov["torch"] and prov["run_commits"]
+    assert prov["command"].startswith("python -m guiding_nc.experiments.reproduce ")  # what reruns it
+    assert prov["runs_wall_time_s"] == pytest.approx(sum(r["wall_time_s"] for r in runs))
+
+
+def test_rerun_skips_finished_runs_and_continues_an_interrupted_one(tmp_path, monkeypatch):
+    spec = rp.load_experiment(_write(tmp_path, QUICK))
+    out, work = tmp_path / "out", tmp_path / "work"
+    calls, crashed = [], []
+    real = rp.train_run
+
+    def flaky(cfg, **kw):
+        calls.append((cfg.method, cfg.seed))
+        if len(calls) == 3 and not crashed:
+            crashed.append(True)
+            raise RuntimeError("simulated crash")  # the third run dies
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(rp, "train_run", flaky)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        rp.run_experiment(spec, out=out, work_dir=work, progress=False)
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    assert len(rows) == 2  # both finished runs were written before the interrupt
+    assert json.loads((out / "provenance.json").read_text())["status"] == "running"
+    calls.clear()
+    rp.run_experiment(spec, out=out, work_dir=work, progress=False)
+    assert len(calls) == 4  # the two finished runs are not trained again
+    assert len(list(csv.DictReader((out / "runs.csv").open()))) == 6
+
+
+def test_changed_config_is_not_served_from_an_old_record(tmp_path, monkeypatch):
+    p = _write(tmp_path, QUICK.replace("seeds: [0, 1]", "seeds: [0]").replace("epochs: 12", "epochs: 4")
+               .replace("eval_every: 4", "eval_every: 2"))
+    out, work = tmp_path / "out", tmp_path / "work"
+    rp.run_experiment(p, out=out, work_dir=work, progress=False, methods=["fixed"])
+    calls = []
+    real = rp.train_run
+    monkeypatch.setattr(rp, "train_run", lambda cfg, **kw: calls.append(cfg.delta) or real(cfg, **kw))
+    rp.run_experiment(p, out=out, work_dir=work, progress=False, methods=["fixed"], overrides={"delta": 0.5})
+    assert calls == [0.5]
+    # the earlier run is kept aside, not deleted
+    assert len(list((work / "ufm10" / "default" / "fixed").glob("0.superseded-*"))) == 1
+
+
+def test_minibatch_runs_record_no_steps_to_fit(tmp_path):
+    p = _write(tmp_path, """
+configs: [digits_mlp]
+methods: [implicit]
+seeds: [0]
+overrides: {epochs: 1, report_epochs: [1], max_train_samples: 200, max_test_samples: 100, batch_size: 50, device: cpu}
+record_step_accuracy: true
+""")
+    rp.run_experiment(p, out=tmp_path / "o", work_dir=tmp_path / "w", progress=False)
+    res = rp.load_results(tmp_path / "o")
+    assert "steps_to_fit" not in res["runs"][0] or res["runs"][0]["steps_to_fit"] is None
+    assert res["step_accuracy"] == {}
+    assert 0 <= res["runs"][0]["test_top1@1"] <= 1
+
+
+def test_summarize_records_median_range_and_missing():
+    rows = [{"config": "c", "variant": "v", "method": "m", "seed": s, "train_top1": t, "steps_to_fit": f}
+            for s, t, f in [(0, 0.5, 3), (1, 0.7, None), (2, 0.9, 5)]]
+    cell = rp.summarize_records(rows)["c/v/m"]
+    assert cell["seeds"] == [0, 1, 2]
+    assert (cell["train_top1"]["median"], cell["train_top1"]["min"], cell["train_top1"]["max"]) == (0.7, 0.5, 0.9)
+    assert cell["steps_to_fit"]["median"] == 4 and cell["steps_to_fit"]["missing"] == 1
+    nan_rows = [{"config": "c", "variant": "v", "method": "m", "seed": 0, "train_nc1": math.nan}]
+    assert "train_nc1" not in rp.summarize_records(nan_rows)["c/v/m"]
+
+
+def test_load_results_says_how_to_make_missing_results(tmp_path):
+    with pytest.raises(FileNotFoundError, match="guiding_nc.experiments.reproduce"):
+        rp.load_results(tmp_path)
+
+
+def test_cli_list_and_bad_arguments(capsys):
+    assert rp.main(["--list"]) == 0
+    assert "ufm_scaling_cpu" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        rp.main(["ufm10", "--quick", "not-a-key-value"])
+    with pytest.raises(SystemExit):
+        rp.main([])
+
+
+@pytest.mark.parametrize("name", ["ufm10", "ufm_scaling_cpu", "real_offline", "ablations"])
+def test_committed_results_are_what_their_rows_say(name):
+    """The committed tidy files agree with each other (summary recomputed from runs.csv) and
+    carry their provenance; skipped while an experiment's results are not committed."""
+    path = rp.results_dir(name)
+    if not (path / "runs.csv").exists():
+        pytest.skip(f"no committed results for {name}")
+    res = rp.load_results(path)
+    assert res["summary"] == json.loads(json.dumps(rp.summarize_records(res["runs"])))
+    prov = res["provenance"]
+    assert prov["experiment"] == name and prov["command"] and prov["run_commits"] and prov["date"]
+    assert prov["status"] == "completed" and prov["runs_done"] == prov["runs_total"] == len(res["runs"])
+    spec = rp.load_experiment(name)
+    assert {rp._key(r) for r in res["runs"]} == {rp._key(j) for j in spec.jobs()}
