@@ -144,8 +144,11 @@ def run(configs: Sequence[str] = DEFAULT_CONFIGS, *, steps: int = 6, device: str
         row: Dict = {"config": config, "variant": label, "method": method, "ddn_backward": ddn,
                      "num_classes": C, "feature_dim": d, "num_samples": int(cfg.num_samples)}
         if ddn == "kkt":
-            need = kkt_memory_bytes(d, C, 8) / 2 ** 30
+            # In the dtype the trainer solves in (the config's solve_dtype, float32 by default).
+            itemsize = 8 if cfg.solve_dtype == "float64" else 4
+            need = kkt_memory_bytes(d, C, itemsize) / 2 ** 30
             row["kkt_need_gb"] = need
+            row["kkt_need_dtype"] = cfg.solve_dtype
             if need > kkt_cap_gb:
                 row["status"] = f"skipped: the dense KKT matrices need {need:.1f} GB > cap {kkt_cap_gb:g} GB"
                 rows.append(row)
