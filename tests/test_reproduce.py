@@ -190,14 +190,19 @@ record_step_accuracy: true
 
 
 def test_summarize_records_median_range_and_missing():
-    rows = [{"config": "c", "variant": "v", "method": "m", "seed": s, "train_top1": t, "steps_to_fit": f}
-            for s, t, f in [(0, 0.5, 3), (1, 0.7, None), (2, 0.9, 5)]]
+    rows = [{"config": "c", "variant": "v", "method": "m", "seed": s, "train_top1": t, "steps_to_fit": f,
+             "fitted": f is not None} for s, t, f in [(0, 0.5, 3), (1, 0.7, None), (2, 0.9, 5)]]
     cell = rp.summarize_records(rows)["c/v/m"]
     assert cell["seeds"] == [0, 1, 2]
     assert (cell["train_top1"]["median"], cell["train_top1"]["min"], cell["train_top1"]["max"]) == (0.7, 0.5, 0.9)
     assert cell["steps_to_fit"]["median"] == 4 and cell["steps_to_fit"]["missing"] == 1
     nan_rows = [{"config": "c", "variant": "v", "method": "m", "seed": 0, "train_nc1": math.nan}]
     assert "train_nc1" not in rp.summarize_records(nan_rows)["c/v/m"]
+    # steps to fit not measured (mini-batch rows, empty after a CSV round trip): no cell at all
+    mb = [{"config": "c", "variant": "v", "method": "m", "seed": 0, "steps_to_fit": None, "fitted": None}]
+    assert "steps_to_fit" not in rp.summarize_records(mb)["c/v/m"]
+    never = [{"config": "c", "variant": "v", "method": "m", "seed": 0, "steps_to_fit": None, "fitted": False}]
+    assert rp.summarize_records(never)["c/v/m"]["steps_to_fit"]["missing"] == 1
 
 
 def test_load_results_says_how_to_make_missing_results(tmp_path):

@@ -209,6 +209,7 @@ def _record(job: Dict[str, Any], cfg, res: Dict[str, Any]) -> Dict[str, Any]:
     acc = res.get("step_accuracies") if res.get("steps_per_epoch") == 1 else None
     if acc:
         row["steps_to_fit"] = first_fit_step(acc)
+        row["fitted"] = row["steps_to_fit"] is not None  # None above then means "never", not "not measured"
     curves = []
     for r in res["history"]:
         if any(k.startswith(("train_top1", "test_top1")) for k in r):
@@ -248,16 +249,23 @@ def summarize_records(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for g, rs in groups.items():
         cell: Dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
-        keys = [k for k in rs[0] if k in SUMMARY_KEYS or "@" in k]
+        keys: List[str] = []
+        for r in rs:
+            keys += [k for k in r if (k in SUMMARY_KEYS or "@" in k) and k not in keys]
         for k in keys:
             vals = [float(r[k]) for r in rs if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
                     and math.isfinite(float(r[k]))]
             missing = len(rs) - len(vals)
-            if vals:
-                cell[k] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals), "n": len(vals),
-                           "missing": missing, "values": vals}
-            elif k == "steps_to_fit":
-                cell[k] = {"median": None, "min": None, "max": None, "n": 0, "missing": missing, "values": []}
+            if k == "steps_to_fit":
+                # Runs that were measured and never fitted count as missing; runs where steps to
+                # fit does not apply (mini-batch training) leave no cell at all.
+                never = sum(r.get("fitted") is False for r in rs)
+                if not vals and not never:
+                    continue
+                missing = never
+            if vals or k == "steps_to_fit":
+                cell[k] = {"median": statistics.median(vals) if vals else None, "min": min(vals) if vals else None,
+                           "max": max(vals) if vals else None, "n": len(vals), "missing": missing, "values": vals}
         out[g] = cell
     return out
 
