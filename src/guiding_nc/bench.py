@@ -85,13 +85,13 @@ def _status_bytes(field: str) -> int:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
-def _peak_child(kind: str, d: int, C: int, dtype_name: str) -> dict:
-    """Runs in a fresh process: extra peak resident memory of one forward+backward."""
-    dtype = getattr(torch, dtype_name)
-    H, P = _problem(d, C, dtype, "cpu")
-    _fwd_bwd(*_problem(8, 4, dtype, "cpu"), kind)  # load kernels and libraries on a tiny case
-    # Give freed heap back to the OS so that new allocations show up as new resident pages,
-    # then reset the high-water mark (otherwise inherited across fork/exec and from the set-up).
+def reset_peak_rss() -> int:
+    """Reset this process's peak resident size to its current one; returns that size in bytes.
+
+    Freed heap is given back to the OS first, so that later allocations show up as new resident
+    pages; the high-water mark is otherwise inherited across fork/exec and from the set-up.
+    Linux only (``/proc/self/clear_refs``).
+    """
     try:
         import ctypes
 
@@ -100,7 +100,15 @@ def _peak_child(kind: str, d: int, C: int, dtype_name: str) -> dict:
         pass
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-    base = _status_bytes("VmRSS")
+    return _status_bytes("VmRSS")
+
+
+def _peak_child(kind: str, d: int, C: int, dtype_name: str) -> dict:
+    """Runs in a fresh process: extra peak resident memory of one forward+backward."""
+    dtype = getattr(torch, dtype_name)
+    H, P = _problem(d, C, dtype, "cpu")
+    _fwd_bwd(*_problem(8, 4, dtype, "cpu"), kind)  # load kernels and libraries on a tiny case
+    base = reset_peak_rss()
     _fwd_bwd(H, P, kind)
     peak = _status_bytes("VmHWM")
     return {"extra_peak_bytes": max(0, peak - base)}

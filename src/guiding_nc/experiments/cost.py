@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from ..bench import _status_bytes, reset_peak_rss
 from ..ddn import kkt_memory_bytes
 from ..provenance import atomic_write_json, atomic_write_text, collect_provenance
 from ..trainer import CONFIG_DIR, load_config
@@ -60,14 +61,6 @@ def quick_sizes(num_classes: int) -> Dict[str, int]:
 
 MODULE = "guiding_nc.experiments.cost"
 TIME_KEYS = ("time_step_ms", "time_backbone_ms", "time_etf_forward_ms", "time_ddn_backward_ms")
-
-
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
 def _case(config: str, method: str, ddn: str, steps: int, device: str, quick: bool, threads: Optional[int]) -> Dict:
@@ -93,15 +86,7 @@ def _case(config: str, method: str, ddn: str, steps: int, device: str, quick: bo
             base = torch.cuda.memory_allocated(dev)
             torch.cuda.reset_peak_memory_stats(dev)
         else:
-            try:
-                import ctypes
-
-                ctypes.CDLL("libc.so.6").malloc_trim(0)
-            except OSError:
-                pass
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset the peak resident size to the current one
-            base = _status_bytes("VmRSS")
+            base = reset_peak_rss()
         res = trainer.fit()
         if dev.type == "cuda":
             peak = torch.cuda.max_memory_allocated(dev)
