@@ -3,8 +3,8 @@
 Each check reads result files written by :mod:`guiding_nc.experiments.reproduce` (and
 :mod:`guiding_nc.experiments.cost`), applies a rule written out in its ``rule`` field and
 returns the evidence it used and a verdict: ``reproduced``, ``partly``, ``not reproduced`` or
-``not testable here``.  Nothing is tuned towards a verdict: the rules are fixed here, before
-the numbers are read, and a missing result file gives ``not testable here`` with the command
+``not testable here``.  Nothing is tuned towards a verdict: the rules were written here before
+most of the results existed and were not changed after, and a missing result file gives ``not testable here`` with the command
 that produces it.  Book: the reproduction summary.
 """
 from __future__ import annotations
