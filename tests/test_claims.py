@@ -79,6 +79,8 @@ def test_missing_results_are_not_testable_with_the_command(tmp_path):
     assert any("guiding_nc.experiments.reproduce ufm10" in r["measured"] for r in rows)
     md = claims.claims_markdown(rows)
     assert md.count("\n") == len(rows) + 1 and "**not testable here**" in md
+    piped = claims.claims_markdown([dict(rows[0], measured="a | b")])
+    assert piped.splitlines()[2].count(" | ") == 4 and "a \\| b" in piped  # escaped: the row keeps its 5 cells
 
 
 def test_committed_results_give_a_verdict_for_every_claim():

@@ -158,7 +158,7 @@ def _delta_robust(res) -> Dict[str, Any]:
             total += 1
             passed += r["passed"] == r["total"]
             lines.append(f"{v} vs delta=1e-3: " + "; ".join(r["lines"]))
-    return {"measured": " | ".join(lines), "verdict": _verdict(passed, total)}
+    return {"measured": " · ".join(lines), "verdict": _verdict(passed, total)}
 
 
 def _memory(result) -> Dict[str, Any]:
@@ -255,6 +255,8 @@ def evaluate_claims(root: Optional[Path] = None) -> List[Dict[str, Any]]:
 def claims_markdown(rows: List[Dict[str, Any]]) -> str:
     """The claims as a Markdown table: claim, where in the paper, rule, measured, verdict."""
     lines = ["| # | claim (paper) | rule | measured here | verdict |", "|---:|---|---|---|---|"]
+    cell = lambda text: str(text).replace("|", "\\|")  # a bare | would end the table cell
     for i, r in enumerate(rows, 1):
-        lines.append(f"| {i} | {r['claim']} ({r['paper']}) | {r['rule']} | {r['measured']} | **{r['verdict']}** |")
+        lines.append(f"| {i} | {cell(r['claim'])} ({cell(r['paper'])}) | {cell(r['rule'])} | {cell(r['measured'])} | "
+                     f"**{r['verdict']}** |")
     return "\n".join(lines)
