@@ -86,3 +86,17 @@ def test_manifold_helpers():
 def test_bad_input_messages(call, message):
     with pytest.raises((ValueError, TypeError), match=message.replace("(", r"\(").replace(")", r"\)")):
         call()
+
+
+@pytest.mark.parametrize("shape", [(7, 3), (50, 12), (2, 4, 5)])
+def test_mul_simplex_etf_is_the_dense_product(shape):
+    X = torch.randn(*shape, generator=torch.Generator().manual_seed(0), dtype=F64)
+    M = gnc.standard_simplex_etf(shape[-1], dtype=F64)
+    assert torch.allclose(gnc.mul_simplex_etf(X), X @ M, atol=1e-14)
+    # The classifier (Eq. 8) built on it keeps its defining properties.
+    if len(shape) == 2:
+        U = gnc.random_point(shape[0], shape[1], generator=torch.Generator().manual_seed(1), dtype=F64)
+        W = gnc.etf_classifier(U)
+        assert W.is_contiguous() and torch.allclose(W, math.sqrt(shape[1]) * M @ U.T, atol=1e-14)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        gnc.mul_simplex_etf(torch.zeros(5, 1))

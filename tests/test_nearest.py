@@ -373,3 +373,72 @@ def test_second_derivatives_are_refused_not_wrong():
     (g,) = torch.autograd.grad(gnc.nearest_etf(H, P).sum(), H, create_graph=True)
     with pytest.raises(RuntimeError, match="does not require grad|once_differentiable|differentiable"):
         torch.autograd.grad(g.sum(), H)
+
+
+# ------------------------------------------------------------ the two polar routes
+def _polar_problem(d, C, seed, delta):
+    H = class_means(d, C, seed)
+    P = gnc.nearest_etf(class_means(d, C, seed + 100), None, 1e-3)
+    return 2.0 * gnc.mul_simplex_etf(H) + delta * P
+
+
+@pytest.mark.parametrize("d,C,delta", [(12, 6, 0.1), (64, 40, 1e-2), (300, 200, 1e-3)])
+def test_gram_and_svd_polar_routes_agree(d, C, delta):
+    A = _polar_problem(d, C, 0, delta)
+    U_g, s_g, V_g = gnc.polar_factor(A, "gram")
+    U_s, s_s, V_s = gnc.polar_factor(A, "svd")
+    assert (U_g - U_s).abs().max() < 1e-12
+    assert (s_g - s_s).abs().max() < 1e-12 * s_s[0]
+    assert torch.all(s_g[:-1] >= s_g[1:])  # descending, like the SVD
+    # V is defined up to signs (and rotations inside repeated singular values); U^T A is not.
+    S_g = V_g @ torch.diag(s_g) @ V_g.T
+    assert (S_g - U_s.T @ A).abs().max() < 1e-12
+    assert (U_g.T @ U_g - torch.eye(C, dtype=F64)).abs().max() < 1e-12
+
+
+def test_auto_polar_route_choice():
+    A64 = _polar_problem(60, 40, 1, 0.1)
+    assert gnc.polar_route(A64) == "gram"
+    assert gnc.polar_route(A64.float()) == "svd"  # eps32 * kappa^2 is never below the bound
+    assert gnc.polar_route(A64[:, :10]) == "svd"  # few classes: the SVD is cheap and safer
+    assert gnc.polar_route(A64, "svd") == "svd" and gnc.polar_route(A64[:, :10], "gram") == "gram"
+    with pytest.raises(ValueError, match="unknown polar method 'qr'"):
+        gnc.polar_route(A64, "qr")
+
+
+def test_ill_conditioned_polar_falls_back_to_the_svd():
+    # delta = 1e-7 leaves A with one singular value ~1e-7: kappa^2 ~ 1e10, far past the bound.
+    A = _polar_problem(50, 40, 2, 1e-7)
+    assert gnc.polar_route(A) == "gram"
+    with pytest.raises(ValueError, match="too ill-conditioned for the Gram route"):
+        gnc.polar_factor(A, "gram")
+    U_a, _, _ = gnc.polar_factor(A, "auto")
+    U_s, _, _ = gnc.polar_factor(A, "svd")
+    assert torch.equal(U_a, U_s)
+    assert (U_a.T @ U_a - torch.eye(40, dtype=F64)).abs().max() < 1e-13
+
+
+def test_nearest_etf_polar_option():
+    H = class_means(64, 40, 3)
+    P = gnc.nearest_etf(class_means(64, 40, 4), None, 1e-3)
+    U_g = gnc.nearest_etf(H, P, 1e-3, polar="gram")
+    U_s = gnc.nearest_etf(H, P, 1e-3, polar="svd")
+    assert (U_g - U_s).abs().max() < 1e-12
+    f = lambda U: float(gnc.nearest_etf_objective(U, H, P, 1e-3))
+    assert abs(f(U_g) - f(U_s)) < 1e-14
+    with pytest.raises(ValueError, match="unknown polar method 'eig'"):
+        gnc.nearest_etf(H, P, polar="eig")
+
+
+def test_gradcheck_through_the_gram_route():
+    d, C, delta = 9, 5, 0.2
+    H = class_means(d, C, 5).requires_grad_()
+    P = gnc.nearest_etf(class_means(d, C, 6), None, 1e-3).requires_grad_()
+    gnc.polar_factor(2.0 * gnc.mul_simplex_etf(H.detach()) + delta * P.detach(), "gram")  # conditioned well enough
+    assert torch.autograd.gradcheck(lambda h: gnc.nearest_etf(h, P.detach(), delta, polar="gram"), (H,))
+    assert torch.autograd.gradcheck(  # small eps keeps the perturbed prox within the orthonormality check
+        lambda h, p: gnc.nearest_etf(h, p, delta, polar="gram"), (H, P), eps=2e-7, atol=1e-5
+    )
+    g_gram = torch.autograd.grad((gnc.nearest_etf(H, P, delta, polar="gram") ** 3).sum(), H)[0]
+    g_svd = torch.autograd.grad((gnc.nearest_etf(H, P, delta, polar="svd") ** 3).sum(), H)[0]
+    assert (g_gram - g_svd).abs().max() < 1e-12 * g_svd.abs().max()

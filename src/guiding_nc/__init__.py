@@ -19,11 +19,12 @@ from .etf import (
     projection,
     random_point,
     retraction,
+    mul_simplex_etf,
     simplex_etf,
     standard_simplex_etf,
     sym,
 )
-from .nearest import NearestETF, nearest_etf, nearest_etf_objective, polar_factor, polar_vjp
+from .nearest import NearestETF, nearest_etf, nearest_etf_objective, polar_factor, polar_route, polar_vjp
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,7 @@ __all__ = [
     "projection",
     "random_point",
     "retraction",
+    "mul_simplex_etf",
     "simplex_etf",
     "standard_simplex_etf",
     "sym",
@@ -43,5 +45,6 @@ __all__ = [
     "nearest_etf",
     "nearest_etf_objective",
     "polar_factor",
+    "polar_route",
     "polar_vjp",
 ]

@@ -55,13 +55,14 @@ def class_means(d: int, C: int, seed: int = 0, dtype=torch.float64) -> Tensor:
 
 def central_difference_gradient(fn: Callable[[Tensor], Tensor], H: Tensor, eps: float = 1e-6) -> Tensor:
     """Gradient of the scalar ``fn`` at ``H`` by central differences, one entry at a time (2 dC calls)."""
-    grad = torch.zeros_like(H)
+    # Fresh contiguous buffers: H may be a transposed view.
+    grad = torch.zeros(H.shape, dtype=H.dtype, device=H.device)
     flat = grad.view(-1)
     with torch.no_grad():
         for k in range(H.numel()):
-            E = torch.zeros_like(H).view(-1)
+            E = torch.zeros(H.numel(), dtype=H.dtype, device=H.device)
             E[k] = eps
-            E = E.view_as(H)
+            E = E.view(H.shape)
             flat[k] = (float(fn(H + E)) - float(fn(H - E))) / (2 * eps)
     return grad
 
@@ -71,9 +72,9 @@ def central_difference_jacobian(fn: Callable[[Tensor], Tensor], X: Tensor, eps: 
     cols = []
     with torch.no_grad():
         for k in range(X.numel()):
-            E = torch.zeros_like(X).view(-1)
+            E = torch.zeros(X.numel(), dtype=X.dtype, device=X.device)
             E[k] = eps
-            E = E.view_as(X)
+            E = E.view(X.shape)  # row-major, whatever X's strides: the rvec order
             cols.append(((fn(X + E) - fn(X - E)) / (2 * eps)).reshape(-1))
     return torch.stack(cols, dim=1)
 
