@@ -43,3 +43,21 @@ def test_bench_overhead_tiny(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [r["variant"] for r in rows] == ["standard", "implicit, DDN off", "implicit, DDN on"]
     assert rows[0]["ratio_to_standard"] == 1.0 and all(r["step_ms"] > 0 for r in rows)
+
+
+def test_bench_rejects_zero_repeats(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        bench.main(["etf", "--sizes", "8x4", "--tr-repeats", "0"])
+    assert "--tr-repeats must be >= 1" in capsys.readouterr().err
+
+
+def test_bench_records_the_polar_route_and_every_trust_region_run():
+    result = bench.bench_etf([(80, 40), (20, 5)], repeats=1, tr_repeats=2, memory=False, progress=lambda s: None)
+    big, small = result["rows"]
+    assert big["cf_polar_route"] == "gram" and small["cf_polar_route"] == "svd"
+    for row in (big, small):
+        assert len(row["tr_runs_ms"]) == 2 and row["cf_svd_forward_ms"] > 0 and row["checks_ms"] > 0
+        assert abs(row["objective_gap"]) < 1e-9
+    assert result["provenance"]["tr_repeats"] == 2

@@ -442,3 +442,14 @@ def test_gradcheck_through_the_gram_route():
     g_gram = torch.autograd.grad((gnc.nearest_etf(H, P, delta, polar="gram") ** 3).sum(), H)[0]
     g_svd = torch.autograd.grad((gnc.nearest_etf(H, P, delta, polar="svd") ** 3).sum(), H)[0]
     assert (g_gram - g_svd).abs().max() < 1e-12 * g_svd.abs().max()
+
+
+@pytest.mark.parametrize("C,delta", [(10, 1e-3), (100, 1e-3), (50, 1e-1)])
+def test_condition_number_at_collapse(C, delta):
+    # Book chapter 3: with H = R M and U_prox = R, kappa(A) = 1 + 2 / ((C - 1) delta).
+    R = gnc.random_point(2 * C, C, generator=torch.Generator().manual_seed(C), dtype=F64)
+    H = gnc.mul_simplex_etf(R)
+    assert abs(float(H.norm()) - 1.0) < 1e-13
+    s = torch.linalg.svdvals(2 * gnc.mul_simplex_etf(H) + delta * R)
+    assert abs(float(s[-1]) - delta) < 1e-12
+    assert abs(float(s[0] / s[-1]) - (1 + 2 / ((C - 1) * delta))) < 1e-8 * float(s[0] / s[-1])

@@ -118,7 +118,10 @@ def plot_benchmark(result: Mapping) -> Figure:
     cf = [r["cf_forward_ms"] for r in rows]
     tr = [r["tr_forward_ms"] for r in rows]
     ax.loglog(C, tr, "s-", color="C1", label="Riemannian trust-region (pymanopt, paper)")
-    ax.loglog(C, cf, "o-", color="C0", label="closed form (one thin SVD)")
+    ax.loglog(C, cf, "o-", color="C0", label="closed form (polar='auto')")
+    if all("cf_svd_forward_ms" in r for r in rows):
+        ax.loglog(C, [r["cf_svd_forward_ms"] for r in rows], "o--", color="C2", alpha=0.8,
+                  label="closed form, SVD route")
     for r in rows:
         mark = "*" if r.get("tr_stopped_by_time") else ""
         ax.annotate(f"d={r['d']}{mark}", (r["C"], r["tr_forward_ms"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -135,16 +138,23 @@ def plot_benchmark(result: Mapping) -> Figure:
 
 
 def benchmark_markdown(result: Mapping) -> str:
-    """The forward columns of the benchmark as a Markdown table."""
+    """The forward columns of the benchmark as a Markdown table.
+
+    Files written before the two polar routes existed have no route, SVD-route or checks
+    columns; those cells show a dash.
+    """
     head = (
-        "| $d$ | $C$ | closed form (ms) | trust-region (ms) | TR iterations | speed-up | "
-        "$f_{\\mathrm{TR}} - f_{\\mathrm{closed}}$ |\n|---:|---:|---:|---:|---:|---:|---:|"
+        "| $d$ | $C$ | closed form (ms) | route | SVD route (ms) | input checks (ms) | trust-region (ms) | "
+        "TR iterations | speed-up | $f_{\\mathrm{TR}} - f_{\\mathrm{closed}}$ |\n"
+        "|---:|---:|---:|:---:|---:|---:|---:|---:|---:|---:|"
     )
     lines = [head]
+    fmt = lambda r, key: f"{r[key]:.2f}" if r.get(key) is not None else "–"
     for r in sorted(result["rows"], key=lambda r: (r["C"], r["d"])):
         star = " (time cap)" if r.get("tr_stopped_by_time") else ""
         lines.append(
-            f"| {r['d']} | {r['C']} | {r['cf_forward_ms']:.2f} | {r['tr_forward_ms']:.0f}{star} | "
+            f"| {r['d']} | {r['C']} | {r['cf_forward_ms']:.2f} | {r.get('cf_polar_route', '–')} | "
+            f"{fmt(r, 'cf_svd_forward_ms')} | {fmt(r, 'checks_ms')} | {r['tr_forward_ms']:.0f}{star} | "
             f"{r['tr_iterations']} | {r['speedup']:.0f}× | {r['objective_gap']:.1e} |"
         )
     return "\n".join(lines)
