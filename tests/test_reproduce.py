@@ -187,6 +187,7 @@ record_step_accuracy: true
     assert "steps_to_fit" not in res["runs"][0] or res["runs"][0]["steps_to_fit"] is None
     assert res["step_accuracy"] == {}
     assert 0 <= res["runs"][0]["test_top1@1"] <= 1
+    assert int(res["runs"][0]["num_classes"]) == 10  # inferred from the data, the config leaves it out
 
 
 def test_summarize_records_median_range_and_missing():

@@ -150,9 +150,31 @@ def _device_name(device) -> str:
     return f"{device_name(device)}, {torch.get_num_threads()} threads"
 
 
+def _blas_threads() -> dict:
+    """Thread counts of every BLAS/OpenMP library loaded (torch's and NumPy's can differ)."""
+    from threadpoolctl import threadpool_info
+
+    return {f"{i['prefix']} ({i['user_api']})": i["num_threads"] for i in threadpool_info()}
+
+
+def limit_threads(n: int) -> None:
+    """Run torch and every loaded BLAS/OpenMP pool (NumPy's OpenBLAS too) on ``n`` threads.
+
+    Without it, ``torch.set_num_threads(1)`` leaves NumPy's BLAS on all cores, so the
+    pymanopt reference would get more threads than the solver it is compared with.
+    """
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)  # the peak-memory subprocesses inherit it
+    os.environ["OPENBLAS_NUM_THREADS"] = str(n)
+    threadpool_limits(limits=n)
+
+
 def _provenance(device) -> dict:
     """What every benchmark table records about how it was produced."""
     return {
+        "thread_pools": _blas_threads(),
         "command": " ".join([Path(sys.executable).name, "-m", "guiding_nc.bench"] + sys.argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
@@ -398,7 +420,7 @@ def main(argv=None) -> int:
     p.add_argument("--tr-repeats", type=int, default=3, help="trust-region runs per size; the median is reported")
     p.add_argument("--kkt-cap-gb", type=float, default=4.0, help="skip the dense KKT gradient above this memory (GB)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None, help="threads for torch and for NumPy's BLAS alike (default: each library's choice)")
     p.add_argument("--out", default=None, help="write the table as JSON here (e.g. data/bench/etf_cpu.json)")
     q = sub.add_parser("overhead", help="per-step time of implicit over standard (small CNN, UFM-100)")
     q.add_argument("--cases", default="small_cnn,ufm100")
@@ -406,13 +428,17 @@ def main(argv=None) -> int:
     q.add_argument("--steps", type=int, default=20)
     q.add_argument("--rounds", type=int, default=3)
     q.add_argument("--out", default=None, help="write the table as JSON here (e.g. data/bench/overhead_cpu.json)")
-    q.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    q.add_argument("--threads", type=int, default=None, help="threads for torch and for NumPy's BLAS alike (default: each library's choice)")
     args = parser.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
             parser.error("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the peak-memory subprocesses inherit it
+        # Load NumPy's and SciPy's BLAS now (pymanopt pulls both in), so the limit reaches them.
+        import numpy  # noqa: F401
+        import pymanopt  # noqa: F401
+        import scipy.linalg  # noqa: F401
+
+        limit_threads(args.threads)
     for name in ("repeats", "tr_repeats", "steps", "rounds"):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -1263,6 +1263,8 @@ class Trainer:
             "wall_time_s": wall,
             "world_size": self.world_size,
             "device": str(self.device),
+            "num_classes": self.num_classes,  # inferred from the data when the config leaves it out
+            "feature_dim": self.feature_dim,
             "stratified": cfg.stratified,
             "final": last,
             "final_eval": final_eval,

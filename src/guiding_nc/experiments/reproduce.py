@@ -185,8 +185,8 @@ def _record(job: Dict[str, Any], cfg, res: Dict[str, Any]) -> Dict[str, Any]:
     last = res.get("final") or {}
     row: Dict[str, Any] = {
         "config": job["config"], "variant": job["variant"], "method": job["method"], "seed": job["seed"],
-        "dataset": cfg.dataset, "model": cfg.model, "num_classes": res.get("num_classes", cfg.num_classes),
-        "feature_dim": cfg.feature_dim, "epochs": cfg.epochs, "steps": res["global_step"],
+        "dataset": cfg.dataset, "model": cfg.model, "num_classes": res.get("num_classes") or cfg.num_classes,
+        "feature_dim": res.get("feature_dim") or cfg.feature_dim, "epochs": cfg.epochs, "steps": res["global_step"],
         "batch_size": cfg.batch_size, "optimizer": cfg.optimizer, "gain": cfg.gain, "stratified": cfg.stratified,
         "delta": cfg.delta, "ddn_backward": cfg.ddn_backward, "status": res["status"],
         "wall_time_s": res["wall_time_s"], "peak_mem_gb": res.get("peak_mem_gb"), "device": res["device"],
