@@ -94,3 +94,15 @@ def test_paper_tables_have_every_experiment_and_method():
         for row in t.values():
             assert set(row) == set(paper.METHODS) and all(len(v) == 2 and 0 < v[0] <= 100 for v in row.values())
     assert paper.TABLE3["UFM-200"]["implicit, DDN on"] == 70.3 and paper.TABLE3["UFM-1000"]["implicit, DDN on"] is None
+
+
+def test_method_curves_figure(quick):
+    fig = plots.plot_method_curves(quick, config="ufm10", x="epoch",
+                                   metrics=[("train_top1", "train top-1 (%)", False), ("train_nc1", "NC1", True)])
+    assert isinstance(fig, Figure)
+    _labelled(fig)
+    ax_acc, ax_nc1 = fig.axes
+    assert ax_nc1.get_yscale() == "log" and ax_acc.get_yscale() == "linear"
+    labels = {t.get_text() for t in ax_acc.get_legend().get_texts()}
+    assert len(labels) == 3  # one band per method
+    assert max(max(line.get_ydata()) for line in ax_acc.get_lines()) > 1.0  # percent, not a fraction

@@ -207,6 +207,32 @@ def plot_accuracy_curves(results: Mapping[str, Any], *, configs: Sequence[str],
     return fig
 
 
+def plot_method_curves(results: Mapping[str, Any], *, config: str,
+                       metrics: Sequence[Tuple[str, str, bool]], x: str = "epoch",
+                       variant: str = "default", title: str = "") -> Figure:
+    """Several metrics against training progress for one config, one band per method.
+
+    ``metrics`` lists ``(column of curves.csv, axis label, log scale)``; accuracies (``*_top1``)
+    are drawn in percent.  Median over seeds, band = min-max.
+    """
+    fig = Figure(figsize=(3.9 * len(metrics), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, (y, ylabel, log) in zip(axes, metrics):
+        bands = seed_bands(results["curves"], y, x=x, where={"config": config, "variant": variant})
+        scale = 100.0 if y.endswith("top1") else 1.0
+        for k, ((_, _, method), (xs, med, lo, hi)) in enumerate(bands.items()):
+            _band(ax, xs, scale * med, scale * lo, scale * hi, label=METHOD_LABELS.get(method, method),
+                  style=_style(method, k), floor=1e-12 if log else None)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch" if x == "epoch" else "training step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or f"{config}: median over seeds, band = min–max", fontsize=10)
+    return fig
+
+
 def plot_variant_curves(results: Mapping[str, Any], *, config: str, variants: Sequence[str], y: str,
                         ylabel: str, x: str = "step", log: bool = False, title: str = "",
                         ax=None, labels: Optional[Mapping[str, str]] = None) -> Figure:
