@@ -257,3 +257,28 @@ def test_single_method_and_seed_override_replace_the_files_lists():
     assert cfg.method_list == ["implicit"] and cfg.seed_list == [3]
     cfg = load_config("ufm10")
     assert cfg.method_list == ["standard", "fixed", "implicit"] and cfg.seed_list == [0, 1, 2, 3, 4]
+
+
+def test_git_info_dirty_means_code_not_results(tmp_path):
+    import subprocess
+
+    from guiding_nc.provenance import git_info
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "mod.py").write_text("x = 1\n")
+    git("add", "src/mod.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "code")
+    assert git_info(tmp_path)["dirty"] is False
+    (tmp_path / "data" / "results").mkdir(parents=True)
+    (tmp_path / "data" / "results" / "runs.csv").write_text("a\n")  # an output: not dirty
+    assert git_info(tmp_path)["dirty"] is False
+    (tmp_path / "src" / "new.py").write_text("y = 2\n")  # untracked code: dirty
+    assert git_info(tmp_path / "data")["dirty"] is True
+    (tmp_path / "src" / "new.py").unlink()
+    (tmp_path / "src" / "mod.py").write_text("x = 3\n")  # a tracked change: dirty
+    assert git_info(tmp_path)["dirty"] is True

@@ -97,11 +97,18 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+# Untracked files here can change what runs; elsewhere (results, notebooks' outputs) they cannot.
+_CODE_DIRS = ("src/", "configs/")
+
+
 def git_info(path: Optional[PathLike] = None) -> Dict[str, Any]:
     """``{"commit": sha or None, "dirty": bool or None, "branch": name or None}`` of the repo at ``path``.
 
-    ``commit`` is ``None`` outside a git checkout or before the first commit; ``dirty`` is True
-    when ``git status --porcelain`` reports anything (untracked files included).
+    ``commit`` is ``None`` outside a git checkout or before the first commit.  ``dirty`` is True
+    when a tracked file differs from the commit, or when an untracked (and not ignored) file lies
+    under ``src/`` or ``configs/``: what could make the code that ran differ from ``commit``.
+    Untracked results elsewhere (say, a ``data/results/`` folder an earlier run just wrote) do
+    not count, so a grid of runs does not mark its own later runs dirty.
     """
     cwd = str(path) if path is not None else str(Path(__file__).resolve().parent)
 
@@ -113,9 +120,14 @@ def git_info(path: Optional[PathLike] = None) -> Dict[str, Any]:
         return out.stdout.strip() if out.returncode == 0 else None
 
     commit = run("rev-parse", "HEAD")
-    status = run("status", "--porcelain")
+    # Porcelain paths are relative to the repository root, wherever git runs from.
+    status = run("status", "--porcelain", "--untracked-files=all")
     branch = run("rev-parse", "--abbrev-ref", "HEAD")
-    return {"commit": commit, "dirty": None if status is None else bool(status), "branch": branch}
+    dirty = None
+    if status is not None:
+        lines = [ln for ln in status.splitlines() if ln.strip()]
+        dirty = any(not ln.startswith("??") or ln[3:].strip('"').startswith(_CODE_DIRS) for ln in lines)
+    return {"commit": commit, "dirty": dirty, "branch": branch}
 
 
 def device_name(device: Optional[Union[str, torch.device]] = None) -> str:

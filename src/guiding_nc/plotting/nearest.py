@@ -163,7 +163,8 @@ def benchmark_markdown(result: Mapping) -> str:
 def provenance_lines(result: Mapping) -> str:
     """The benchmark's provenance (command, commit, date, device, versions) as plain text."""
     p = result.get("provenance", {})
-    keys = ["command", "git_commit", "date", "device", "threads", "torch", "python", "pymanopt", "repeats", "tr_cap_s", "notes"]
+    keys = ["command", "git_commit", "date", "device", "threads", "thread_pools", "torch", "python", "pymanopt", "repeats",
+            "tr_repeats", "tr_cap_s", "notes"]
     return "\n".join(f"{k:>10}: {p[k]}" for k in keys if k in p)
 
 
