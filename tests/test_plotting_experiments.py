@@ -86,6 +86,9 @@ def test_tables(quick):
     assert "| CIFAR10 ResNet18 | 87.42 | 96.69 | 86.89 | 97.18 | 88.71 | 98.09 |" in pm
     cap = plots.provenance_caption(quick["provenance"])
     assert "command : python -m guiding_nc.experiments.reproduce" in cap and "runs at : commit" in cap
+    clean = dict(quick["provenance"], run_commits=["abc"])
+    assert "-dirty" not in plots.provenance_caption(clean)  # the legend only where a commit has the suffix
+    assert "-dirty: code changes not committed" in plots.provenance_caption(dict(clean, run_commits=["abc-dirty"]))
 
 
 def test_paper_tables_have_every_experiment_and_method():

@@ -397,7 +397,8 @@ def provenance_caption(prov: Mapping[str, Any]) -> str:
         commit += " (with uncommitted changes)"
     lines = [f"command : {prov.get('command', '?')}"]
     if prov.get("run_commits"):
-        lines.append(f"runs at : commit {', '.join(prov['run_commits'])}  (-dirty: uncommitted changes in the tree)")
+        legend = "  (-dirty: code changes not committed)" if any(c.endswith("-dirty") for c in prov["run_commits"]) else ""
+        lines.append(f"runs at : commit {', '.join(prov['run_commits'])}{legend}")
         lines.append(f"files at: commit {commit}")
     else:
         lines.append(f"commit  : {commit}")
