@@ -29,7 +29,8 @@ test: env browser book
 	$(PY) -m pytest
 
 bench: env
-	$(PY) -m guiding_nc.bench etf --out data/bench/etf_cpu.json
+	$(PY) -m guiding_nc.bench etf --threads 1 --repeats 5 --tr-repeats 3 --tr-cap-s 120 --out data/bench/etf_cpu.json
+	$(PY) -m guiding_nc.bench etf --threads 2 --repeats 5 --tr-repeats 3 --tr-cap-s 120 --out data/bench/etf_cpu_2threads.json
 
 clean:
 	rm -rf _build artifacts .pytest_cache .hypothesis
