@@ -34,9 +34,7 @@ from pathlib import Path
 import torch
 
 from . import ddn
-from .etf import standard_simplex_etf
-from .etf import mul_simplex_etf
-from .nearest import _polar_gram, _validate, nearest_etf, nearest_etf_objective, polar_route
+from .nearest import _polar, _procrustes_matrix, _validate, nearest_etf, nearest_etf_objective
 from .provenance import git_info, device_name
 
 DEFAULT_SIZES = ((512, 10), (1024, 100), (1024, 200), (1024, 1000), (2048, 1000))
@@ -163,6 +161,10 @@ def limit_threads(n: int) -> None:
     Without it, ``torch.set_num_threads(1)`` leaves NumPy's BLAS on all cores, so the
     pymanopt reference would get more threads than the solver it is compared with.
     """
+    # Load NumPy's and SciPy's BLAS first (pymanopt pulls both in): the limit reaches only loaded pools.
+    import numpy  # noqa: F401
+    import pymanopt  # noqa: F401
+    import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(n)
@@ -206,8 +208,7 @@ def bench_etf(
         # Forward, float64: closed form vs trust-region.  Both solvers are timed without the
         # input checks (the trust-region call has none); the checks are their own column.
         H, P = _problem(d, C, torch.float64, device)
-        A = 2.0 * mul_simplex_etf(H) + 1e-3 * P
-        row["cf_polar_route"] = "gram" if polar_route(A) == "gram" and _polar_gram(A) is not None else "svd"
+        row["cf_polar_route"] = _polar(_procrustes_matrix(H, P, 1e-3))[3]
         row["cf_forward_ms"] = 1e3 * _time(lambda: nearest_etf(H, P, 1e-3, check=False), device, repeats)
         row["cf_svd_forward_ms"] = 1e3 * _time(lambda: nearest_etf(H, P, 1e-3, polar="svd", check=False), device, repeats)
         row["checks_ms"] = 1e3 * _time(
@@ -433,11 +434,6 @@ def main(argv=None) -> int:
     if args.threads is not None:
         if args.threads < 1:
             parser.error("--threads must be >= 1")
-        # Load NumPy's and SciPy's BLAS now (pymanopt pulls both in), so the limit reaches them.
-        import numpy  # noqa: F401
-        import pymanopt  # noqa: F401
-        import scipy.linalg  # noqa: F401
-
         limit_threads(args.threads)
     for name in ("repeats", "tr_repeats", "steps", "rounds"):
         if getattr(args, name, 1) < 1:

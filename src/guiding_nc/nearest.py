@@ -153,6 +153,11 @@ def _polar_gram(A: Tensor) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
 _GRAM_MIN_CLASSES = 32
 
 
+def _check_polar_method(method: str) -> None:
+    if method not in POLAR_METHODS:
+        raise ValueError(f"unknown polar method {method!r}; choose one of {POLAR_METHODS}")
+
+
 def polar_route(A: Tensor, method: str = "auto") -> str:
     """Which algorithm :func:`polar_factor` tries first for ``A`` (before its conditioning is known).
 
@@ -163,8 +168,7 @@ def polar_route(A: Tensor, method: str = "auto") -> str:
     matrix is often too ill-conditioned for the Gram route anyway; on accelerators the
     conditioning test would be a host sync (and the choice is not measured here).
     """
-    if method not in POLAR_METHODS:
-        raise ValueError(f"unknown polar method {method!r}; choose one of {POLAR_METHODS}")
+    _check_polar_method(method)
     if method == "auto":
         use_gram = A.dtype == torch.float64 and A.device.type == "cpu" and A.shape[-1] >= _GRAM_MIN_CLASSES
         return "gram" if use_gram else "svd"
@@ -203,17 +207,21 @@ def polar_factor(A: Tensor, method: str = "auto") -> Tuple[Tensor, Tensor, Tenso
 
     Book: chapter 3, "Speed".
     """
-    route = polar_route(A, method)
-    if route == "gram":
+    return _polar(A, method)[:3]
+
+
+def _polar(A: Tensor, method: str = "auto") -> Tuple[Tensor, Tensor, Tensor, str]:
+    """:func:`polar_factor` plus the route it actually took (``"gram"`` or ``"svd"``)."""
+    if polar_route(A, method) == "gram":
         out = _polar_gram(A)
         if out is not None:
-            return out
+            return (*out, "gram")
         if method == "gram":
             raise ValueError(
                 "A is too ill-conditioned for the Gram route of the polar factor "
                 f"(eps * kappa(A)^2 > {_GRAM_ERROR_BOUND:g}); use method='svd' or 'auto'"
             )
-    return _polar_svd(A)
+    return (*_polar_svd(A), "svd")
 
 
 def polar_vjp(U: Tensor, s: Tensor, V: Tensor, grad_U: Tensor) -> Tensor:
@@ -326,6 +334,11 @@ class _NearestETFFunction(torch.autograd.Function):
         )
 
 
+def _procrustes_matrix(H: Tensor, prox: Tensor, delta: float) -> Tensor:
+    """``A = 2 H M + delta prox`` (d, C): Eq. 7 is ``const - tr(U^T A)`` on the manifold (chapter 3)."""
+    return 2.0 * mul_simplex_etf(H) + delta * prox
+
+
 def _spectrum_at(U: Tensor, A: Tensor) -> Tuple[Tensor, Tensor]:
     # S = sym(U^T A) is diagonalised by the right singular vectors at the optimum;
     # used when U comes from an iterative solver rather than our own SVD.
@@ -393,8 +406,7 @@ def nearest_etf(
     Book: chapter 3 (the solution) and chapter 5 (its gradient).
     """
     _validate(H, prox, delta, method, backward, check)
-    if polar not in POLAR_METHODS:
-        raise ValueError(f"unknown polar method {polar!r}; choose one of {POLAR_METHODS}")
+    _check_polar_method(polar)
     d, C = H.shape
     needs_grad = torch.is_grad_enabled() and (H.requires_grad or (prox is not None and prox.requires_grad))
 
@@ -420,15 +432,14 @@ def nearest_etf(
                 U = _canonical_limit(mul_simplex_etf(Hd), Pd)
                 s = V = None
             else:
-                A = 2.0 * mul_simplex_etf(Hd) + delta * Pd
-                U, s, V = polar_factor(A, polar)
+                U, s, V = polar_factor(_procrustes_matrix(Hd, Pd, delta), polar)
         else:
             from .trust_region import trust_region_solve
 
             U = trust_region_solve(Hd, Pd, delta, initial=Pd, max_iterations=max_iterations)
             s = V = None
             if needs_grad and backward == "closed_form":
-                s, V = _spectrum_at(U, 2.0 * mul_simplex_etf(Hd) + delta * Pd)
+                s, V = _spectrum_at(U, _procrustes_matrix(Hd, Pd, delta))
 
     if needs_grad and backward != "none":
         if s is None:
