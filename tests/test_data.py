@@ -453,6 +453,24 @@ def test_ufm_loader_yields_indices_and_labels():
     assert set().union(*seen[:2]) == set(range(200))
 
 
+def test_ufm_loader_fetches_whole_batches_without_per_sample_calls(monkeypatch):
+    # A full-batch UFM step fetches all N samples through __getitems__ in one call; the batches
+    # are exactly those of the per-sample path (same indices, same labels, same order).
+    ds = ufm_dataset(1000, 10)
+    fast = [b for b in build_loader(ds, 256, seed=3)]
+    calls = []
+    monkeypatch.setattr(IndexDataset, "__getitem__", lambda self, i: calls.append(i) or (int(i), int(self.targets[i])))
+    assert calls == [] and len(fast) == 4
+    monkeypatch.setattr(IndexDataset, "__getitems__", None)  # PyTorch's sign to use __getitem__
+    slow = [b for b in build_loader(ds, 256, seed=3)]
+    assert len(calls) == sum(len(i) for i, _ in fast)
+    for (i1, y1), (i2, y2) in zip(fast, slow):
+        assert i1.dtype == i2.dtype == torch.long and torch.equal(i1, i2) and torch.equal(y1, y2)
+    # A sequential (evaluation) loader over the same dataset also gets whole batches.
+    idx, y = next(iter(build_loader(ds, 1000, shuffle=False)))
+    assert torch.equal(idx, torch.arange(1000)) and torch.equal(y, ds.targets)
+
+
 def test_loader_requires_targets():
     with pytest.raises(ValueError, match="targets"):
         build_loader(torch.utils.data.TensorDataset(torch.zeros(4, 2)), 2)

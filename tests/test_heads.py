@@ -213,3 +213,29 @@ def test_build_head_errors():
         head = build_head(m, 8, 3)
         f, y = _batch(6, 8, 3)
         assert head(f, y).shape == (6, 3)
+
+
+def test_normalize_features_matches_plain_division_and_gradchecks():
+    # The custom backward (projected gradient) equals autograd's through h / max(||h||, eps),
+    # including rows at or below eps, and supports double backward.
+    torch.manual_seed(0)
+    h = torch.randn(7, 5, dtype=torch.float64)
+    h[2] = 0.0
+    h[4] = 1e-14
+    h.requires_grad_(True)
+
+    def plain(x):
+        return x / torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12)
+
+    g = torch.randn(7, 5, dtype=torch.float64)
+    ours, = torch.autograd.grad(normalize_features(h), h, g)
+    ref, = torch.autograd.grad(plain(h), h, g)
+    assert torch.equal(normalize_features(h), plain(h))
+    assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-12)
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(normalize_features, (x,))
+    assert torch.autograd.gradgradcheck(normalize_features, (x,))
+    u = normalize_features(torch.randn(50, 8))
+    assert torch.allclose(u.norm(dim=1), torch.ones(50), atol=1e-6)
+    with pytest.raises(ValueError, match=r"shape \(B, d\)"):
+        normalize_features(torch.randn(3, 4, 5))

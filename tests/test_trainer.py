@@ -220,6 +220,17 @@ def test_nonfinite_stops_with_step_and_keeps_last_checkpoint(tmp_path, method, c
     assert prov["status"].startswith("failed")
 
 
+def test_all_finite_flags_nan_and_inf():
+    from guiding_nc.trainer import _all_finite
+
+    x = torch.randn(30, 7)
+    assert bool(_all_finite(x)) and bool(_all_finite(torch.empty(0, 3)))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        y = x.clone()
+        y[11, 3] = bad
+        assert not bool(_all_finite(y))
+
+
 # ------------------------------------------------------------------------- sweeps
 def test_multi_seed_summary_table(tmp_path):
     out = train(ufm(tmp_path, methods=["fixed", "implicit"], seeds=[0, 1, 2], epochs=2, checkpoint_every=0))

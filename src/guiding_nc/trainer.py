@@ -553,6 +553,15 @@ class StepTimer:
         return out
 
 
+def _all_finite(t: Tensor) -> Tensor:
+    """0-dim bool tensor: every entry of ``t`` is finite.  One reduction pass (min and max
+    propagate NaN and keep +-inf) where ``isfinite(t).all()`` writes a full-size mask first."""
+    if t.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=t.device)
+    lo, hi = torch.aminmax(t)
+    return torch.isfinite(lo) & torch.isfinite(hi)
+
+
 def _peak_memory(device: torch.device) -> Dict[str, float]:
     out: Dict[str, float] = {}
     if device.type == "cuda":
@@ -732,7 +741,7 @@ class Trainer:
         torch.manual_seed(seed)
 
     def _build(self) -> None:
-        from .data import build_dataset, build_loader, ufm_dataset
+        from .data import build_dataset, build_loader, dataset_collate_fn, ufm_dataset
         from .models import build_model
         from .optim import agd_init_, build_optimizer, build_scheduler
 
@@ -820,7 +829,7 @@ class Trainer:
             if wanted and ds is not None:
                 self.eval_loaders[split] = torch.utils.data.DataLoader(
                     ds, batch_sampler=_EvalShardSampler(len(ds), eval_bs, self.rank, self.world_size),
-                    num_workers=cfg.num_workers, pin_memory=pin)
+                    num_workers=cfg.num_workers, pin_memory=pin, collate_fn=dataset_collate_fn(ds))
         self.steps_per_epoch = len(self.train_loader.batch_sampler)
         if self.steps_per_epoch < 1:
             raise ConfigError("the training loader yields no batches (dataset smaller than the batch with drop_last?)")
@@ -1101,7 +1110,7 @@ class Trainer:
                 if "non-finite" in str(exc):
                     self._raise_nonfinite(step, f"non-finite values ({exc})")
                 raise
-            finite = torch.isfinite(loss) & torch.isfinite(features).all()
+            finite = torch.isfinite(loss) & _all_finite(features.detach())
             bad_step = torch.where((bad_step < 0) & ~finite, torch.full_like(bad_step, step), bad_step)
             timer.start("backward")
             self.scaler.scale(loss).backward()
