@@ -91,6 +91,22 @@ def test_tables(quick):
     assert "-dirty: code changes not committed" in plots.provenance_caption(dict(clean, run_commits=["abc-dirty"]))
 
 
+def test_steps_to_fit_and_significant_digit_tables(quick):
+    runs = [{"config": "u", "method": m, "seed": s, "steps": 50} for m in ("standard", "implicit") for s in (0, 1)]
+    summary = {"u/default/standard": {"seeds": [0, 1], "steps_to_fit": {"median": 7.5, "min": 7, "max": 8, "missing": 0}},
+               "u/default/implicit": {"seeds": [0, 1], "steps_to_fit": {"median": 2, "min": 2, "max": 2, "missing": 1}},
+               "u/default/fixed": {"seeds": [0], "steps_to_fit": {"median": None, "min": None, "max": None, "missing": 1}}}
+    md = plots.steps_to_fit_markdown({"long": {"runs": runs, "summary": summary}, "none": {"runs": [], "summary": {}}},
+                                     configs=["u"], titles={"u": "UFM-u"})
+    lines = md.splitlines()
+    assert len(lines) == 3  # a result set without runs of the config adds no row
+    assert lines[2] == "| UFM-u | long | 50 | 7.5 [7, 8] | not fitted (1) | 2 [2, 2], 1 not fitted | 2 |"
+    small = {"u/default/implicit": {"train_nc1": {"median": 1.234e-7, "min": 1e-7, "max": 2e-7}}}
+    md = plots.summary_table_markdown(small, configs=["u"], key_at=["train_nc1"], methods=["implicit"], scale=1.0,
+                                      digits=3, number_format="g")
+    assert md.splitlines()[2] == "| u | train_nc1 | 1.23e-07 [1e-07, 2e-07] |"
+
+
 def test_paper_tables_have_every_experiment_and_method():
     assert len(paper.TABLE1) == len(paper.TABLE2) == 7
     for t in (paper.TABLE1, paper.TABLE2):

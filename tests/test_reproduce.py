@@ -160,6 +160,45 @@ def test_rerun_skips_finished_runs_and_continues_an_interrupted_one(tmp_path, mo
     assert len(list(csv.DictReader((out / "runs.csv").open()))) == 6
 
 
+def test_grid_run_in_slices_merges_into_one_result_directory(tmp_path, monkeypatch):
+    # An experiment too long for one sitting runs slice by slice (--seeds here) into one
+    # directory: each invocation trains only its slice, the files hold every finished run of the
+    # grid in grid order, and the status says "partial" until the whole grid is there.
+    spec = rp.load_experiment(_write(tmp_path, QUICK))
+    out, work = tmp_path / "out", tmp_path / "work"
+    calls = []
+    real = rp.train_run
+    monkeypatch.setattr(rp, "train_run", lambda cfg, **kw: calls.append((cfg.method, cfg.seed)) or real(cfg, **kw))
+    first = rp.run_experiment(spec, out=out, work_dir=work, progress=False, seeds=[1])
+    assert first["status"] == "partial" and sorted(calls) == [("fixed", 1), ("implicit", 1), ("standard", 1)]
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["status"] == "partial" and prov["runs_done"] == 3 and prov["runs_total"] == 6
+    assert prov["runs_from_earlier_invocations"] == []
+    calls.clear()
+    second = rp.run_experiment(spec, out=out, work_dir=work, progress=False, seeds=[0])
+    assert sorted(calls) == [("fixed", 0), ("implicit", 0), ("standard", 0)]  # seed 1 not trained again
+    assert second["status"] == "completed"
+    res = rp.load_results(out)
+    assert [(r["method"], r["seed"]) for r in res["runs"]] == [(m, s) for m in ("standard", "fixed", "implicit")
+                                                                  for s in (0, 1)]
+    assert res["summary"] == json.loads(json.dumps(rp.summarize_records(res["runs"])))
+    assert set(res["step_accuracy"]) == {rp._key(r) for r in res["runs"]}
+    prov = res["provenance"]
+    assert prov["status"] == "completed" and prov["runs_done"] == prov["runs_total"] == 6
+    assert prov["runs_from_earlier_invocations"] == [f"ufm10/default/{m}/1" for m in ("fixed", "implicit", "standard")]
+    # Each run's own command is kept: here both slices were made from Python with no recorded command line.
+    assert [sorted(inv["runs"]) for inv in prov["invocations"]] == [
+        [f"ufm10/default/{m}/{s}" for m in ("fixed", "implicit", "standard")] for s in (1, 0)]
+    assert "--seeds 1" in prov["invocations"][0]["command"] and "--seeds 0" in prov["invocations"][1]["command"]
+    from guiding_nc.plotting.experiments import provenance_caption
+    assert provenance_caption(prov).count("slice   : 3 runs by `python -m guiding_nc.experiments.reproduce") == 2
+    assert {k for inv in prov["invocations"] for k in inv["runs"]} == {rp._key(r) for r in res["runs"]}
+    # A finished run made with other settings is not merged in.
+    calls.clear()
+    third = rp.run_experiment(spec, out=out, work_dir=work, progress=False, seeds=[0], overrides={"delta": 0.5})
+    assert third["status"] == "partial" and len(third["records"]) == 3 and len(calls) == 3
+
+
 def test_changed_config_is_not_served_from_an_old_record(tmp_path, monkeypatch):
     p = _write(tmp_path, QUICK.replace("seeds: [0, 1]", "seeds: [0]").replace("epochs: 12", "epochs: 4")
                .replace("eval_every: 4", "eval_every: 2"))
@@ -234,3 +273,23 @@ def test_committed_results_are_what_their_rows_say(name):
     assert prov["status"] == "completed" and prov["runs_done"] == prov["runs_total"] == len(res["runs"])
     spec = rp.load_experiment(name)
     assert {rp._key(r) for r in res["runs"]} == {rp._key(j) for j in spec.jobs()}
+
+
+def test_committed_slices_of_the_paper_budget_grid_are_consistent():
+    """The paper-budget UFM grid is committed slice by slice: whatever is there agrees with itself,
+    belongs to the grid, and every run is accounted for by one recorded command."""
+    path = rp.results_dir("ufm_scaling")
+    if not (path / "runs.csv").exists():
+        pytest.skip("no committed results for ufm_scaling")
+    res = rp.load_results(path)
+    assert res["summary"] == json.loads(json.dumps(rp.summarize_records(res["runs"])))
+    prov = res["provenance"]
+    keys = {rp._key(r) for r in res["runs"]}
+    spec = rp.load_experiment("ufm_scaling")
+    assert keys <= {rp._key(j) for j in spec.jobs()}
+    assert prov["runs_done"] == len(res["runs"]) and prov["runs_total"] == len(spec.jobs())
+    assert prov["status"] == ("completed" if len(keys) == len(spec.jobs()) else "partial")
+    assert sorted(k for inv in prov["invocations"] for k in inv["runs"]) == sorted(keys)
+    for r in res["runs"]:
+        assert r["status"] == "completed" and r["steps"] == 2000 and r["fitted"] is True
+        assert len(res["step_accuracy"][rp._key(r)]) == 2000

@@ -187,6 +187,11 @@ CLAIMS: List[Dict[str, Any]] = [
      "experiment": "ufm_scaling_cpu", "check": _ufm_steps,
      "rule": "reproduced if the implicit ETF's median steps-to-fit is strictly below both others for every UFM "
              "size run; partly if for some; not reproduced if for none"},
+    {"claim": "The same at the paper's budget: 2000 full-batch steps and 5 seeds per UFM size",
+     "paper": "Fig. 3, Figs. 12-14, §4.1", "experiment": "ufm_scaling", "check": _ufm_steps,
+     "missing": "not run: `python -m guiding_nc.experiments.reproduce ufm_scaling --device cuda` (about 17 h of "
+                "CPU time for UFM-1000 alone on 2 cores)",
+     "rule": "as above, over the UFM sizes whose runs are committed; a grid not yet complete is marked partial"},
     {"claim": "On UFM-10 the implicit ETF's loss approaches the cross-entropy lower bound faster", "paper": "Fig. 2",
      "experiment": "ufm10", "check": _ufm10_loss,
      "rule": "reproduced if the implicit ETF's median train loss is the lowest of the three at steps 10, 50, 100 "

@@ -43,7 +43,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
@@ -285,9 +285,34 @@ def _run_commits(work_dir: Path, keys: Iterable[str]) -> List[str]:
     return seen
 
 
+def _invocations(work_dir: Path, keys: Iterable[str]) -> List[Dict[str, Any]]:
+    """The commands that produced the runs, from each run's own provenance: one entry per
+    (command, commit, device) with its runs, first and last date, in order of first use."""
+    groups: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
+    for k in keys:
+        p = work_dir / k / "provenance.json"
+        if not p.exists():
+            continue
+        prov = json.loads(p.read_text())
+        git = prov.get("git") or {}
+        commit = (git.get("commit") or "unknown")[:12] + ("-dirty" if git.get("dirty") else "")
+        device = str(prov.get("device_name") or prov.get("device") or "?")
+        g = groups.setdefault((str(prov.get("command", "?")), commit, device),
+                              {"command": prov.get("command", "?"), "commit": commit, "device": device,
+                               "num_threads": prov.get("num_threads"), "first_date": prov.get("date"),
+                               "last_date": prov.get("date"), "runs": []})
+        g["runs"].append(k)
+        d = prov.get("date")
+        if d and (g["first_date"] is None or d < g["first_date"]):
+            g["first_date"] = d
+        if d and (g["last_date"] is None or d > g["last_date"]):
+            g["last_date"] = d
+    return sorted(groups.values(), key=lambda g: g["first_date"] or "")
+
+
 def _write_outputs(out: Path, spec: ExperimentSpec, records: Dict[str, Dict[str, Any]], status: str,
                    start: float, mode: str, device: Optional[str], argv: Sequence[str], num_threads,
-                   work_dir: Path) -> None:
+                   work_dir: Path, earlier: Optional[Dict[str, Dict[str, Any]]] = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     recs = list(records.values())
     rows = [r["row"] for r in recs]
@@ -312,6 +337,10 @@ def _write_outputs(out: Path, spec: ExperimentSpec, records: Dict[str, Dict[str,
                "wall_time_s": time.time() - start,
                "runs_wall_time_s": float(sum(r.get("wall_time_s") or 0.0 for r in rows)),
                "run_commits": _run_commits(work_dir, records), "experiment": spec.name, "mode": mode,
+               # Runs that an earlier invocation (its own command, commit and date are in each
+               # run's provenance under work_dir) produced and this one merged in.
+               "runs_from_earlier_invocations": sorted(earlier or {}), "work_dir": str(work_dir),
+               "invocations": _invocations(work_dir, records),
                "seeds": list(spec.seeds), "configs": list(spec.configs), "notes": spec.notes},
     )
     atomic_write_json(out / "provenance.json", prov)
@@ -335,6 +364,7 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
 
     spec = name_or_spec if isinstance(name_or_spec, ExperimentSpec) else load_experiment(name_or_spec)
     spec = spec.quick_spec() if quick else copy.deepcopy(spec)
+    grid = copy.deepcopy(spec)  # the whole grid, before --seeds/--configs/--variants/--methods narrow it
     if seeds is not None:
         spec.seeds = [int(s) for s in seeds]
     if configs is not None:
@@ -356,6 +386,7 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
                 v["methods"] = [m for m in v["methods"] if m in methods]
     if overrides:
         spec.overrides = {**spec.overrides, **overrides}
+        grid.overrides = {**grid.overrides, **overrides}
     mode = "quick" if quick else "full"
     tag = spec.name + ("-quick" if quick else "")
     out = Path(out) if out is not None else (results_dir(spec.name) if not quick
@@ -380,6 +411,12 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
     # Validate every run before the first one starts: a typo fails now, not an hour in.
     cfgs = [_run_config(spec, job, work_dir / _key(job), device, num_threads, progress=False) for job in jobs]
     start = time.time()
+    # Runs of the grid finished by earlier invocations (another --configs/--seeds slice, say) with
+    # the same settings: the result files always hold every finished run, so an experiment too
+    # long for one sitting can be run in slices into one directory.
+    earlier = _finished_records(grid, [j for j in grid.jobs() if _key(j) not in {_key(k) for k in jobs}],
+                                work_dir, device, num_threads)
+    grid_keys = [_key(j) for j in grid.jobs()]
     records: Dict[str, Dict[str, Any]] = {}
     used_device = None
     bar = tqdm(list(zip(jobs, cfgs)), desc=spec.name, disable=not progress, dynamic_ncols=True)
@@ -406,11 +443,35 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
         rec["config_hash"] = h
         atomic_write_json(rec_path, rec, indent=None)
         records[_key(job)] = rec
-        _write_outputs(out, spec, records, "running" if len(records) < len(jobs) else "completed", start, mode,
-                       used_device, argv, num_threads, work_dir)
-    _write_outputs(out, spec, records, "completed", start, mode, used_device, argv, num_threads, work_dir)
-    rows = [r["row"] for r in records.values()]
-    return {"records": list(records.values()), "summary": summarize_records(rows), "out": str(out), "spec": spec}
+        if len(records) < len(jobs):
+            _write_outputs(out, grid, _in_grid_order(grid_keys, records, earlier), "running", start, mode,
+                           used_device, argv, num_threads, work_dir, earlier)
+    merged = _in_grid_order(grid_keys, records, earlier)
+    status = "completed" if len(merged) == len(grid_keys) else "partial"
+    _write_outputs(out, grid, merged, status, start, mode, used_device, argv, num_threads, work_dir, earlier)
+    rows = [r["row"] for r in merged.values()]
+    return {"records": list(merged.values()), "summary": summarize_records(rows), "out": str(out), "spec": spec,
+            "status": status}
+
+
+def _finished_records(spec: ExperimentSpec, jobs: Sequence[Dict[str, Any]], work_dir: Path, device: str,
+                      num_threads) -> Dict[str, Dict[str, Any]]:
+    """Records of ``jobs`` already finished in ``work_dir`` with exactly their settings."""
+    found: Dict[str, Dict[str, Any]] = {}
+    for job in jobs:
+        rec_path = work_dir / _key(job) / "record.json"
+        if not rec_path.exists():
+            continue
+        rec = json.loads(rec_path.read_text())
+        cfg = _run_config(spec, job, work_dir / _key(job), device, num_threads, progress=False)
+        if rec.get("config_hash") == _hash(cfg):
+            found[_key(job)] = rec
+    return found
+
+
+def _in_grid_order(keys: Sequence[str], *parts: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    have = {k: v for part in parts for k, v in part.items()}
+    return {k: have[k] for k in keys if k in have}
 
 
 def _hash(cfg) -> str:
@@ -507,6 +568,10 @@ def main(argv=None) -> int:
                          argv=["python", "-m", MODULE, *(sys.argv[1:] if argv is None else argv)])
     print(format_summary(res["summary"], ("train_top1", "test_top1", "steps_to_fit", "train_nc1", "wall_time_s")))
     print(f"saved {res['out']}")
+    if res["status"] == "partial":
+        prov = json.loads((Path(res["out"]) / "provenance.json").read_text())
+        print(f"partial: {prov['runs_done']} of {prov['runs_total']} runs of the {res['spec'].name} grid are finished; "
+              "run the other slices (or the whole grid) with the same --out and --work-dir to add the rest")
     return 0
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "plot_delta_sensitivity",
     "plot_cost",
     "summary_table_markdown",
+    "steps_to_fit_markdown",
     "paper_table_markdown",
     "cost_table_markdown",
     "provenance_caption",
@@ -342,26 +343,62 @@ def plot_cost(rows: Sequence[Mapping[str, Any]], *, configs: Sequence[str]) -> F
     return fig
 
 
-def _cell(summary: Mapping[str, Any], group: str, key: str, scale: float = 100.0, digits: int = 2) -> str:
+def _cell(summary: Mapping[str, Any], group: str, key: str, scale: float = 100.0, digits: int = 2,
+          number_format: str = "f") -> str:
     c = summary.get(group, {}).get(key)
     if not c or c.get("median") is None:
         return "–"
-    return f"{scale * c['median']:.{digits}f} [{scale * c['min']:.{digits}f}, {scale * c['max']:.{digits}f}]"
+    f = f".{digits}{number_format}"
+    return f"{scale * c['median']:{f}} [{scale * c['min']:{f}}, {scale * c['max']:{f}}]"
 
 
 def summary_table_markdown(summary: Mapping[str, Any], *, configs: Sequence[str], key_at: Sequence[str],
                            methods: Sequence[str] = ("standard", "fixed", "implicit"), variant: str = "default",
-                           titles: Optional[Mapping[str, str]] = None, scale: float = 100.0, digits: int = 2) -> str:
+                           titles: Optional[Mapping[str, str]] = None, scale: float = 100.0, digits: int = 2,
+                           number_format: str = "f") -> str:
     """A Markdown table shaped like the paper's Tables 1-2: one row per (config, metric@epoch),
-    one column per method, cells ``median [min, max]`` over seeds."""
+    one column per method, cells ``median [min, max]`` over seeds (``scale`` times the value,
+    ``digits`` after the point, or significant digits with ``number_format="g"``)."""
     head = "| experiment | metric | " + " | ".join(METHOD_LABELS.get(m, m) for m in methods) + " |"
     lines = [head, "|---|---|" + "---:|" * len(methods)]
     for cfg in configs:
         for key in key_at:
-            cells = [_cell(summary, f"{cfg}/{variant}/{m}", key, scale, digits) for m in methods]
+            cells = [_cell(summary, f"{cfg}/{variant}/{m}", key, scale, digits, number_format) for m in methods]
             if all(c == "–" for c in cells):
                 continue
             lines.append(f"| {(titles or {}).get(cfg, cfg)} | {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def steps_to_fit_markdown(results: Mapping[str, Mapping[str, Any]], *, configs: Sequence[str],
+                          methods: Sequence[str] = ("standard", "fixed", "implicit"),
+                          titles: Optional[Mapping[str, str]] = None) -> str:
+    """Steps to 100% train accuracy, ``median [min, max]`` over seeds, one row per (config, result set).
+
+    ``results``: ``{label: loaded results}`` (what :func:`guiding_nc.experiments.reproduce.load_results`
+    returns), e.g. the same runs at two step budgets.  A run that never fits within its budget is
+    counted in a "not fitted" note, never given a number.
+    """
+    lines = ["| UFM | runs | steps budget | " + " | ".join(METHOD_LABELS.get(m, m) for m in methods) + " | seeds |",
+             "|---|---|---:|" + "---:|" * len(methods) + "---:|"]
+    for c in configs:
+        for label, res in results.items():
+            runs = [r for r in res["runs"] if r["config"] == c]
+            if not runs:
+                continue
+            cells, seeds = [], set()
+            for m in methods:
+                cell = res["summary"].get(f"{c}/default/{m}", {})
+                stf = cell.get("steps_to_fit")
+                seeds |= set(cell.get("seeds", []))
+                if not stf or stf["median"] is None:
+                    cells.append(f"not fitted ({stf['missing'] if stf else '?'})")
+                else:
+                    extra = f", {stf['missing']} not fitted" if stf["missing"] else ""
+                    cells.append(f"{stf['median']:g} [{stf['min']:g}, {stf['max']:g}]{extra}")
+            budget = max(r["steps"] for r in runs)
+            lines.append(f"| {(titles or {}).get(c, c)} | {label} | {budget} | " + " | ".join(cells)
+                         + f" | {len(seeds)} |")
     return "\n".join(lines)
 
 
@@ -412,6 +449,12 @@ def provenance_caption(prov: Mapping[str, Any]) -> str:
                      f"{prov.get('runs_done', '?')} of {prov.get('runs_total', '?')} runs")
     elif prov.get("wall_time_s") is not None:
         lines.append(f"wall    : {float(prov['wall_time_s']) / 60:.1f} min")
+    invocations = prov.get("invocations") or []
+    if len(invocations) > 1:  # the grid was run in slices: say which command made which runs
+        for inv in invocations:
+            lines.append(f"slice   : {len(inv['runs'])} runs by `{inv['command']}` at {inv['commit']} on "
+                         f"{inv['device']}, {inv.get('num_threads') or '?'} thread(s), "
+                         f"{str(inv.get('first_date', '?'))[:10]}")
     if prov.get("seeds") is not None:
         lines.append(f"seeds   : {prov['seeds']}")
     if prov.get("notes"):
