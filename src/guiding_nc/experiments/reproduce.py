@@ -28,7 +28,11 @@ every run so an interrupted experiment keeps everything it finished:
 
 Each run also keeps its own directory under ``--work-dir`` (checkpoints, the trainer's own
 files and a ``record.json`` once it finished); rerunning the same command continues a killed
-run from its last checkpoint and skips finished ones.  Book: the experiment chapters.
+run from its last checkpoint and skips finished ones.  A grid too long for one sitting can be
+run in slices (``--configs``/``--seeds``/``--methods``) with the same ``--out`` and ``--work-dir``:
+the files then hold every finished run of the whole grid whose settings match, the provenance
+lists each slice's command under ``invocations``, and its status is ``partial`` until the grid is
+complete.  Book: the experiment chapters.
 """
 from __future__ import annotations
 
