@@ -466,6 +466,15 @@ def test_ufm_loader_fetches_whole_batches_without_per_sample_calls(monkeypatch):
     assert len(calls) == sum(len(i) for i, _ in fast)
     for (i1, y1), (i2, y2) in zip(fast, slow):
         assert i1.dtype == i2.dtype == torch.long and torch.equal(i1, i2) and torch.equal(y1, y2)
+    import pickle
+
+    from guiding_nc.data import IndexBatch
+
+    b = pickle.loads(pickle.dumps(IndexBatch(torch.arange(3), torch.zeros(3, dtype=torch.long))))
+    assert isinstance(b, IndexBatch) and torch.equal(b[0], torch.arange(3))
+    monkeypatch.undo()
+    workers = [b for b in build_loader(ds, 256, seed=3, num_workers=1)]
+    assert all(torch.equal(a[0], w[0]) and torch.equal(a[1], w[1]) for a, w in zip(fast, workers))
     # A sequential (evaluation) loader over the same dataset also gets whole batches.
     idx, y = next(iter(build_loader(ds, 1000, shuffle=False)))
     assert torch.equal(idx, torch.arange(1000)) and torch.equal(y, ds.targets)

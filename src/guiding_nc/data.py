@@ -236,6 +236,9 @@ class IndexBatch(tuple):
     def __new__(cls, idx: Tensor, y: Tensor):
         return super().__new__(cls, (idx, y))
 
+    def __getnewargs__(self):  # pickling (DataLoader workers) rebuilds it from its two tensors
+        return tuple(self)
+
 
 def collate_index_batch(batch: Any):
     """Collate function for :class:`IndexDataset` loaders: an :class:`IndexBatch` is returned as
