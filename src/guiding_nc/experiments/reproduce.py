@@ -418,9 +418,11 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
     # Runs of the grid finished by earlier invocations (another --configs/--seeds slice, say) with
     # the same settings: the result files always hold every finished run, so an experiment too
     # long for one sitting can be run in slices into one directory.
-    earlier = _finished_records(grid, [j for j in grid.jobs() if _key(j) not in {_key(k) for k in jobs}],
-                                work_dir, device, num_threads)
-    grid_keys = [_key(j) for j in grid.jobs()]
+    grid_jobs = grid.jobs()
+    grid_keys = [_key(j) for j in grid_jobs]
+    this_slice = {_key(j) for j in jobs}
+    earlier = _finished_records(grid, [j for j in grid_jobs if _key(j) not in this_slice], work_dir, device,
+                                num_threads)
     records: Dict[str, Dict[str, Any]] = {}
     used_device = None
     bar = tqdm(list(zip(jobs, cfgs)), desc=spec.name, disable=not progress, dynamic_ncols=True)
