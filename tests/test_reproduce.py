@@ -200,6 +200,52 @@ def test_grid_run_in_slices_merges_into_one_result_directory(tmp_path, monkeypat
     assert third["status"] == "partial" and len(third["records"]) == 3 and len(calls) == 3
 
 
+def test_concurrent_slices_do_not_overwrite_each_other(tmp_path, monkeypatch):
+    # Two slices at the same time: slice B (seed 0) starts after slice A (seed 1) and finishes
+    # while A is still training.  A's last write must still hold B's runs: every write re-reads
+    # the work directory under a lock on the result directory.
+    spec = rp.load_experiment(_write(tmp_path, QUICK))
+    out, work = tmp_path / "out", tmp_path / "work"
+    real = rp.train_run
+    state = {"b_done": False}
+
+    def train_a(cfg, **kw):
+        if not state["b_done"]:
+            state["b_done"] = True
+            monkeypatch.setattr(rp, "train_run", real)
+            rp.run_experiment(spec, out=out, work_dir=work, progress=False, seeds=[0])  # slice B, whole
+            assert rp.load_results(out)["provenance"]["runs_done"] == 3
+            monkeypatch.setattr(rp, "train_run", train_a)
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(rp, "train_run", train_a)
+    a = rp.run_experiment(spec, out=out, work_dir=work, progress=False, seeds=[1])
+    assert a["status"] == "completed" and len(a["records"]) == 6
+    res = rp.load_results(out)
+    assert res["provenance"]["status"] == "completed" and len(res["runs"]) == 6
+    assert sorted(res["provenance"]["runs_from_earlier_invocations"]) == [
+        f"ufm10/default/{m}/0" for m in ("fixed", "implicit", "standard")]
+    assert list(out.iterdir()) and not [p for p in out.iterdir() if p.name.startswith(".")]  # no lock file left
+
+
+def test_result_directory_lock_is_exclusive(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    import os
+
+    with rp._locked(tmp_path):
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released on leaving the block
+    finally:
+        os.close(fd)
+
+
 def test_changed_config_is_not_served_from_an_old_record(tmp_path, monkeypatch):
     p = _write(tmp_path, QUICK.replace("seeds: [0, 1]", "seeds: [0]").replace("epochs: 12", "epochs: 4")
                .replace("eval_every: 4", "eval_every: 2"))

@@ -32,7 +32,9 @@ run from its last checkpoint and skips finished ones.  A grid too long for one s
 run in slices (``--configs``/``--seeds``/``--methods``) with the same ``--out`` and ``--work-dir``:
 the files then hold every finished run of the whole grid whose settings match, the provenance
 lists each slice's command under ``invocations``, and its status is ``partial`` until the grid is
-complete.  Book: the experiment chapters.
+complete.  Slices may also run at the same time (one process per core, say): each write takes a
+lock on ``--out`` and re-reads the work directory under it, so the last write holds every run
+finished by then.  Book: the experiment chapters.
 """
 from __future__ import annotations
 
@@ -415,14 +417,13 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
     # Validate every run before the first one starts: a typo fails now, not an hour in.
     cfgs = [_run_config(spec, job, work_dir / _key(job), device, num_threads, progress=False) for job in jobs]
     start = time.time()
-    # Runs of the grid finished by earlier invocations (another --configs/--seeds slice, say) with
-    # the same settings: the result files always hold every finished run, so an experiment too
-    # long for one sitting can be run in slices into one directory.
+    # Runs of the grid outside this slice, finished by other invocations (earlier or concurrent
+    # --configs/--seeds slices) with the same settings, are merged in at every write: the result
+    # files always hold every finished run, so a grid can be run in slices into one directory.
     grid_jobs = grid.jobs()
     grid_keys = [_key(j) for j in grid_jobs]
     this_slice = {_key(j) for j in jobs}
-    earlier = _finished_records(grid, [j for j in grid_jobs if _key(j) not in this_slice], work_dir, device,
-                                num_threads)
+    others = [j for j in grid_jobs if _key(j) not in this_slice]
     records: Dict[str, Dict[str, Any]] = {}
     used_device = None
     bar = tqdm(list(zip(jobs, cfgs)), desc=spec.name, disable=not progress, dynamic_ncols=True)
@@ -450,14 +451,65 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
         atomic_write_json(rec_path, rec, indent=None)
         records[_key(job)] = rec
         if len(records) < len(jobs):
-            _write_outputs(out, grid, _in_grid_order(grid_keys, records, earlier), "running", start, mode,
-                           used_device, argv, num_threads, work_dir, earlier)
-    merged = _in_grid_order(grid_keys, records, earlier)
-    status = "completed" if len(merged) == len(grid_keys) else "partial"
-    _write_outputs(out, grid, merged, status, start, mode, used_device, argv, num_threads, work_dir, earlier)
+            _write_merged(out, grid, grid_keys, records, others, "running", start, mode, used_device, argv,
+                          num_threads, work_dir, device)
+    merged, status = _write_merged(out, grid, grid_keys, records, others, None, start, mode, used_device, argv,
+                                   num_threads, work_dir, device)
     rows = [r["row"] for r in merged.values()]
     return {"records": list(merged.values()), "summary": summarize_records(rows), "out": str(out), "spec": spec,
             "status": status}
+
+
+def _write_merged(out: Path, grid: ExperimentSpec, grid_keys: Sequence[str], records: Dict[str, Dict[str, Any]],
+                  others: Sequence[Dict[str, Any]], status: Optional[str], start: float, mode: str,
+                  used_device: Optional[str], argv: Sequence[str], num_threads, work_dir: Path,
+                  device: str) -> Tuple[Dict[str, Dict[str, Any]], str]:
+    """Write this invocation's runs merged with every other finished run of the grid.
+
+    The other runs are re-read from ``work_dir`` under an exclusive lock on ``out``, so slices
+    running at the same time cannot overwrite each other's runs: whichever writes last read the
+    work directory last, after every other slice had saved its finished runs' records.
+    ``status`` ``None`` means the invocation is over: ``completed`` or ``partial`` by the grid.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    with _locked(out):
+        earlier = _finished_records(grid, others, work_dir, device, num_threads)
+        merged = _in_grid_order(grid_keys, records, earlier)
+        if status is None:
+            status = "completed" if len(merged) == len(grid_keys) else "partial"
+        _write_outputs(out, grid, merged, status, start, mode, used_device, argv, num_threads, work_dir, earlier)
+    return merged, status
+
+
+class _locked:
+    """An exclusive advisory lock (``fcntl.flock``) on the directory ``path`` for a ``with`` block,
+    so no lock file is left among the results; a no-op where ``fcntl`` does not exist (Windows),
+    where slices must then not run at the same time."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd: Optional[int] = None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        import os
+
+        self.fd = os.open(self.path, os.O_RDONLY)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            import fcntl
+            import os
+
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+        return False
 
 
 def _finished_records(spec: ExperimentSpec, jobs: Sequence[Dict[str, Any]], work_dir: Path, device: str,
