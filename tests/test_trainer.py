@@ -288,6 +288,18 @@ def test_git_info_dirty_means_code_not_results(tmp_path):
     (tmp_path / "data" / "results").mkdir(parents=True)
     (tmp_path / "data" / "results" / "runs.csv").write_text("a\n")  # an output: not dirty
     assert git_info(tmp_path)["dirty"] is False
+    # A committed result file that a grid rewrites after every run: still not dirty.
+    git("add", "data/results/runs.csv")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "results")
+    (tmp_path / "data" / "results" / "runs.csv").write_text("a\nb\n")
+    assert git_info(tmp_path)["dirty"] is False
+    (tmp_path / "data" / "shipped.csv").write_text("z\n")  # tracked data outside results: dirty once changed
+    git("add", "data/shipped.csv")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "data")
+    (tmp_path / "data" / "shipped.csv").write_text("w\n")
+    assert git_info(tmp_path)["dirty"] is True
+    git("checkout", "-q", "data/shipped.csv")
+    assert git_info(tmp_path)["dirty"] is False
     (tmp_path / "src" / "new.py").write_text("y = 2\n")  # untracked code: dirty
     assert git_info(tmp_path / "data")["dirty"] is True
     (tmp_path / "src" / "new.py").unlink()

@@ -99,16 +99,18 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
 
 # Untracked files here can change what runs; elsewhere (results, notebooks' outputs) they cannot.
 _CODE_DIRS = ("src/", "configs/")
+_RESULTS_DIR = "data/results/"  # outputs: a modified result file does not make the code dirty
 
 
 def git_info(path: Optional[PathLike] = None) -> Dict[str, Any]:
     """``{"commit": sha or None, "dirty": bool or None, "branch": name or None}`` of the repo at ``path``.
 
     ``commit`` is ``None`` outside a git checkout or before the first commit.  ``dirty`` is True
-    when a tracked file differs from the commit, or when an untracked (and not ignored) file lies
-    under ``src/`` or ``configs/``: what could make the code that ran differ from ``commit``.
-    Untracked results elsewhere (say, a ``data/results/`` folder an earlier run just wrote) do
-    not count, so a grid of runs does not mark its own later runs dirty.
+    when a tracked file outside ``data/results/`` differs from the commit, or when an untracked
+    (and not ignored) file lies under ``src/`` or ``configs/``: what could make the code that ran
+    differ from ``commit``.  Results do not count, tracked or not (``data/results/``, or an
+    untracked folder an earlier run just wrote): nothing that trains reads them, and a grid
+    writing its committed result files after every run must not mark its own later runs dirty.
     """
     cwd = str(path) if path is not None else str(Path(__file__).resolve().parent)
 
@@ -117,7 +119,8 @@ def git_info(path: Optional[PathLike] = None) -> Dict[str, Any]:
             out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
         except (OSError, subprocess.SubprocessError):
             return None
-        return out.stdout.strip() if out.returncode == 0 else None
+        # Only trailing whitespace goes: a porcelain line starts with a meaningful blank (" M path").
+        return out.stdout.rstrip() if out.returncode == 0 else None
 
     commit = run("rev-parse", "HEAD")
     # Porcelain paths are relative to the repository root, wherever git runs from.
@@ -126,7 +129,12 @@ def git_info(path: Optional[PathLike] = None) -> Dict[str, Any]:
     dirty = None
     if status is not None:
         lines = [ln for ln in status.splitlines() if ln.strip()]
-        dirty = any(not ln.startswith("??") or ln[3:].strip('"').startswith(_CODE_DIRS) for ln in lines)
+
+        def code(ln: str) -> bool:
+            path = ln[3:].split(" -> ")[-1].strip('"')
+            return path.startswith(_CODE_DIRS) if ln.startswith("??") else not path.startswith(_RESULTS_DIR)
+
+        dirty = any(code(ln) for ln in lines)
     return {"commit": commit, "dirty": dirty, "branch": branch}
 
 
