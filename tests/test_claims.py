@@ -33,6 +33,16 @@ def test_ufm_steps_rule():
     cells.update({f"u2/default/{m}": {"steps_to_fit": v} for m, v in slow.items()})
     r = claims._ufm_steps(_res(cells, ["u1", "u2"]))
     assert r["verdict"] == "partly" and "u2" in r["measured"]
+    # A size whose grid slice has some methods only (implicit not run yet) is not evidence either
+    # way; a method that ran and never fitted is (it counts against the claim).
+    part = {f"u1/default/{m}": {"steps_to_fit": v} for m, v in fast.items()}
+    part.update({f"u3/default/{m}": {"steps_to_fit": fast[m]} for m in ("standard", "fixed")})
+    r = claims._ufm_steps(_res(part, ["u1", "u3"]))
+    assert r["verdict"] == "reproduced" and "u3: not compared yet (implicit not run)" in r["measured"]
+    res = _res(part, ["u1", "u3"])
+    res["summary"]["u3/default/implicit"] = {"seeds": [0]}  # ran, never reached 100% within the budget
+    r = claims._ufm_steps(res)
+    assert r["verdict"] == "partly" and "never fitted" in r["measured"]
 
 
 def test_real_variance_rule_needs_the_smallest_range():
