@@ -246,6 +246,18 @@ def test_result_directory_lock_is_exclusive(tmp_path):
         os.close(fd)
 
 
+def test_result_directory_lock_refused_warns_and_goes_on(tmp_path, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")
+
+    def refuse(fd, op):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    with pytest.warns(UserWarning, match="cannot lock .*No locks available"):
+        with rp._locked(tmp_path) as lock:
+            assert lock.fd is None  # nothing held, nothing to release
+
+
 def test_changed_config_is_not_served_from_an_old_record(tmp_path, monkeypatch):
     p = _write(tmp_path, QUICK.replace("seeds: [0, 1]", "seeds: [0]").replace("epochs: 12", "epochs: 4")
                .replace("eval_every: 4", "eval_every: 2"))

@@ -483,8 +483,9 @@ def _write_merged(out: Path, grid: ExperimentSpec, grid_keys: Sequence[str], rec
 
 class _locked:
     """An exclusive advisory lock (``fcntl.flock``) on the directory ``path`` for a ``with`` block,
-    so no lock file is left among the results; a no-op where ``fcntl`` does not exist (Windows),
-    where slices must then not run at the same time."""
+    so no lock file is left among the results.  A no-op where ``fcntl`` does not exist (Windows),
+    and with a warning where the file system refuses the lock: slices must then not run at the
+    same time."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -497,8 +498,17 @@ class _locked:
             return self
         import os
 
-        self.fd = os.open(self.path, os.O_RDONLY)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+            import warnings
+
+            warnings.warn(f"cannot lock {self.path} ({exc}); do not run slices into it at the same time",
+                          stacklevel=2)
         return self
 
     def __exit__(self, *exc):
