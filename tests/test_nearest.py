@@ -453,3 +453,66 @@ def test_condition_number_at_collapse(C, delta):
     s = torch.linalg.svdvals(2 * gnc.mul_simplex_etf(H) + delta * R)
     assert abs(float(s[-1]) - delta) < 1e-12
     assert abs(float(s[0] / s[-1]) - (1 + 2 / ((C - 1) * delta))) < 1e-8 * float(s[0] / s[-1])
+
+
+def _failing_svd(fail_dtypes):
+    """torch.linalg.svd that raises LAPACK's convergence error for the given dtypes."""
+    real = torch.linalg.svd
+
+    def svd(A, *args, **kwargs):
+        if A.dtype in fail_dtypes:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge (simulated)")
+        return real(A, *args, **kwargs)
+
+    return svd
+
+
+def _collapsed_problem(d, C, delta, seed, noise=1e-6):
+    """A = 2 H M + delta P with H collapsed onto an ETF: C - 1 (nearly) equal singular values."""
+    g = torch.Generator().manual_seed(seed)
+    R = gnc.random_point(d, C, generator=g, dtype=F64)
+    H = gnc.mul_simplex_etf(R)
+    H = H / H.norm() + noise * torch.randn(d, C, generator=g, dtype=F64)
+    return H, R
+
+
+@pytest.mark.parametrize("fail", [{torch.float32}, {torch.float32, F64}])
+def test_polar_factor_survives_an_svd_that_does_not_converge(monkeypatch, fail):
+    # A long UFM-1000 run stopped on this: float32 SVD of a collapsed A raised LinAlgError.
+    d, C, delta = 80, 60, 1e-3
+    H, R = _collapsed_problem(d, C, delta, 11)
+    A = 2.0 * gnc.mul_simplex_etf(H) + delta * R
+    U_ref, s_ref, _ = gnc.polar_factor(A, "svd")
+    monkeypatch.setattr(torch.linalg, "svd", _failing_svd(fail))
+    with pytest.warns(RuntimeWarning, match="did not converge on a \\(80, 60\\) torch.float32 matrix"):
+        U, s, V = gnc.polar_factor(A.float(), "svd")
+    assert U.dtype == s.dtype == V.dtype == torch.float32
+    assert (U.double() - U_ref).abs().max() < 1e-5
+    assert (s.double() - s_ref).abs().max() < 1e-5 * s_ref[0]
+    assert (U.T @ U - torch.eye(C)).abs().max() < 1e-5
+    # The spectrum the adjoint needs is consistent: U^T A = V diag(s) V^T.
+    assert ((V * s) @ V.T - U.T @ A.float()).abs().max() < 1e-5
+
+
+def test_nearest_etf_trains_through_an_svd_that_does_not_converge(monkeypatch):
+    d, C, delta = 48, 30, 1e-3
+    H, R = _collapsed_problem(d, C, delta, 12)
+    H, R = H.float(), R.float()
+    U_ref = gnc.nearest_etf(H, R, delta, polar="svd")
+    Hg = H.clone().requires_grad_()
+    G = torch.randn(d, C, generator=torch.Generator().manual_seed(3))
+    g_ref = torch.autograd.grad((gnc.nearest_etf(Hg, R, delta, polar="svd") * G).sum(), Hg)[0]
+    monkeypatch.setattr(torch.linalg, "svd", _failing_svd({torch.float32}))
+    with pytest.warns(RuntimeWarning, match="retrying in float64"):
+        U = gnc.nearest_etf(Hg, R, delta, polar="svd")
+    g = torch.autograd.grad((U * G).sum(), Hg)[0]
+    assert (U - U_ref).abs().max() < 1e-5
+    assert torch.isfinite(g).all() and (g - g_ref).abs().max() < 1e-3 * g_ref.abs().max()
+
+
+def test_polar_factor_of_a_rank_deficient_matrix_names_the_problem(monkeypatch):
+    A = torch.zeros(10, 4)
+    A[:, :3] = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(torch.linalg, "svd", _failing_svd({torch.float32, F64}))
+    with pytest.warns(RuntimeWarning), pytest.raises(torch.linalg.LinAlgError, match="rank-deficient"):
+        gnc.polar_factor(A, "svd")

@@ -39,6 +39,7 @@ implicit-function (KKT) formula is kept as a reference in
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -134,8 +135,45 @@ _GRAM_ERROR_BOUND = 1e-11
 
 
 def _polar_svd(A: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    Y, s, Vh = torch.linalg.svd(A, full_matrices=False)
+    Y, s, Vh = _thin_svd(A)
     return Y @ Vh, s, Vh.transpose(-1, -2)
+
+
+def _thin_svd(A: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """``torch.linalg.svd(A, full_matrices=False)`` that survives LAPACK's convergence failures.
+
+    In float32 the divide-and-conquer SVD can fail to converge on a matrix whose singular
+    values are (nearly) all equal, which is what ``A = 2 H M + delta P`` becomes once the
+    features have collapsed onto an ETF (``C - 1`` equal singular values, one of size
+    ``delta``): a long UFM-1000 run reaches it.  The retry computes the same factorisation
+    in float64 (and, should that fail too, from the eigendecomposition of the float64 Gram
+    matrix, which repeated eigenvalues do not trouble) and rounds back to ``A``'s dtype.
+    """
+    try:
+        return torch.linalg.svd(A, full_matrices=False)
+    except torch.linalg.LinAlgError as first:
+        failure = first
+    warnings.warn(
+        f"torch.linalg.svd did not converge on a {tuple(A.shape)} {A.dtype} matrix "
+        "(repeated singular values, as at neural collapse); retrying in float64",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    A64 = A.to(torch.float64)
+    try:
+        Y, s, Vh = torch.linalg.svd(A64, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        lam, V = torch.linalg.eigh(A64.transpose(-1, -2) @ A64)
+        lam, V = lam.flip(-1), V.flip(-1)
+        if not float(lam[-1]) > 0:
+            raise torch.linalg.LinAlgError(
+                f"the polar factor of a {tuple(A.shape)} matrix is undefined: the SVD did not converge "
+                f"({failure}) and A is rank-deficient (smallest squared singular value {float(lam[-1]):.3g}); "
+                "with delta > 0 this means non-finite or degenerate class means"
+            ) from failure
+        s = lam.sqrt()
+        Y, Vh = (A64 @ V) / s, V.transpose(-1, -2)
+    return Y.to(A.dtype), s.to(A.dtype), Vh.to(A.dtype)
 
 
 def _polar_gram(A: Tensor) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
@@ -266,7 +304,7 @@ def _canonical_limit(HM: Tensor, E: Tensor) -> Tensor:
     closest to ``E``.  Book: chapter 3, "A family of solutions".
     """
     d, C = HM.shape
-    Y, s, Vh = torch.linalg.svd(HM, full_matrices=False)
+    Y, s, Vh = _thin_svd(HM)
     V = Vh.transpose(-1, -2)
     eps = torch.finfo(HM.dtype).eps
     tol = max(d, C) * eps * (float(s[0]) if s.numel() else 0.0)
@@ -278,7 +316,7 @@ def _canonical_limit(HM: Tensor, E: Tensor) -> Tensor:
     Yr = Y[:, :r]
     B = E @ N
     B = B - Yr @ (Yr.transpose(-1, -2) @ B)
-    Yb, sb, Vbh = torch.linalg.svd(B, full_matrices=False)
+    Yb, sb, Vbh = _thin_svd(B)
     rb = int((sb > max(d, C) * eps * max(1.0, float(sb[0]))).sum())
     if rb < B.shape[1]:
         # E N meets the fixed part: complete the frame deterministically with
