@@ -228,6 +228,78 @@ def test_concurrent_slices_do_not_overwrite_each_other(tmp_path, monkeypatch):
     assert list(out.iterdir()) and not [p for p in out.iterdir() if p.name.startswith(".")]  # no lock file left
 
 
+def _files(out):
+    return {name: (out / name).read_text() for name in ("runs.csv", "curves.csv", "step_accuracy.json", "margins.json")}
+
+
+def test_a_slice_in_a_fresh_clone_keeps_the_committed_runs(tmp_path, monkeypatch):
+    # Committed results come without the work directory that made them (it stays on the machine
+    # that ran them).  A later slice run from a fresh clone must keep those runs in the files, not
+    # rewrite the files with only the runs its own work directory holds, and must not train them again.
+    spec = rp.load_experiment(_write(tmp_path, QUICK))
+    out = tmp_path / "out"
+    rp.run_experiment(spec, out=out, work_dir=tmp_path / "work_a", progress=False, seeds=[1])
+    before = rp.load_results(out)
+    first_command = before["provenance"]["command"]
+    assert set(before["provenance"]["run_sources"]) == {f"ufm10/default/{m}/1" for m in ("standard", "fixed", "implicit")}
+    calls = []
+    real = rp.train_run
+    monkeypatch.setattr(rp, "train_run", lambda cfg, **kw: calls.append((cfg.method, cfg.seed)) or real(cfg, **kw))
+    res = rp.run_experiment(spec, out=out, work_dir=tmp_path / "work_b", progress=False)  # the whole grid
+    assert sorted(calls) == [("fixed", 0), ("implicit", 0), ("standard", 0)]  # seed 1 is in the files already
+    assert res["status"] == "completed" and len(res["records"]) == 6
+    after = rp.load_results(out)
+    assert len(after["runs"]) == 6
+    seed1 = lambda rows: [r for r in rows if r["seed"] == 1]
+    assert seed1(after["runs"]) == seed1(before["runs"])  # kept exactly: every column, every value
+    assert seed1(after["curves"]) == seed1(before["curves"])
+    for k in before["step_accuracy"]:
+        assert after["step_accuracy"][k] == before["step_accuracy"][k]
+        assert after["margins"][k] == before["margins"][k]
+    assert after["summary"] == json.loads(json.dumps(rp.summarize_records(after["runs"])))
+    prov = after["provenance"]
+    kept = [f"ufm10/default/{m}/1" for m in ("fixed", "implicit", "standard")]
+    assert prov["runs_kept_from_results"] == kept and prov["runs_from_earlier_invocations"] == kept
+    # Each run still names the command, commit and settings hash that made it.
+    assert {inv["command"] for inv in prov["invocations"]} == {first_command, prov["command"]}
+    assert all(prov["run_sources"][k]["settings_hash"] for k in prov["run_sources"])
+    assert prov["run_sources"]["ufm10/default/fixed/1"]["command"] == first_command
+    # Rewriting the files again from a third, empty work directory changes no run.
+    snapshot = _files(out)
+    rp.run_experiment(spec, out=out, work_dir=tmp_path / "work_c", progress=False)
+    assert _files(out) == snapshot
+
+
+def test_committed_runs_with_other_settings_are_not_kept(tmp_path):
+    spec = rp.load_experiment(_write(tmp_path, QUICK))
+    out = tmp_path / "out"
+    rp.run_experiment(spec, out=out, work_dir=tmp_path / "work_a", progress=False, seeds=[1])
+    with pytest.warns(UserWarning, match="3 run\\(s\\) not made with the settings of experiment 'exp'"):
+        res = rp.run_experiment(spec, out=out, work_dir=tmp_path / "work_b", progress=False, seeds=[0],
+                                overrides={"delta": 0.5})
+    assert res["status"] == "partial" and {r["row"]["seed"] for r in res["records"]} == {0}
+    assert rp.load_results(out)["provenance"]["runs_kept_from_results"] == []
+
+
+def test_result_files_from_before_settings_hashes_are_kept_only_for_the_same_spec(tmp_path):
+    # Files written before run_sources existed carry no per-run settings hash: their runs are kept
+    # when the experiment spec recorded in the file is the present one, and refused otherwise.
+    spec = rp.load_experiment(_write(tmp_path, QUICK))
+    out = tmp_path / "out"
+    rp.run_experiment(spec, out=out, work_dir=tmp_path / "work_a", progress=False, seeds=[1])
+    prov_path = out / "provenance.json"
+    legacy = json.loads(prov_path.read_text())
+    del legacy["run_sources"]
+    prov_path.write_text(json.dumps(legacy))
+    records, sources = rp._results_records(out, spec, "full", tmp_path / "work_b", "auto", None)
+    assert len(records) == 3 and all(m["settings_hash"] is None for m in sources.values())
+    assert {m["command"] for m in sources.values()} == {legacy["command"]}
+    other = dict(legacy, config=dict(legacy["config"], spec=dict(legacy["config"]["spec"], overrides={"epochs": 99})))
+    prov_path.write_text(json.dumps(other))
+    with pytest.warns(UserWarning, match="not made with the settings"):
+        assert rp._results_records(out, spec, "full", tmp_path / "work_b", "auto", None) == ({}, {})
+
+
 def test_result_directory_lock_is_exclusive(tmp_path):
     fcntl = pytest.importorskip("fcntl")
     import os

@@ -31,8 +31,10 @@ files and a ``record.json`` once it finished); rerunning the same command contin
 run from its last checkpoint and skips finished ones.  A grid too long for one sitting can be
 run in slices (``--configs``/``--seeds``/``--methods``) with the same ``--out`` and ``--work-dir``:
 the files then hold every finished run of the whole grid whose settings match, the provenance
-lists each slice's command under ``invocations``, and its status is ``partial`` until the grid is
-complete.  Slices may also run at the same time (one process per core, say): each write takes a
+lists each slice's command under ``invocations`` (and each run's command, commit and settings hash
+under ``run_sources``), and its status is ``partial`` until the grid is complete.  Runs the result
+files already hold are kept and not trained again even when their work directory is not here
+(committed results made in another clone): a slice run from a fresh clone adds to them.  Slices may also run at the same time (one process per core, say): each write takes a
 lock on ``--out`` and re-reads the work directory under it, so the last write holds every run
 finished by then.  Book: the experiment chapters.
 """
@@ -276,49 +278,56 @@ def summarize_records(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     return out
 
 
-def _run_commits(work_dir: Path, keys: Iterable[str]) -> List[str]:
-    """The git commits (``-dirty`` when the tree had changes) that produced the runs, from each
-    run's own provenance: a result rewritten later still names the code that computed it."""
+def _run_meta(work_dir: Path, key: str, settings_hash: Optional[str]) -> Dict[str, Any]:
+    """Where one finished run came from, read from its own provenance in ``work_dir``: command,
+    commit (``-dirty`` when the tree had code changes), device, threads, date and settings hash."""
+    p = work_dir / key / "provenance.json"
+    prov = json.loads(p.read_text()) if p.exists() else {}
+    git = prov.get("git") or {}
+    return {"command": prov.get("command", "?"),
+            "commit": (git.get("commit") or "unknown") + ("-dirty" if git.get("dirty") else ""),
+            "device": str(prov.get("device_name") or prov.get("device") or "?"),
+            "num_threads": prov.get("num_threads"), "first_date": prov.get("date"), "last_date": prov.get("date"),
+            "settings_hash": settings_hash}
+
+
+def _run_commits(sources: Dict[str, Dict[str, Any]]) -> List[str]:
+    """The git commits that produced the runs, in run order: a result rewritten later still names
+    the code that computed it."""
     seen: List[str] = []
-    for k in keys:
-        p = work_dir / k / "provenance.json"
-        if not p.exists():
-            continue
-        git = json.loads(p.read_text()).get("git") or {}
-        c = (git.get("commit") or "unknown") + ("-dirty" if git.get("dirty") else "")
-        if c not in seen:
-            seen.append(c)
+    for meta in sources.values():
+        if meta["commit"] not in seen:
+            seen.append(meta["commit"])
     return seen
 
 
-def _invocations(work_dir: Path, keys: Iterable[str]) -> List[Dict[str, Any]]:
-    """The commands that produced the runs, from each run's own provenance: one entry per
-    (command, commit, device) with its runs, first and last date, in order of first use."""
+def _invocations(sources: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The commands that produced the runs: one entry per (command, commit, device) with its runs,
+    first and last date, in order of first use."""
     groups: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
-    for k in keys:
-        p = work_dir / k / "provenance.json"
-        if not p.exists():
-            continue
-        prov = json.loads(p.read_text())
-        git = prov.get("git") or {}
-        commit = (git.get("commit") or "unknown")[:12] + ("-dirty" if git.get("dirty") else "")
-        device = str(prov.get("device_name") or prov.get("device") or "?")
-        g = groups.setdefault((str(prov.get("command", "?")), commit, device),
-                              {"command": prov.get("command", "?"), "commit": commit, "device": device,
-                               "num_threads": prov.get("num_threads"), "first_date": prov.get("date"),
-                               "last_date": prov.get("date"), "runs": []})
+    for k, meta in sources.items():
+        commit = meta["commit"]
+        if commit.endswith("-dirty"):
+            commit = commit[:-len("-dirty")][:12] + "-dirty"
+        else:
+            commit = commit[:12]
+        g = groups.setdefault((str(meta["command"]), commit, meta["device"]),
+                              {"command": meta["command"], "commit": commit, "device": meta["device"],
+                               "num_threads": meta.get("num_threads"), "first_date": meta.get("first_date"),
+                               "last_date": meta.get("last_date"), "runs": []})
         g["runs"].append(k)
-        d = prov.get("date")
-        if d and (g["first_date"] is None or d < g["first_date"]):
-            g["first_date"] = d
-        if d and (g["last_date"] is None or d > g["last_date"]):
-            g["last_date"] = d
+        d0, d1 = meta.get("first_date"), meta.get("last_date")
+        if d0 and (g["first_date"] is None or d0 < g["first_date"]):
+            g["first_date"] = d0
+        if d1 and (g["last_date"] is None or d1 > g["last_date"]):
+            g["last_date"] = d1
     return sorted(groups.values(), key=lambda g: g["first_date"] or "")
 
 
 def _write_outputs(out: Path, spec: ExperimentSpec, records: Dict[str, Dict[str, Any]], status: str,
                    start: float, mode: str, device: Optional[str], argv: Sequence[str], num_threads,
-                   work_dir: Path, earlier: Optional[Dict[str, Dict[str, Any]]] = None) -> None:
+                   work_dir: Path, sources: Dict[str, Dict[str, Any]], earlier: Iterable[str] = (),
+                   kept: Iterable[str] = ()) -> None:
     out.mkdir(parents=True, exist_ok=True)
     recs = list(records.values())
     rows = [r["row"] for r in recs]
@@ -342,11 +351,13 @@ def _write_outputs(out: Path, spec: ExperimentSpec, records: Dict[str, Dict[str,
         extra={"status": status, "runs_done": len(rows), "runs_total": len(spec.jobs()),
                "wall_time_s": time.time() - start,
                "runs_wall_time_s": float(sum(r.get("wall_time_s") or 0.0 for r in rows)),
-               "run_commits": _run_commits(work_dir, records), "experiment": spec.name, "mode": mode,
-               # Runs that an earlier invocation (its own command, commit and date are in each
-               # run's provenance under work_dir) produced and this one merged in.
-               "runs_from_earlier_invocations": sorted(earlier or {}), "work_dir": str(work_dir),
-               "invocations": _invocations(work_dir, records),
+               "run_commits": _run_commits(sources), "experiment": spec.name, "mode": mode,
+               # Runs that an earlier invocation produced and this one merged in: from the work
+               # directory, or (``runs_kept_from_results``) from the result files already in ``out``,
+               # e.g. committed results of runs whose work directory is on another machine.
+               "runs_from_earlier_invocations": sorted(set(earlier) | set(kept)),
+               "runs_kept_from_results": sorted(kept), "work_dir": str(work_dir),
+               "invocations": _invocations(sources), "run_sources": sources,
                "seeds": list(spec.seeds), "configs": list(spec.configs), "notes": spec.notes},
     )
     atomic_write_json(out / "provenance.json", prov)
@@ -425,6 +436,8 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
     this_slice = {_key(j) for j in jobs}
     others = [j for j in grid_jobs if _key(j) not in this_slice]
     records: Dict[str, Dict[str, Any]] = {}
+    # Runs the result files already hold with these settings (committed results, say) are not trained again.
+    done_in_results = _results_records(out, grid, mode, work_dir, device, num_threads)[0]
     used_device = None
     bar = tqdm(list(zip(jobs, cfgs)), desc=spec.name, disable=not progress, dynamic_ncols=True)
     for job, cfg in bar:
@@ -437,6 +450,8 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
                 records[_key(job)] = rec
                 used_device = rec["row"].get("device", used_device)
                 continue
+        if _key(job) in done_in_results and not rec_path.exists():
+            continue  # merged in from the result files at every write
         old = rec.get("config_hash") if rec_path.exists() else (hash_path.read_text().strip() if hash_path.exists()
                                                                  else None)
         if old is not None and old != h:
@@ -474,11 +489,84 @@ def _write_merged(out: Path, grid: ExperimentSpec, grid_keys: Sequence[str], rec
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
         earlier = _finished_records(grid, others, work_dir, device, num_threads)
-        merged = _in_grid_order(grid_keys, records, earlier)
+        # Runs already in the result files whose work directory is not here (committed results
+        # made on another machine or in another clone) are kept, never overwritten by absence.
+        in_results, result_sources = _results_records(out, grid, mode, work_dir, device, num_threads)
+        kept = {k: v for k, v in in_results.items() if k not in records and k not in earlier}
+        merged = _in_grid_order(grid_keys, records, earlier, kept)
+        jobs = {_key(j): j for j in grid.jobs()}
+        sources = {k: (result_sources[k] if k in kept else _run_meta(
+            work_dir, k, _settings_hash(_run_config(grid, jobs[k], work_dir / k, device, num_threads, progress=False))))
+            for k in merged}
         if status is None:
             status = "completed" if len(merged) == len(grid_keys) else "partial"
-        _write_outputs(out, grid, merged, status, start, mode, used_device, argv, num_threads, work_dir, earlier)
+        _write_outputs(out, grid, merged, status, start, mode, used_device, argv, num_threads, work_dir, sources,
+                       earlier, kept)
     return merged, status
+
+
+def _results_records(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, device: str,
+                     num_threads) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Dict[str, Any]]]:
+    """The finished runs of ``grid`` held by the result files in ``out``, as records, and where
+    each came from.
+
+    A run is taken only if it was made with the settings the grid asks for now: its settings hash
+    (``run_sources`` in ``provenance.json``; it leaves out where the run was executed, see
+    ``_PLACE_KEYS``) must match.  Files written before hashes were recorded have none; their runs
+    are taken when the whole experiment spec and mode recorded in the file equal the present ones,
+    and keep ``settings_hash: null``.  Runs that fail the check are
+    left out with a warning (the files' history keeps them).
+    """
+    if not (out / "runs.csv").exists() or not (out / "provenance.json").exists():
+        return {}, {}
+    old = load_results(out) if (out / "summary.json").exists() and (out / "curves.csv").exists() else None
+    if old is None:
+        return {}, {}
+    prov = old["provenance"]
+    sources = prov.get("run_sources") or {}
+    legacy: Dict[str, Dict[str, Any]] = {}
+    for inv in prov.get("invocations") or []:
+        for k in inv.get("runs", []):
+            legacy[k] = {"command": inv.get("command", "?"), "commit": inv.get("commit", "unknown"),
+                         "device": inv.get("device", "?"), "num_threads": inv.get("num_threads"),
+                         "first_date": inv.get("first_date"), "last_date": inv.get("last_date"), "settings_hash": None}
+    spec_now = json.loads(json.dumps(to_jsonable(dict(grid.__dict__))))
+    same_spec = (prov.get("config") or {}).get("spec") == spec_now and prov.get("mode") == mode
+    jobs = {_key(j): j for j in grid.jobs()}
+    curves: Dict[str, List[Dict[str, Any]]] = {}
+    for c in old["curves"]:
+        curves.setdefault(_key(c), []).append({k: v for k, v in c.items()
+                                               if k not in ("config", "variant", "method", "seed") and v is not None})
+    records: Dict[str, Dict[str, Any]] = {}
+    metas: Dict[str, Dict[str, Any]] = {}
+    refused: List[str] = []
+    for row in old["runs"]:
+        k = _key(row)
+        if k not in jobs:
+            refused.append(k)
+            continue
+        meta = dict(sources.get(k) or legacy.get(k) or {"command": prov.get("command", "?"), "commit": "unknown",
+                                                         "device": "?", "num_threads": None, "first_date": None,
+                                                         "last_date": None, "settings_hash": None})
+        if meta.get("settings_hash"):
+            ok = meta["settings_hash"] == _settings_hash(_run_config(grid, jobs[k], work_dir / k, device, num_threads,
+                                                                     progress=False))
+        else:
+            ok = same_spec
+        if not ok:
+            refused.append(k)
+            continue
+        records[k] = {"row": {kk: v for kk, v in row.items() if v is not None}, "curves": curves.get(k, []),
+                      "step_accuracy": (old.get("step_accuracy") or {}).get(k),
+                      "margins": (old.get("margins") or {}).get(k)}
+        metas[k] = meta
+    if refused:
+        import warnings
+
+        warnings.warn(f"{out} holds {len(refused)} run(s) not made with the settings of experiment "
+                      f"{grid.name!r} as it is now; they are left out of the rewritten files: "
+                      f"{', '.join(refused[:6])}{' ...' if len(refused) > 6 else ''}", stacklevel=3)
+    return records, metas
 
 
 class _locked:
@@ -542,13 +630,24 @@ def _in_grid_order(keys: Sequence[str], *parts: Dict[str, Dict[str, Any]]) -> Di
     return {k: have[k] for k in keys if k in have}
 
 
-def _hash(cfg) -> str:
+def _hash(cfg, ignore: Sequence[str] = ("progress", "verbose", "resume", "device", "num_threads")) -> str:
     import hashlib
 
     d = cfg.to_dict()
-    for k in ("progress", "verbose", "resume", "device", "num_threads"):
+    for k in ignore:
         d.pop(k, None)
     return hashlib.sha256(json.dumps(to_jsonable(d), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Where and how a run was executed, not what it computes: left out of the settings hash that the
+# result files record, so a run made in another clone, work directory or data folder still counts.
+_PLACE_KEYS = ("progress", "verbose", "resume", "device", "num_threads", "run_dir", "output_dir", "data_root",
+               "download", "overwrite", "num_workers", "pin_memory", "keep_checkpoints")
+
+
+def _settings_hash(cfg) -> str:
+    """Hash of the settings that determine a run's result (``_hash`` also pins its work directory)."""
+    return _hash(cfg, _PLACE_KEYS)
 
 
 def load_results(path) -> Dict[str, Any]:
