@@ -484,7 +484,7 @@ def test_polar_factor_survives_an_svd_that_does_not_converge(monkeypatch, fail):
     A = 2.0 * gnc.mul_simplex_etf(H) + delta * R
     U_ref, s_ref, _ = gnc.polar_factor(A, "svd")
     monkeypatch.setattr(torch.linalg, "svd", _failing_svd(fail))
-    with pytest.warns(RuntimeWarning, match="did not converge on a \\(80, 60\\) torch.float32 matrix"):
+    with pytest.warns(RuntimeWarning, match="did not converge on the torch.float32 matrix .* of shape \\(80, 60\\)"):
         U, s, V = gnc.polar_factor(A.float(), "svd")
     assert U.dtype == s.dtype == V.dtype == torch.float32
     assert (U.double() - U_ref).abs().max() < 1e-5
@@ -508,6 +508,29 @@ def test_nearest_etf_trains_through_an_svd_that_does_not_converge(monkeypatch):
     g = torch.autograd.grad((U * G).sum(), Hg)[0]
     assert (U - U_ref).abs().max() < 1e-5
     assert torch.isfinite(g).all() and (g - g_ref).abs().max() < 1e-3 * g_ref.abs().max()
+
+
+def test_polar_factor_catches_an_svd_that_returns_inaccurate_vectors(monkeypatch):
+    # The same UFM-1000 run later met float32 SVD returning, without an error, singular vectors
+    # with max |U^T U - I| = 0.26: the factor is checked and recomputed in float64.
+    d, C, delta = 80, 60, 1e-3
+    H, R = _collapsed_problem(d, C, delta, 13)
+    A = 2.0 * gnc.mul_simplex_etf(H) + delta * R
+    U_ref = gnc.polar_factor(A, "svd")[0]
+    real = torch.linalg.svd
+
+    def sloppy_svd(X, *args, **kwargs):
+        Y, s, Vh = real(X, *args, **kwargs)
+        if X.dtype == torch.float32:
+            Y = Y.clone()
+            Y[:, 1] = (Y[:, 0] + Y[:, 1]) / 2 ** 0.5  # two columns no longer orthogonal
+        return Y, s, Vh
+
+    monkeypatch.setattr(torch.linalg, "svd", sloppy_svd)
+    with pytest.warns(RuntimeWarning, match="non-orthonormal singular vectors for the torch.float32 matrix"):
+        U, s, V = gnc.polar_factor(A.float(), "svd")
+    assert (U.T @ U - torch.eye(C)).abs().max() < 1e-5
+    assert (U.double() - U_ref).abs().max() < 1e-5
 
 
 def test_polar_factor_of_a_rank_deficient_matrix_names_the_problem(monkeypatch):

@@ -135,44 +135,70 @@ _GRAM_ERROR_BOUND = 1e-11
 
 
 def _polar_svd(A: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    Y, s, Vh = _thin_svd(A)
-    return Y @ Vh, s, Vh.transpose(-1, -2)
+    """Polar factor by the thin SVD, verified: the factor returned is orthonormal or an error is raised.
+
+    At collapse ``A = 2 H M + delta P`` has ``C - 1`` (nearly) equal singular values, and
+    LAPACK's float32 divide-and-conquer SVD is unreliable on such a matrix: a UFM-1000 run met
+    it both failing to converge (``LinAlgError``) and, a few hundred steps later, returning
+    singular vectors so inaccurate that ``max |U^T U - I| = 0.26``.  So the factor is checked
+    (one ``C x d x C`` product, about a tenth of the SVD's cost; on an accelerator a host sync)
+    against the tolerance the layer's own proximal-point check uses, and on failure recomputed
+    in float64, then from the float64 eigendecomposition of ``A^T A`` (which clustered
+    eigenvalues do not trouble, and which the small ``kappa(A)`` at collapse makes accurate).
+    Results are rounded back to ``A``'s dtype.
+    """
+    tol = _orthonormality_tolerance(A.dtype)
+    tries = [A] if A.dtype == torch.float64 else [A, A.to(torch.float64)]
+    problems = []
+    for X in tries:
+        try:
+            Y, s, Vh = torch.linalg.svd(X, full_matrices=False)
+        except torch.linalg.LinAlgError as err:
+            problems.append(f"did not converge on the {X.dtype} matrix ({err})")
+        else:
+            U = Y @ Vh
+            err = orthonormality_error(U)
+            if err <= tol:
+                return U.to(A.dtype), s.to(A.dtype), Vh.transpose(-1, -2).to(A.dtype)
+            problems.append(f"returned non-orthonormal singular vectors for the {X.dtype} matrix "
+                            f"(max |U^T U - I| = {err:.2g})")
+        warnings.warn(
+            f"torch.linalg.svd {problems[-1]} of shape {tuple(A.shape)} (clustered singular values, as at "
+            f"neural collapse); retrying {'in float64' if X.dtype != torch.float64 else 'by the Gram matrix'}",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    A64 = A.to(torch.float64)
+    lam, V = torch.linalg.eigh(A64.transpose(-1, -2) @ A64)
+    lam, V = lam.flip(-1), V.flip(-1)
+    if not float(lam[-1]) > 0:
+        raise torch.linalg.LinAlgError(
+            f"the polar factor of a {tuple(A.shape)} matrix is undefined: the SVD failed ({'; '.join(problems)}) and "
+            f"A is rank-deficient (smallest squared singular value {float(lam[-1]):.3g}); with delta > 0 this "
+            "means non-finite or degenerate class means"
+        )
+    s64 = lam.sqrt()
+    U = A64 @ ((V / s64) @ V.transpose(-1, -2))
+    err = orthonormality_error(U)
+    if not err <= tol:
+        raise torch.linalg.LinAlgError(
+            f"no accurate polar factor for a {tuple(A.shape)} matrix: the SVD failed ({'; '.join(problems)}) and the "
+            f"Gram route gives max |U^T U - I| = {err:.2g} (A is too ill-conditioned)"
+        )
+    return U.to(A.dtype), s64.to(A.dtype), V.to(A.dtype)
 
 
 def _thin_svd(A: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """``torch.linalg.svd(A, full_matrices=False)`` that survives LAPACK's convergence failures.
-
-    In float32 the divide-and-conquer SVD can fail to converge on a matrix whose singular
-    values are (nearly) all equal, which is what ``A = 2 H M + delta P`` becomes once the
-    features have collapsed onto an ETF (``C - 1`` equal singular values, one of size
-    ``delta``): a long UFM-1000 run reaches it.  The retry computes the same factorisation
-    in float64 (and, should that fail too, from the eigendecomposition of the float64 Gram
-    matrix, which repeated eigenvalues do not trouble) and rounds back to ``A``'s dtype.
-    """
+    """``torch.linalg.svd(A, full_matrices=False)``, retried in float64 (and rounded back) if it
+    does not converge; see :func:`_polar_svd`."""
     try:
         return torch.linalg.svd(A, full_matrices=False)
-    except torch.linalg.LinAlgError as first:
-        failure = first
-    warnings.warn(
-        f"torch.linalg.svd did not converge on a {tuple(A.shape)} {A.dtype} matrix "
-        "(repeated singular values, as at neural collapse); retrying in float64",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-    A64 = A.to(torch.float64)
-    try:
-        Y, s, Vh = torch.linalg.svd(A64, full_matrices=False)
-    except torch.linalg.LinAlgError:
-        lam, V = torch.linalg.eigh(A64.transpose(-1, -2) @ A64)
-        lam, V = lam.flip(-1), V.flip(-1)
-        if not float(lam[-1]) > 0:
-            raise torch.linalg.LinAlgError(
-                f"the polar factor of a {tuple(A.shape)} matrix is undefined: the SVD did not converge "
-                f"({failure}) and A is rank-deficient (smallest squared singular value {float(lam[-1]):.3g}); "
-                "with delta > 0 this means non-finite or degenerate class means"
-            ) from failure
-        s = lam.sqrt()
-        Y, Vh = (A64 @ V) / s, V.transpose(-1, -2)
+    except torch.linalg.LinAlgError as err:
+        if A.dtype == torch.float64:
+            raise
+        warnings.warn(f"torch.linalg.svd did not converge on a {tuple(A.shape)} {A.dtype} matrix ({err}); "
+                      "retrying in float64", RuntimeWarning, stacklevel=3)
+    Y, s, Vh = torch.linalg.svd(A.to(torch.float64), full_matrices=False)
     return Y.to(A.dtype), s.to(A.dtype), Vh.to(A.dtype)
 
 
