@@ -424,3 +424,15 @@ def test_committed_slices_of_the_paper_budget_grid_are_consistent():
     for r in res["runs"]:
         assert r["status"] == "completed" and r["steps"] == 2000 and r["fitted"] is True
         assert len(res["step_accuracy"][rp._key(r)]) == 2000
+
+
+def test_a_resumed_run_names_the_commits_of_all_its_processes(tmp_path):
+    run = tmp_path / "work" / "ufm10" / "default" / "implicit" / "0"
+    run.mkdir(parents=True)
+    (run / "provenance.json").write_text(json.dumps({
+        "command": "python -m guiding_nc.experiments.reproduce x", "git": {"commit": "b" * 40, "dirty": False},
+        "date": "2026-12-02T12:00:00+00:00", "device": "cpu",
+        "resumed_segments": [{"commit": "a" * 40, "dirty": True, "until_epoch": 1750}]}))
+    meta = rp._run_meta(tmp_path / "work", "ufm10/default/implicit/0", "h")
+    assert meta["commit"] == "b" * 40 and meta["earlier_commits"] == ["a" * 40 + "-dirty"]
+    assert rp._run_commits({"k": meta}) == ["a" * 40 + "-dirty", "b" * 40]

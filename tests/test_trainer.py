@@ -179,6 +179,12 @@ def test_resume_is_bit_identical(tmp_path, kind):
     assert [_untimed(r) for r in res_a["history"]] == [_untimed(r) for r in res_b["history"]]
     rows = (Path(res_b["run_dir"]) / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3, 4]
+    # The provenance names both processes: the interrupted one (its commit, command, date) and
+    # the epoch from which the resumed one took over.
+    prov = json.loads((Path(res_b["run_dir"]) / "provenance.json").read_text())
+    (seg,) = prov["resumed_segments"]
+    assert seg["until_epoch"] == 2 and seg["status"] == "stopped" and seg["date"] and "commit" in seg
+    assert "resumed_segments" not in json.loads((Path(res_a["run_dir"]) / "provenance.json").read_text())
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):

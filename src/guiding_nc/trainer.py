@@ -48,6 +48,7 @@ Decisions (see also :class:`guiding_nc.heads.ClassMeanEMA`)
 from __future__ import annotations
 
 import copy
+import json
 import dataclasses
 import math
 import os
@@ -941,12 +942,31 @@ class Trainer:
             writer.writerow(r)
         atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
 
+    def _segments_before(self, epoch: int) -> List[Dict[str, Any]]:
+        """What the provenance of the interrupted process said: a resumed run keeps, under
+        ``resumed_segments``, the command, commit, device and date of every earlier process and
+        the epoch the next one took over at, so a result made by two commits names both."""
+        p = self.run_dir / "provenance.json"
+        if not self.is_main or not p.exists():
+            return []
+        try:
+            old = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return []
+        git = old.get("git") or {}
+        segment = {"command": old.get("command"), "commit": git.get("commit"), "dirty": git.get("dirty"),
+                   "date": old.get("date"), "device": old.get("device_name") or old.get("device"),
+                   "num_threads": old.get("num_threads"), "status": old.get("status"), "until_epoch": epoch}
+        return list(old.get("resumed_segments") or []) + [segment]
+
     def _write_provenance(self, status: str, wall: Optional[float]) -> None:
         if not self.is_main:
             return
         if not hasattr(self, "_provenance"):
             self._provenance = collect_provenance(self.cfg.to_dict(), seed=self.cfg.seed, device=self.device,
                                                   argv=self.argv, world_size=self.world_size)
+            if getattr(self, "_earlier_segments", None):
+                self._provenance["resumed_segments"] = self._earlier_segments
         self._provenance["status"] = status
         self._provenance["wall_time_s"] = wall
         self._provenance["epochs_completed"] = self.epoch
@@ -1177,6 +1197,7 @@ class Trainer:
             if cfg.resume:
                 self.load_checkpoint(self.checkpoint_path)
                 resumed_from = self.epoch
+                self._earlier_segments = self._segments_before(resumed_from)
                 self._write_metrics()  # drop rows appended after the checkpoint: they are re-run
             elif not cfg.overwrite:
                 raise ConfigError(f"{self.run_dir} already holds a checkpoint; pass resume=true to continue it "

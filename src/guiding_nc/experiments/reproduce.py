@@ -284,8 +284,12 @@ def _run_meta(work_dir: Path, key: str, settings_hash: Optional[str]) -> Dict[st
     p = work_dir / key / "provenance.json"
     prov = json.loads(p.read_text()) if p.exists() else {}
     git = prov.get("git") or {}
+    # A run resumed from a checkpoint names the commits of its earlier processes too.
+    earlier = [(seg.get("commit") or "unknown") + ("-dirty" if seg.get("dirty") else "")
+               for seg in prov.get("resumed_segments") or []]
     return {"command": prov.get("command", "?"),
             "commit": (git.get("commit") or "unknown") + ("-dirty" if git.get("dirty") else ""),
+            "earlier_commits": earlier,
             "device": str(prov.get("device_name") or prov.get("device") or "?"),
             "num_threads": prov.get("num_threads"), "first_date": prov.get("date"), "last_date": prov.get("date"),
             "settings_hash": settings_hash}
@@ -296,8 +300,9 @@ def _run_commits(sources: Dict[str, Dict[str, Any]]) -> List[str]:
     the code that computed it."""
     seen: List[str] = []
     for meta in sources.values():
-        if meta["commit"] not in seen:
-            seen.append(meta["commit"])
+        for c in [*meta.get("earlier_commits", []), meta["commit"]]:
+            if c not in seen:
+                seen.append(c)
     return seen
 
 
