@@ -100,7 +100,11 @@ def test_steps_to_fit_and_significant_digit_tables(quick):
                                      configs=["u"], titles={"u": "UFM-u"})
     lines = md.splitlines()
     assert len(lines) == 3  # a result set without runs of the config adds no row
-    assert lines[2] == "| UFM-u | long | 50 | 7.5 [7, 8] | not fitted (1) | 2 [2, 2], 1 not fitted | 2 |"
+    # Methods with different numbers of seeds (a grid part-way through its slices) show each count.
+    assert lines[2] == "| UFM-u | long | 50 | 7.5 [7, 8] | not fitted (1) | 2 [2, 2], 1 not fitted | 2/1/2 |"
+    summary["u/default/fixed"]["seeds"] = [0, 1]
+    md = plots.steps_to_fit_markdown({"long": {"runs": runs, "summary": summary}}, configs=["u"])
+    assert md.splitlines()[2].endswith("| 2 |")
     small = {"u/default/implicit": {"train_nc1": {"median": 1.234e-7, "min": 1e-7, "max": 2e-7}}}
     md = plots.summary_table_markdown(small, configs=["u"], key_at=["train_nc1"], methods=["implicit"], scale=1.0,
                                       digits=3, number_format="g")

@@ -377,7 +377,8 @@ def steps_to_fit_markdown(results: Mapping[str, Mapping[str, Any]], *, configs: 
 
     ``results``: ``{label: loaded results}`` (what :func:`guiding_nc.experiments.reproduce.load_results`
     returns), e.g. the same runs at two step budgets.  A run that never fits within its budget is
-    counted in a "not fitted" note, never given a number.
+    counted in a "not fitted" note, never given a number.  The seeds column reads ``5``, or
+    ``2/2/1`` (one count per method) while a grid is part-way through its slices.
     """
     lines = ["| UFM | runs | steps budget | " + " | ".join(METHOD_LABELS.get(m, m) for m in methods) + " | seeds |",
              "|---|---|---:|" + "---:|" * len(methods) + "---:|"]
@@ -386,11 +387,11 @@ def steps_to_fit_markdown(results: Mapping[str, Mapping[str, Any]], *, configs: 
             runs = [r for r in res["runs"] if r["config"] == c]
             if not runs:
                 continue
-            cells, seeds = [], set()
+            cells, seeds = [], []
             for m in methods:
                 cell = res["summary"].get(f"{c}/default/{m}", {})
                 stf = cell.get("steps_to_fit")
-                seeds |= set(cell.get("seeds", []))
+                seeds.append(len(cell.get("seeds", [])))
                 if not stf or stf["median"] is None:
                     cells.append(f"not fitted ({stf['missing'] if stf else '?'})")
                 else:
@@ -398,7 +399,7 @@ def steps_to_fit_markdown(results: Mapping[str, Mapping[str, Any]], *, configs: 
                     cells.append(f"{stf['median']:g} [{stf['min']:g}, {stf['max']:g}]{extra}")
             budget = max(r["steps"] for r in runs)
             lines.append(f"| {(titles or {}).get(c, c)} | {label} | {budget} | " + " | ".join(cells)
-                         + f" | {len(seeds)} |")
+                         + f" | {seeds[0] if len(set(seeds)) == 1 else '/'.join(map(str, seeds))} |")
     return "\n".join(lines)
 
 
