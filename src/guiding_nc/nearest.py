@@ -139,8 +139,8 @@ def _polar_svd(A: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
 
     At collapse ``A = 2 H M + delta P`` has ``C - 1`` (nearly) equal singular values, and
     LAPACK's float32 divide-and-conquer SVD is unreliable on such a matrix: a UFM-1000 run met
-    it both failing to converge (``LinAlgError``) and, a few hundred steps later, returning
-    singular vectors so inaccurate that ``max |U^T U - I| = 0.26``.  So the factor is checked
+    it both failing to converge (``LinAlgError``) and, a few dozen steps later, returning
+    singular vectors so inaccurate that ``max |U^T U - I| = 0.26`` (and later NaN ones).  So the factor is checked
     (one ``C x d x C`` product, about a tenth of the SVD's cost; on an accelerator a host sync)
     against the tolerance the layer's own proximal-point check uses, and on failure recomputed
     in float64, then from the float64 eigendecomposition of ``A^T A`` (which clustered
@@ -168,17 +168,16 @@ def _polar_svd(A: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
             RuntimeWarning,
             stacklevel=4,
         )
-    A64 = A.to(torch.float64)
-    lam, V = torch.linalg.eigh(A64.transpose(-1, -2) @ A64)
-    lam, V = lam.flip(-1), V.flip(-1)
-    if not float(lam[-1]) > 0:
+    # Last resort, judged by the same orthonormality check rather than the Gram route's own
+    # conditioning bound: only a factor that fails the check is refused.
+    gram = _polar_gram(A.to(torch.float64), error_bound=None)
+    if gram is None:
         raise torch.linalg.LinAlgError(
             f"the polar factor of a {tuple(A.shape)} matrix is undefined: the SVD failed ({'; '.join(problems)}) and "
-            f"A is rank-deficient (smallest squared singular value {float(lam[-1]):.3g}); with delta > 0 this "
-            "means non-finite or degenerate class means"
+            "A is rank-deficient (A^T A has an eigenvalue <= 0); with delta > 0 this means non-finite or "
+            "degenerate class means"
         )
-    s64 = lam.sqrt()
-    U = A64 @ ((V / s64) @ V.transpose(-1, -2))
+    U, s64, V = gram
     err = orthonormality_error(U)
     if not err <= tol:
         raise torch.linalg.LinAlgError(
@@ -202,12 +201,15 @@ def _thin_svd(A: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return Y.to(A.dtype), s.to(A.dtype), Vh.to(A.dtype)
 
 
-def _polar_gram(A: Tensor) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
-    """Polar factor from the eigendecomposition of ``A^T A``; ``None`` if too ill-conditioned."""
+def _polar_gram(A: Tensor, error_bound: Optional[float] = _GRAM_ERROR_BOUND) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
+    """Polar factor from the eigendecomposition of ``A^T A``; ``None`` if ``A`` is rank-deficient
+    or, unless ``error_bound`` is ``None``, too ill-conditioned (``eps * kappa^2 > error_bound``)."""
     lam, V = torch.linalg.eigh(A.transpose(-1, -2) @ A)
     lam, V = lam.flip(-1), V.flip(-1)  # descending, as the SVD returns them
     lam_max, lam_min = float(lam[0]), float(lam[-1])
-    if not lam_min > 0 or torch.finfo(A.dtype).eps * (lam_max / lam_min) > _GRAM_ERROR_BOUND:
+    if not lam_min > 0:
+        return None
+    if error_bound is not None and torch.finfo(A.dtype).eps * (lam_max / lam_min) > error_bound:
         return None
     s = lam.sqrt()
     # U = A V diag(1/s) V^T; grouping V diag(1/s) V^T first costs C^3 instead of d C^2.

@@ -48,8 +48,8 @@ Decisions (see also :class:`guiding_nc.heads.ClassMeanEMA`)
 from __future__ import annotations
 
 import copy
-import json
 import dataclasses
+import json
 import math
 import os
 import random

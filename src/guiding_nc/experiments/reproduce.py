@@ -34,9 +34,9 @@ the files then hold every finished run of the whole grid whose settings match, t
 lists each slice's command under ``invocations`` (and each run's command, commit and settings hash
 under ``run_sources``), and its status is ``partial`` until the grid is complete.  Runs the result
 files already hold are kept and not trained again even when their work directory is not here
-(committed results made in another clone): a slice run from a fresh clone adds to them.  Slices may also run at the same time (one process per core, say): each write takes a
-lock on ``--out`` and re-reads the work directory under it, so the last write holds every run
-finished by then.  Book: the experiment chapters.
+(committed results made in another clone): a slice run from a fresh clone adds to them.  Slices
+may also run at the same time (one process per core, say): each write takes a lock on ``--out``
+and re-reads the work directory under it, so the last write holds every run finished by then.  Book: the experiment chapters.
 """
 from __future__ import annotations
 
