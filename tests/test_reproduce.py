@@ -390,7 +390,8 @@ def test_cli_list_and_bad_arguments(capsys):
         rp.main([])
 
 
-@pytest.mark.parametrize("name", ["ufm10", "ufm_scaling_cpu", "real_offline", "real_offline_200", "ablations"])
+@pytest.mark.parametrize("name", ["ufm10", "ufm_scaling_cpu", "real_offline", "real_offline_200", "real_offline_cnn_200",
+                                  "ablations"])
 def test_committed_results_are_what_their_rows_say(name):
     """The committed tidy files agree with each other (summary recomputed from runs.csv) and
     carry their provenance; skipped while an experiment's results are not committed."""
