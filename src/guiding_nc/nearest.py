@@ -137,14 +137,14 @@ _GRAM_ERROR_BOUND = 1e-11
 def _polar_svd(A: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """Polar factor by the thin SVD, verified: the factor returned is orthonormal or an error is raised.
 
-    At collapse ``A = 2 H M + delta P`` has ``C - 1`` (nearly) equal singular values, and
-    LAPACK's float32 divide-and-conquer SVD is unreliable on such a matrix: a UFM-1000 run met
-    it both failing to converge (``LinAlgError``) and, a few dozen steps later, returning
-    singular vectors so inaccurate that ``max |U^T U - I| = 0.26`` (and later NaN ones).  So the factor is checked
+    At collapse ``A = 2 H M + delta P`` has ``C - 1`` (nearly) equal singular values, and LAPACK's
+    float32 divide-and-conquer SVD is unreliable on such a matrix: a UFM-1000 run met it both
+    failing to converge (``LinAlgError``) and, a few dozen steps later, returning singular vectors
+    so inaccurate that ``max |U^T U - I| = 0.26`` (and later NaN ones). So the factor is checked
     (one ``C x d x C`` product, about a tenth of the SVD's cost; on an accelerator a host sync)
-    against the tolerance the layer's own proximal-point check uses, and on failure recomputed
-    in float64, then from the float64 eigendecomposition of ``A^T A`` (which clustered
-    eigenvalues do not trouble, and which the small ``kappa(A)`` at collapse makes accurate).
+    against the tolerance the layer's own proximal-point check uses, and on failure recomputed in
+    float64, then from the float64 eigendecomposition of ``A^T A`` (which clustered eigenvalues do
+    not trouble, and which the small ``kappa(A)`` at collapse makes accurate).
     Results are rounded back to ``A``'s dtype.
     """
     tol = _orthonormality_tolerance(A.dtype)

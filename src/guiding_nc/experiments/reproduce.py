@@ -36,7 +36,8 @@ under ``run_sources``), and its status is ``partial`` until the grid is complete
 files already hold are kept and not trained again even when their work directory is not here
 (committed results made in another clone): a slice run from a fresh clone adds to them.  Slices
 may also run at the same time (one process per core, say): each write takes a lock on ``--out``
-and re-reads the work directory under it, so the last write holds every run finished by then.  Book: the experiment chapters.
+and re-reads the work directory under it, so the last write holds every run finished by then.
+Book: the experiment chapters.
 """
 from __future__ import annotations
 
