@@ -200,7 +200,7 @@ def test_fixed_heads():
     for h in (canon, r1):
         assert isinstance(h, FixedETFHead)
         assert torch.allclose(h.weight.norm(dim=1), torch.ones(C), atol=1e-6)
-        assert h.bias is None
+        assert torch.equal(h.bias, torch.zeros(C))  # -W h_G with h_G = 0 before the first step
 
 
 def test_build_head_errors():
@@ -208,7 +208,7 @@ def test_build_head_errors():
         build_head("learned", 8, 3)
     with pytest.raises(ValueError, match="exceeds the feature dimension"):
         build_head("implicit", 4, 6)
-    assert set(METHOD_NAMES) == {"standard", "standard-no-norm", "fixed", "fixed-random", "implicit"}
+    assert set(METHOD_NAMES) == {"standard", "standard-no-norm", "fixed", "fixed-random", "fixed-uncentred", "implicit"}
     for m in METHOD_NAMES:
         head = build_head(m, 8, 3)
         f, y = _batch(6, 8, 3)
@@ -239,3 +239,67 @@ def test_normalize_features_matches_plain_division_and_gradchecks():
     assert torch.allclose(u.norm(dim=1), torch.ones(50), atol=1e-6)
     with pytest.raises(ValueError, match=r"shape \(B, d\)"):
         normalize_features(torch.randn(3, 4, 5))
+
+
+# -------------------------------------------------------------------------- one switch
+def test_every_head_centres_its_logits_the_same_way():
+    """Given the same W and the same batches, standard, fixed and implicit give identical logits:
+    the methods differ in W only (same normalisation, temperature and centring by h_G)."""
+    d, C, B = 12, 4, 32
+    imp = ImplicitETFHead(d, C, tau=5.0).train()
+    std = LinearHead(d, C, tau=5.0).train()
+    fix = FixedETFHead(d, C, tau=5.0).train()
+    for t in range(1, 4):
+        x, y = _batch(B, d, C, seed=10 + t)
+        z_imp = imp(x, y)
+        W = imp.weight.clone()  # the implicit head's classifier of this step
+        with torch.no_grad():
+            std.linear.weight.copy_(W)
+            fix.W.copy_(W)
+        z_std, z_fix = std(x, y), fix(x, y)
+        assert torch.allclose(z_std, z_imp, atol=1e-5), t
+        assert torch.allclose(z_fix, z_imp, atol=1e-5), t
+        # The same running h_G in all three (the implicit one comes from its class sums).
+        assert torch.allclose(std.global_mean, imp.global_mean, atol=1e-6)
+        assert torch.allclose(fix.global_mean, imp.global_mean, atol=1e-6)
+        # By hand: tau W (h - h_G) with h on the sphere.
+        h = normalize_features(x)
+        assert torch.allclose(z_fix, 5.0 * (h - fix.global_mean) @ W.T, atol=1e-5)
+    # Eval mode: the stored h_G, no update.
+    for head in (imp, std, fix):
+        head.eval()
+    x, y = _batch(B, d, C, seed=99)
+    before = fix.global_mean.clone()
+    assert torch.allclose(fix(x, y), imp(x, y), atol=1e-5)
+    assert torch.allclose(std(x, y), imp(x, y), atol=1e-5)
+    assert torch.equal(fix.global_mean, before)
+    assert torch.allclose(fix.bias, imp.bias, atol=1e-6)
+
+
+def test_global_mean_ema_follows_eq9_and_carries_gradients():
+    from guiding_nc.heads import GlobalMeanEMA
+
+    d = 6
+    ema = GlobalMeanEMA(d, dtype=torch.float64)
+    running = None
+    for t in range(1, 5):
+        h = torch.randn(10, d, dtype=torch.float64, generator=torch.Generator().manual_seed(t), requires_grad=True)
+        hg = ema.update(h)
+        a = 2.0 / (t + 1)
+        expected = h.mean(0) if running is None else a * h.mean(0) + (1 - a) * running
+        assert torch.allclose(hg, expected, atol=1e-14)
+        (g,) = torch.autograd.grad(hg.sum(), h)
+        assert torch.allclose(g, torch.full_like(h, a / 10), atol=1e-14)  # d h_G / d h_i = alpha / B
+        running = expected.detach()
+    with pytest.raises(ValueError, match="floor"):
+        GlobalMeanEMA(d, floor=0.0)
+
+
+def test_fixed_uncentred_is_the_old_fixed_head():
+    d, C = 10, 3
+    x, y = _batch(24, d, C, seed=5)
+    old = build_head("fixed-uncentred", d, C).train()
+    assert old.global_mean is None and old.bias is None
+    assert torch.allclose(old(x, y), 5.0 * normalize_features(x) @ old.W.T, atol=1e-6)
+    new = build_head("fixed", d, C).train()
+    assert not torch.allclose(new(x, y), old(x, y), atol=1e-3)  # the centring changes the logits

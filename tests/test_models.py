@@ -193,3 +193,17 @@ def test_build_model_validation():
         build_model("mlp", input_shape=(40,), not_an_option=1)
     assert build_model("MLP", in_features=40).in_features == 40
     assert build_model("small_cnn", input_shape=(1, 8, 8)).in_channels == 1
+
+
+@pytest.mark.parametrize("name,shape", [("mlp", (64,)), ("small_cnn", (1, 8, 8))])
+def test_feature_batch_norm_keeps_every_unit_alive(name, shape):
+    """With the feature layer batch-normalised before its ReLU, every unit fires on part of a batch."""
+    torch.manual_seed(0)
+    m = build_model(name, input_shape=shape, feature_dim=16, agd_compatible=True, feature_batch_norm=True).train()
+    f = m(torch.randn(64, *shape))
+    assert f.shape == (64, 16) and bool((f >= 0).all())
+    frac = (f > 0).float().mean(0)
+    assert bool((frac > 0.2).all()) and bool((frac < 0.8).all())
+    assert all(p.dim() >= 2 for p in m.parameters())  # still AGD-compatible
+    with pytest.raises(TypeError, match="feature_batch_norm"):
+        build_model(name, input_shape=shape, feature_dim=16, feature_batch_norm="yes")

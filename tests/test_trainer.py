@@ -311,3 +311,23 @@ def test_git_info_dirty_means_code_not_results(tmp_path):
     (tmp_path / "src" / "new.py").unlink()
     (tmp_path / "src" / "mod.py").write_text("x = 3\n")  # a tracked change: dirty
     assert git_info(tmp_path)["dirty"] is True
+
+
+def test_evaluation_counts_dead_units_and_the_classifier_weight_on_them(tmp_path):
+    t = Trainer(ufm(tmp_path, method="fixed-uncentred", eval_every=1))
+    with torch.no_grad():
+        t.network.backbone.features[:, :2] = 0.0  # two units silent on every sample
+    metrics, _ = t.evaluate("train")
+    assert metrics["dead_units"] == 2
+    # The canonical ETF reads only the first C = 4 coordinates, each with the same squared weight.
+    assert metrics["dead_weight"] == pytest.approx(0.5, abs=1e-6)
+    t2 = Trainer(ufm(tmp_path / "b", method="fixed-uncentred"))
+    assert t2.evaluate("train")[0]["dead_units"] == 0
+
+
+def test_dotted_overrides_set_one_entry_of_a_mapping():
+    cfg = load_config("digits_mlp", ["model_kwargs.feature_batch_norm=true"])
+    assert cfg.model_kwargs == {"hidden": [128, 128], "feature_batch_norm": True}
+    for bad in ("epochs.x=1", "nosuch.x=1"):
+        with pytest.raises(ConfigError, match="mapping-valued"):
+            load_config("digits_mlp", [bad])

@@ -12,15 +12,27 @@ onto the unit sphere for every method except ``standard-no-norm``).
 Methods (``build_head(method, ...)``):
 
 ``standard``          learned ``W`` (C, d); rows re-projected to unit norm after every
-                      optimiser step (:meth:`LinearHead.renormalize_`); normalised
-                      features; ``logits = tau (W h + b)``.
+                      optimiser step (:meth:`LinearHead.renormalize_`).
 ``standard-no-norm``  learned ``W`` without weight *or* feature normalisation and
-                      without temperature: ``logits = W h + b`` (paper Fig. 17).
+                      without temperature (``tau = 1``, paper Fig. 17).
 ``fixed``             ``W = etf_classifier([I_C; 0])``, the canonical simplex ETF.
 ``fixed-random``      ``W = etf_classifier(U)`` with a Haar-random ``U`` (seeded).
+``fixed-uncentred``   the canonical fixed ETF *without* the centring by ``h_G`` (``logits =
+                      tau W h``): kept only to measure what the centring changes.
 ``implicit``          ``W = etf_classifier(U*)`` with ``U*`` the nearest simplex ETF to the
                       EMA of the centred, normalised class means (Eq. 7-9), recomputed
-                      every training step; ``b = -W h_G``; logits ``tau W (h - h_G)``.
+                      every training step.
+
+**One switch.** Every method (but ``fixed-uncentred``) computes its logits the same way,
+the paper's Eq. 8::
+
+    logits = tau (W (h - h_G) + b_learned)      h = features on the unit sphere
+
+with ``h_G`` the running global mean of the normalised features, updated at every training
+step by the EMA of Eq. 9 (:class:`GlobalMeanEMA`; gradients flow into the batch's features
+through the new term, as in the implicit head).  The methods differ in ``W`` only.  (The
+paper writes the centring for its own method, ``b = -W h_G``; applying it to the two baselines
+too is what makes the comparison one switch -- see the book's chapter on real images.)
 
 The implicit head's class-mean bookkeeping lives in :class:`ClassMeanEMA`; its
 rules for classes missing from a batch are documented there.
@@ -39,8 +51,10 @@ from .nearest import BACKWARDS, METHODS, NearestETF
 
 __all__ = [
     "METHOD_NAMES",
+    "HEAD_REVISIONS",
     "normalize_features",
     "ema_alpha",
+    "GlobalMeanEMA",
     "ClassMeanEMA",
     "LinearHead",
     "FixedETFHead",
@@ -48,7 +62,14 @@ __all__ = [
     "build_head",
 ]
 
-METHOD_NAMES = ("standard", "standard-no-norm", "fixed", "fixed-random", "implicit")
+METHOD_NAMES = ("standard", "standard-no-norm", "fixed", "fixed-random", "fixed-uncentred", "implicit")
+
+# The revision of each method's definition, for result files: a run made under an earlier
+# revision computes something else and is not taken as a run of the present one.  Revision 2 of
+# the learned and fixed heads centres their logits by h_G like the implicit head (revision 1 did
+# not); ``fixed-uncentred`` is revision 1 of ``fixed`` under its own name.
+HEAD_REVISIONS = {"standard": 2, "standard-no-norm": 2, "fixed": 2, "fixed-random": 2, "fixed-uncentred": 1,
+                  "implicit": 1}
 
 
 class _SphereProjection(torch.autograd.Function):
@@ -96,6 +117,11 @@ def ema_alpha(t, floor: float = 1e-4):
     if isinstance(t, Tensor):
         return (2.0 / (t.to(torch.float64) + 1.0)).clamp_min(floor)
     return max(2.0 / (t + 1.0), floor)
+
+
+def ema_blend(batch: Tensor, running: Tensor, alpha: Tensor) -> Tensor:
+    """``alpha * batch + (1 - alpha) * running``: one step of the EMA of Eq. 9."""
+    return alpha * batch + (1.0 - alpha) * running
 
 
 def _dist_world() -> int:
@@ -252,8 +278,8 @@ class ClassMeanEMA(nn.Module):
         a_c = torch.where(present, ema_alpha(t_c, self.floor), torch.zeros((), dtype=torch.float64,
                                                                            device=t_c.device)).to(Hb.dtype)
         a_g = ema_alpha(t, self.floor).to(Hb.dtype)
-        H = a_c * Hb + (1.0 - a_c) * self.means
-        h_g = a_g * h_g_batch + (1.0 - a_g) * self.global_mean
+        H = ema_blend(Hb, self.means, a_c)
+        h_g = ema_blend(h_g_batch, self.global_mean, a_g)
         with torch.no_grad():
             self.means.copy_(H.detach())
             self.global_mean.copy_(h_g.detach())
@@ -268,14 +294,101 @@ class ClassMeanEMA(nn.Module):
         self.class_updates.zero_()
 
 
+class GlobalMeanEMA(nn.Module):
+    """The running global mean ``h_G`` ``(d,)`` of the features every head centres by (Eq. 8-9).
+
+    One update with a batch ``h (B, d)``: the batch mean (summed and counted over ranks under
+    ``torch.distributed``, the sum through the differentiable all-reduce) blended into the
+    running mean with ``alpha_t = max(2 / (t + 1), floor)``; ``t = 1`` takes the batch mean
+    itself.  The returned mean carries gradients to ``h`` through the ``alpha_t`` term, exactly
+    like the ``h_G`` of :class:`ClassMeanEMA`, which the implicit head uses instead (it needs the
+    per-class sums anyway); the two agree to rounding on the same batches (a test checks it).
+    """
+
+    def __init__(self, dim: int, *, floor: float = 1e-4, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if not (0.0 < floor <= 1.0):
+            raise ValueError(f"the EMA floor must lie in (0, 1], got {floor}")
+        self.dim, self.floor, self.dtype = int(dim), float(floor), dtype
+        self.register_buffer("global_mean", torch.zeros(dim, dtype=dtype))
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, floor={self.floor}, dtype={self.dtype}"
+
+    def update(self, h: Tensor) -> Tensor:
+        """One Eq.-9 update with the batch ``h`` ``(B, d)``; returns the new ``h_G`` ``(d,)``."""
+        h = h.to(self.dtype)
+        total = _all_reduce_sum(h.sum(0), True)
+        count = _all_reduce_sum(torch.full((), float(h.shape[0]), dtype=h.dtype, device=h.device), False)
+        t = self.step + 1
+        h_g = ema_blend(total / count, self.global_mean, ema_alpha(t, self.floor).to(h.dtype))
+        with torch.no_grad():
+            self.global_mean.copy_(h_g.detach())
+            self.step.copy_(t)
+        return h_g
+
+    def reset(self) -> None:
+        self.global_mean.zero_()
+        self.step.zero_()
+
+
 # -------------------------------------------------------------------------------- heads
 class _Head(nn.Module):
+    """What every head shares: feature normalisation, the temperature and the logits
+    ``tau (W (h - h_G) + b_learned)``.
+
+    A subclass provides ``weight`` (C, d), ``learned_bias`` ((C,) or ``None``) and
+    ``global_mean`` (``h_G``, or ``None`` for no centring), and calls :meth:`centred_logits`.
+    """
+
     def __init__(self, feature_dim: int, num_classes: int, tau: float, normalize: bool):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"a classifier head needs at least 2 classes, got {num_classes}")
         self.feature_dim, self.num_classes = int(feature_dim), int(num_classes)
         self.tau, self.normalize = float(tau), bool(normalize)
+        self.centring: Optional[GlobalMeanEMA] = None  # a subclass that centres sets it
+
+    learned_bias: Optional[Tensor] = None
+
+    @property
+    def global_mean(self) -> Optional[Tensor]:
+        """The running ``h_G`` (d,) the logits are centred by, or ``None`` (no centring)."""
+        return None if self.centring is None else self.centring.global_mean
+
+    def update_centre(self, h: Tensor, labels: Optional[Tensor]) -> Optional[Tensor]:
+        """``h_G`` for the logits of the batch ``h``: updated by it in a training step (training
+        mode with labels, as the implicit head's class means are), the stored one otherwise."""
+        if self.centring is None:
+            return None
+        if self.training and labels is not None:
+            return self.centring.update(h)
+        return self.centring.global_mean
+
+    @property
+    def bias(self) -> Optional[Tensor]:
+        """The effective bias ``b_learned - W h_G`` (C,) of the current classifier, or ``None``."""
+        h_g = self.global_mean
+        b = self.learned_bias
+        if h_g is None:
+            return b
+        shift = -(self.weight @ h_g.to(self.weight.dtype))
+        return shift if b is None else shift + b.to(shift.dtype)
+
+    def centred_logits(self, h: Tensor, W: Tensor, h_g: Optional[Tensor], b: Optional[Tensor] = None) -> Tensor:
+        """``tau (h W^T - W h_G + b)`` for features ``h`` (B, d), in ``h``'s dtype.
+
+        The centring goes through the (C,) bias ``W h_G``, which avoids a (B, d) subtraction
+        and its backward.
+        """
+        W = W.to(h.dtype)
+        out = h @ W.T
+        if h_g is not None:
+            out = out - W @ h_g.to(h.dtype)
+        if b is not None:
+            out = out + b.to(out.dtype)
+        return self.tau * out
 
     def transform(self, features: Tensor) -> Tensor:
         """The features the classifier sees: on the unit sphere unless normalisation is off.
@@ -290,11 +403,7 @@ class _Head(nn.Module):
 
     def logits_from(self, h: Tensor) -> Tensor:
         """Logits of already-transformed features with the current classifier (no state change)."""
-        W, b = self.weight, self.bias
-        out = h @ W.to(h.dtype).T
-        if b is not None:
-            out = out + b.to(out.dtype)
-        return self.tau * out
+        return self.centred_logits(h, self.weight, self.global_mean, self.learned_bias)
 
     def after_step(self) -> None:
         """Hook called by the trainer after every optimiser step."""
@@ -309,14 +418,16 @@ class LinearHead(_Head):
 
     ``normalize_weight=True`` re-projects every row onto the unit sphere at construction and
     after each optimiser step (:meth:`renormalize_`).  ``bias`` adds a learned ``(C,)``
-    bias (off by default: AGD only handles matrix parameters).
+    bias (off by default: AGD only handles matrix parameters).  ``centre`` subtracts the
+    running global mean ``h_G`` (:class:`GlobalMeanEMA`) as every method does.
     """
 
     def __init__(self, feature_dim: int, num_classes: int, *, tau: float = 5.0, normalize_features: bool = True,
-                 normalize_weight: bool = True, bias: bool = False):
+                 normalize_weight: bool = True, bias: bool = False, centre: bool = True, ema_floor: float = 1e-4):
         super().__init__(feature_dim, num_classes, tau, normalize_features)
         self.normalize_weight = bool(normalize_weight)
         self.linear = nn.Linear(feature_dim, num_classes, bias=bias)
+        self.centring = GlobalMeanEMA(feature_dim, floor=ema_floor) if centre else None
         if self.normalize_weight:
             self.renormalize_()
 
@@ -334,12 +445,13 @@ class LinearHead(_Head):
         return self.linear.weight.detach()
 
     @property
-    def bias(self) -> Optional[Tensor]:
+    def learned_bias(self) -> Optional[Tensor]:
         return None if self.linear.bias is None else self.linear.bias.detach()
 
     def forward(self, features: Tensor, labels: Optional[Tensor] = None) -> Tensor:
         self.check_dims(features)
-        return self.tau * self.linear(self.transform(features))
+        h = self.transform(features)
+        return self.centred_logits(h, self.linear.weight, self.update_centre(h, labels), self.linear.bias)
 
 
 class FixedETFHead(_Head):
@@ -347,10 +459,11 @@ class FixedETFHead(_Head):
 
     ``rotation="canonical"``: ``U = [I_C; 0]`` (the paper's choice); ``"random"``: a
     Haar-random Stiefel point drawn from ``torch.Generator().manual_seed(seed)``.
+    ``centre=False`` drops the centring by ``h_G`` (method ``fixed-uncentred``).
     """
 
     def __init__(self, feature_dim: int, num_classes: int, *, tau: float = 5.0, rotation: str = "canonical",
-                 seed: int = 0, normalize_features: bool = True):
+                 seed: int = 0, normalize_features: bool = True, centre: bool = True, ema_floor: float = 1e-4):
         super().__init__(feature_dim, num_classes, tau, normalize_features)
         if rotation == "canonical":
             U = canonical_point(feature_dim, num_classes, dtype=torch.float64)
@@ -361,19 +474,16 @@ class FixedETFHead(_Head):
             raise ValueError(f"rotation must be 'canonical' or 'random', got {rotation!r}")
         self.rotation = rotation
         self.register_buffer("W", etf_classifier(U).to(torch.float32))
+        self.centring = GlobalMeanEMA(feature_dim, floor=ema_floor) if centre else None
 
     @property
     def weight(self) -> Tensor:
         return self.W
 
-    @property
-    def bias(self) -> Optional[Tensor]:
-        return None
-
     def forward(self, features: Tensor, labels: Optional[Tensor] = None) -> Tensor:
         self.check_dims(features)
         h = self.transform(features)
-        return self.tau * (h @ self.W.to(h.dtype).T)
+        return self.centred_logits(h, self.W, self.update_centre(h, labels))
 
 
 class ImplicitETFHead(_Head):
@@ -419,16 +529,8 @@ class ImplicitETFHead(_Head):
         return self.W
 
     @property
-    def bias(self) -> Optional[Tensor]:
-        return -(self.W @ self.ema.global_mean.to(self.W.dtype))
-
-    @property
     def global_mean(self) -> Tensor:
         return self.ema.global_mean
-
-    def logits_from(self, h: Tensor) -> Tensor:
-        W = self.W.to(h.dtype)
-        return self.tau * (h @ W.T - W @ self.ema.global_mean.to(h.dtype))
 
     def forward(self, features: Tensor, labels: Optional[Tensor] = None) -> Tensor:
         self.check_dims(features)
@@ -454,10 +556,7 @@ class ImplicitETFHead(_Head):
                 self.W.copy_(W.detach())
         if timer is not None:
             timer.stop("etf_forward")
-        Wc = W.to(h.dtype)
-        # tau (W h + b) with b = -W h_G (Eq. 8): centring through the (C,) bias avoids a (B, d)
-        # subtraction and its backward.
-        return self.tau * (h @ Wc.T - Wc @ h_g.to(h.dtype))
+        return self.centred_logits(h, W, h_g)
 
 
 # ------------------------------------------------------------------------------ factory
@@ -480,13 +579,14 @@ def build_head(method: str, feature_dim: int, num_classes: int, *, tau: float = 
     if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be a positive number, got {tau!r}")
     if method == "standard":
-        return LinearHead(feature_dim, num_classes, tau=tau, bias=head_bias)
+        return LinearHead(feature_dim, num_classes, tau=tau, bias=head_bias, ema_floor=ema_floor)
     if method == "standard-no-norm":
         return LinearHead(feature_dim, num_classes, tau=1.0, normalize_features=False, normalize_weight=False,
-                          bias=head_bias)
-    if method == "fixed":
-        return FixedETFHead(feature_dim, num_classes, tau=tau, rotation="canonical")
+                          bias=head_bias, ema_floor=ema_floor)
+    if method in ("fixed", "fixed-uncentred"):
+        return FixedETFHead(feature_dim, num_classes, tau=tau, rotation="canonical", centre=method == "fixed",
+                            ema_floor=ema_floor)
     if method == "fixed-random":
-        return FixedETFHead(feature_dim, num_classes, tau=tau, rotation="random", seed=etf_seed)
+        return FixedETFHead(feature_dim, num_classes, tau=tau, rotation="random", seed=etf_seed, ema_floor=ema_floor)
     return ImplicitETFHead(feature_dim, num_classes, tau=tau, delta=delta, backward=ddn_backward, solver=solver,
                            ema_floor=ema_floor, solve_dtype=solve_dtype, max_iterations=max_iterations)

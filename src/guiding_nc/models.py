@@ -74,6 +74,12 @@ def _check_int(name: str, value, *, minimum: int = 1) -> int:
     return value
 
 
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} ({value!r})")
+    return value
+
+
 def _check_activation(activation: str) -> Callable[[], nn.Module]:
     if not isinstance(activation, str):
         raise TypeError(f"activation must be a str, got {type(activation).__name__}")
@@ -226,6 +232,9 @@ class MLP(nn.Module):
         bias: add bias vectors. Default: ``True`` unless ``agd_compatible``.
         activation: one of ``"relu"``, ``"gelu"``, ``"tanh"``, ``"silu"``, ``"identity"``.
         final_activation: apply the activation to the output features too.
+        feature_batch_norm: batch-normalise the last ``Linear``'s output before its activation
+            (without affine parameters under ``agd_compatible``), as the last block of a ResNet
+            does: a unit then fires on about half of every batch and cannot die.
         agd_compatible: build every ``Linear`` without a bias (AGD, see module docstring).
     """
 
@@ -238,6 +247,7 @@ class MLP(nn.Module):
         bias: Optional[bool] = None,
         activation: str = "relu",
         final_activation: bool = True,
+        feature_batch_norm: bool = False,
         agd_compatible: bool = False,
     ) -> None:
         super().__init__()
@@ -251,9 +261,13 @@ class MLP(nn.Module):
         self.agd_compatible = agd_compatible
         dims = [in_features, *widths, feature_dim]
         layers: list = [nn.Flatten()]
+        _check_bool("feature_batch_norm", feature_batch_norm)
         for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
-            layers.append(nn.Linear(d_in, d_out, bias=use_bias))
-            if i < len(dims) - 2 or final_activation:
+            last = i == len(dims) - 2
+            layers.append(nn.Linear(d_in, d_out, bias=use_bias and not (last and feature_batch_norm)))
+            if last and feature_batch_norm:
+                layers.append(nn.BatchNorm1d(d_out, affine=not agd_compatible))
+            if not last or final_activation:
                 layers.append(act())
         self.net = nn.Sequential(*layers)
 
@@ -285,6 +299,8 @@ class SmallCNN(nn.Module):
         channels: conv widths; default ``(16, 32, 64)`` (trimmed to two stages below 8 pixels).
         batch_norm: use BatchNorm after each conv.
         final_activation: apply ReLU to the output features.
+        feature_batch_norm: batch-normalise the feature layer before its ReLU (as
+            :class:`MLP`'s option of the same name).
         agd_compatible: no biases, BatchNorm without affine parameters (see module docstring).
     """
 
@@ -297,6 +313,7 @@ class SmallCNN(nn.Module):
         channels: Sequence[int] = (16, 32, 64),
         batch_norm: bool = True,
         final_activation: bool = True,
+        feature_batch_norm: bool = False,
         agd_compatible: bool = False,
     ) -> None:
         super().__init__()
@@ -332,7 +349,11 @@ class SmallCNN(nn.Module):
                 layers.append(nn.BatchNorm2d(c_out, affine=not agd_compatible))
             layers.append(nn.ReLU(inplace=True))
             c_in = c_out
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, feature_dim, bias=not agd_compatible)]
+        _check_bool("feature_batch_norm", feature_batch_norm)
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                   nn.Linear(c_in, feature_dim, bias=not (agd_compatible or feature_batch_norm))]
+        if feature_batch_norm:
+            layers.append(nn.BatchNorm1d(feature_dim, affine=not agd_compatible))
         if final_activation:
             layers.append(nn.ReLU(inplace=True))
         self.net = nn.Sequential(*layers)

@@ -405,7 +405,17 @@ def load_config(source: Union[None, str, os.PathLike, Dict[str, Any], TrainConfi
         for single, plural in (("method", "methods"), ("seed", "seeds")):
             if single in extra and plural not in extra:
                 data.pop(plural, None)
-        data.update(extra)
+        for key, value in extra.items():
+            if "." in key:
+                # `model_kwargs.final_activation=false` sets one entry of a mapping-valued key.
+                top, sub = key.split(".", 1)
+                mappings = [f.name for f in dataclasses.fields(TrainConfig) if f.default_factory is dict]
+                if top not in mappings or not isinstance(data.get(top) or {}, dict):
+                    raise ConfigError(f"override {key!r}: only a mapping-valued key takes a dotted entry "
+                                      "(e.g. model_kwargs.hidden=[64])")
+                data[top] = {**(data.get(top) or {}), sub: value}
+            else:
+                data[key] = value
     return TrainConfig.from_dict(data)
 
 
@@ -1006,6 +1016,9 @@ class Trainer:
         else:
             cache = bool(cache_mode)
         cached: List[Tuple[Tensor, Tensor, Tensor]] = []
+        # Feature coordinates that are not zero on some sample; the rest are dead units (a ReLU
+        # that never fires), invisible to any classifier weight on them.
+        alive = torch.zeros(d, dtype=torch.bool, device=dev)
 
         def batches():
             for x, y in loader:
@@ -1013,6 +1026,7 @@ class Trainer:
                 y = y.to(dev, non_blocking=True)
                 with self._autocast():
                     f = net.backbone(x)
+                alive.logical_or_((f != 0).any(0))
                 h = head.transform(f.float())
                 yield h, y, head.logits_from(h).float()
 
@@ -1033,6 +1047,14 @@ class Trainer:
             out["top5"] = float(sums[2]) / n
         W = head.weight.detach().to(dev)
         out["nc2"] = float(nc2(W))
+        alive_any = alive.to(torch.uint8)
+        if self.world_size > 1:
+            _dist().all_reduce(alive_any, op=_dist().ReduceOp.MAX)
+        dead = alive_any == 0
+        out["dead_units"] = int(dead.sum())
+        # Share of the classifier's squared weight on dead units: 1 means it reads nothing alive.
+        w2 = W.double().pow(2).sum(0)
+        out["dead_weight"] = float(w2[dead].sum() / w2.sum().clamp_min(1e-300))
         try:
             means = stats.class_means()
         except ValueError:  # an empty class in this split: class-mean metrics undefined

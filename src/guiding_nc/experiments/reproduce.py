@@ -639,9 +639,15 @@ def _in_grid_order(keys: Sequence[str], *parts: Dict[str, Dict[str, Any]]) -> Di
 def _hash(cfg, ignore: Sequence[str] = ("progress", "verbose", "resume", "device", "num_threads")) -> str:
     import hashlib
 
+    from ..heads import HEAD_REVISIONS
+
     d = cfg.to_dict()
     for k in ignore:
         d.pop(k, None)
+    # A method whose definition changed (its revision) computes something else with the same
+    # settings; revision 1 adds nothing, so hashes recorded before revisions existed still hold.
+    if HEAD_REVISIONS.get(cfg.method, 1) != 1:
+        d["head_revision"] = HEAD_REVISIONS[cfg.method]
     return hashlib.sha256(json.dumps(to_jsonable(d), sort_keys=True).encode()).hexdigest()[:16]
 
 
