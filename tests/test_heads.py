@@ -303,3 +303,21 @@ def test_fixed_uncentred_is_the_old_fixed_head():
     assert torch.allclose(old(x, y), 5.0 * normalize_features(x) @ old.W.T, atol=1e-6)
     new = build_head("fixed", d, C).train()
     assert not torch.allclose(new(x, y), old(x, y), atol=1e-3)  # the centring changes the logits
+
+
+def test_the_head_start_is_measured_at_step_zero(tmp_path):
+    """The implicit ETF classifies the paper's random UFM features before any step (its class
+    means contain each sample); from the mean-free start it is at chance, like the others."""
+    from guiding_nc.trainer import TrainConfig, train_run
+
+    def run(method, init):
+        cfg = TrainConfig.from_dict(dict(
+            name="h", output_dir=str(tmp_path), run_dir=str(tmp_path / f"{method}-{init}"), dataset="ufm", model="ufm",
+            num_classes=10, num_samples=400, feature_dim=64, batch_size=400, epochs=1, eval_every=1,
+            checkpoint_every=0, progress=False, verbose=False, method=method, record_step_accuracy=True,
+            model_kwargs={"init": init}))
+        return train_run(cfg)["step_accuracies"][0]
+
+    assert run("implicit", "gaussian") > 0.3  # chance is 0.1
+    for m in ("standard", "fixed", "implicit"):
+        assert run(m, "mean_free") <= 0.2

@@ -207,3 +207,33 @@ def test_feature_batch_norm_keeps_every_unit_alive(name, shape):
     assert all(p.dim() >= 2 for p in m.parameters())  # still AGD-compatible
     with pytest.raises(TypeError, match="feature_batch_norm"):
         build_model(name, input_shape=shape, feature_dim=16, feature_batch_norm="yes")
+
+
+def test_mean_free_ufm_start_has_class_means_without_their_samples():
+    from guiding_nc.data import balanced_labels
+
+    N, C, d = 400, 10, 64
+    y = balanced_labels(N, C)
+    u = UFM(N, d, init="mean_free", labels=y, init_offset=1e-3, generator=torch.Generator().manual_seed(0))
+    H = u.features.detach()
+    for c in range(C):
+        rows = H[y == c]
+        half = rows.shape[0] // 2
+        # antipodal pairs around the class offset: the class mean is the offset exactly
+        assert torch.allclose(rows[:half] + rows[half:], 2 * rows.mean(0).expand(half, d), atol=1e-6)
+        assert float(rows.mean(0).norm()) < 3e-3
+    # A nearest-class-mean classifier of the normalised features is at chance (here: at most 2x chance),
+    # where the paper's Gaussian start gives it most samples.
+    def ncm(features):
+        h = features / features.norm(dim=1, keepdim=True)
+        means = torch.zeros(C, d).index_add(0, y, h) / (N // C)
+        return float(((h @ means.T - 0.5 * (means * means).sum(1)).argmax(1) == y).float().mean())
+
+    assert ncm(H) <= 2.0 / C
+    assert ncm(UFM(N, d, generator=torch.Generator().manual_seed(0)).features.detach()) > 3.0 / C
+    with pytest.raises(ValueError, match="labels"):
+        UFM(N, d, init="mean_free")
+    with pytest.raises(ValueError, match="odd number"):
+        UFM(3, d, init="mean_free", labels=torch.tensor([0, 0, 0]))
+    with pytest.raises(ValueError, match="unknown UFM init"):
+        UFM(N, d, init="zeros")

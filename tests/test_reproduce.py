@@ -437,3 +437,47 @@ def test_a_resumed_run_names_the_commits_of_all_its_processes(tmp_path):
     meta = rp._run_meta(tmp_path / "work", "ufm10/default/implicit/0", "h")
     assert meta["commit"] == "b" * 40 and meta["earlier_commits"] == ["a" * 40 + "-dirty"]
     assert rp._run_commits({"k": meta}) == ["a" * 40 + "-dirty", "b" * 40]
+
+
+def test_steps_to_thresholds_are_integers_from_the_exact_per_step_loss():
+    from guiding_nc.metrics import cross_entropy_lower_bound
+
+    C, tau = 10, 5.0
+    bound = cross_entropy_lower_bound(C, tau)
+    gap = math.log(C) - bound
+    losses = [bound + gap * f for f in (1.0, 0.5, 0.02, 0.011, 0.0099, 0.001)]
+    history = [{"epoch": e, "step": e, "train_nc1": v1, "train_nc3": v3}
+               for e, v1, v3 in ((2, 1.0, 0.5), (4, 5e-4, 0.02), (6, 1e-4, 0.005))]
+    out = rp.steps_to_thresholds({"loss_gap": 0.01, "nc1": 1e-3, "nc3": 1e-2}, losses, history, C, tau)
+    assert out == {"steps_to_loss": 4, "reached_loss": True, "steps_to_nc1": 4, "reached_nc1": True,
+                   "steps_to_nc3": 6, "reached_nc3": True}
+    out = rp.steps_to_thresholds({"loss_gap": 1e-4, "nc3": 1e-3}, losses, history, C, tau)
+    assert out == {"steps_to_loss": None, "reached_loss": False, "steps_to_nc3": None, "reached_nc3": False}
+    with pytest.raises(ConfigError, match="unknown threshold"):
+        rp.steps_to_thresholds({"accuracy": 1.0}, losses, history, C, tau)
+
+
+def test_learning_rate_rule_picks_the_fastest_then_the_smaller_then_the_lowest_loss():
+    from guiding_nc.experiments.lr_selection import select_learning_rates, selection_table
+
+    def row(c, opt, lr, seed, steps, loss=0.1):
+        return {"config": c, "variant": f"{opt}_{lr}", "method": "standard", "seed": seed, "optimizer": opt, "lr": lr,
+                "steps_to_loss": steps, "reached_loss": steps is not None, "train_loss": loss}
+
+    runs = [row("u", "adam", 1e-3, 0, 50), row("u", "adam", 1e-3, 1, 60),
+            row("u", "adam", 1e-2, 0, 20), row("u", "adam", 1e-2, 1, None),  # median: infinite
+            row("u", "sgd", 1.0, 0, 30), row("u", "sgd", 1.0, 1, 30), row("u", "sgd", 10.0, 0, 30), row("u", "sgd", 10.0, 1, 30),
+            row("v", "sgd", 1.0, 0, None, 0.5), row("v", "sgd", 10.0, 0, None, 0.4)]
+    assert select_learning_rates(runs) == {"u": {"adam": 1e-3, "sgd": 1.0}, "v": {"sgd": 10.0}}
+    table = selection_table(runs)
+    assert "| u | adam | **0.001** | 55 (2) |" in table and "never" in table
+
+
+def test_variant_config_overrides_apply_per_config(tmp_path):
+    p = tmp_path / "e.yaml"
+    p.write_text("configs: [ufm10, ufm100]\nmethods: [standard]\nseeds: [0]\n"
+                 "variants:\n  adam: {overrides: {optimizer: adam}, config_overrides: {ufm10: {lr: 0.1}, ufm100: {lr: 0.01}}}\n")
+    spec = rp.load_experiment(p)
+    lrs = {j["config"]: j["overrides"]["lr"] for j in spec.jobs()}
+    assert lrs == {"ufm10": 0.1, "ufm100": 0.01}
+    assert all(j["overrides"]["optimizer"] == "adam" for j in spec.jobs())

@@ -39,6 +39,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 __all__ = [
     "MODEL_NAMES",
     "UFM",
+    "UFM_INITS",
     "MLP",
     "SmallCNN",
     "ResNet18",
@@ -147,6 +148,33 @@ def _disable_batchnorm_affine(module: nn.Module) -> nn.Module:
 
 
 # --------------------------------------------------------------------------------------- UFM
+UFM_INITS = ("gaussian", "mean_free")
+
+
+def _mean_free_(features: Tensor, labels: Optional[Tensor], offset: float, std: float,
+                generator: Optional[torch.Generator]) -> None:
+    """Rewrite Gaussian rows ``features`` (N, d) in place into the ``mean_free`` start of :class:`UFM`."""
+    if labels is None:
+        raise ValueError("UFM init 'mean_free' needs the labels (one per sample)")
+    labels = torch.as_tensor(labels).long().reshape(-1)
+    if labels.numel() != features.shape[0]:
+        raise ValueError(f"UFM init 'mean_free' needs {features.shape[0]} labels, got {labels.numel()}")
+    if isinstance(offset, bool) or not isinstance(offset, (int, float)) or not (math.isfinite(offset) and offset >= 0):
+        raise ValueError(f"init_offset must be a finite number >= 0, got {offset!r}")
+    classes, counts = torch.unique(labels, return_counts=True)
+    odd = classes[counts % 2 == 1]
+    if odd.numel():
+        raise ValueError(f"UFM init 'mean_free' pairs the samples of each class: classes {odd[:5].tolist()} "
+                         "have an odd number of samples")
+    shifts = torch.empty(int(classes.max()) + 1, features.shape[1]).normal_(0.0, std, generator=generator)
+    for c in classes.tolist():
+        idx = torch.nonzero(labels == c).squeeze(1)
+        half = idx.numel() // 2
+        g = features[idx[:half]]
+        features[idx[half:]] = -g
+        features[idx] += offset * shifts[c]
+
+
 class UFM(nn.Module):
     """Unconstrained feature model: one free feature vector per training sample.
 
@@ -160,6 +188,17 @@ class UFM(nn.Module):
         feature_dim: d, the feature dimension.
         init_std: standard deviation of the i.i.d. Gaussian initialisation of ``H``. Default
             ``1/sqrt(feature_dim)``, so every feature vector has expected squared norm 1.
+        init: ``"gaussian"`` (the paper's: i.i.d. rows) or ``"mean_free"``: every class's rows
+            come in antipodal pairs ``+g, -g`` (``g`` Gaussian as above) shifted by one small
+            class offset ``init_offset * r_c`` (``r_c`` Gaussian as above), so a class mean is
+            exactly ``init_offset * r_c`` and holds no trace of its own samples.  A
+            nearest-class-mean classifier -- and hence the implicit ETF, built from the class
+            means -- then starts at chance (measured in the book's UFM-scaling chapter) instead
+            of classifying the random features before any step.  Needs ``labels`` with an even
+            count in every class.
+        labels: ``(num_samples,)`` class labels, for ``init="mean_free"``.
+        init_offset: the class offsets' scale for ``init="mean_free"`` (default ``1e-3``; it
+            must be small against ``1/sqrt(feature_dim)`` for the start to be at chance).
         generator: optional ``torch.Generator`` for a reproducible initialisation.
         check_indices: validate the index range in ``forward`` (one host-device sync per call;
             set ``False`` to skip it in a hot loop once the data pipeline is trusted).
@@ -174,6 +213,9 @@ class UFM(nn.Module):
         feature_dim: int,
         *,
         init_std: Optional[float] = None,
+        init: str = "gaussian",
+        labels: Optional[Tensor] = None,
+        init_offset: float = 1e-3,
         generator: Optional[torch.Generator] = None,
         check_indices: bool = True,
     ) -> None:
@@ -188,8 +230,13 @@ class UFM(nn.Module):
             raise ValueError(f"init_std must be finite and >= 0, got {init_std}")
         self.init_std = float(init_std)
         self.check_indices = bool(check_indices)
+        if init not in UFM_INITS:
+            raise ValueError(f"unknown UFM init {init!r}; choose one of {', '.join(UFM_INITS)}")
+        self.init = init
         features = torch.empty(num_samples, feature_dim)
         features.normal_(0.0, self.init_std, generator=generator)
+        if init == "mean_free":
+            _mean_free_(features, labels, init_offset, self.init_std, generator)
         self.features = nn.Parameter(features)
 
     def forward(self, indices: Tensor) -> Tensor:

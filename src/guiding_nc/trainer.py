@@ -795,6 +795,8 @@ class Trainer:
         kwargs = dict(cfg.model_kwargs)
         if cfg.is_ufm:
             kwargs.setdefault("check_indices", False)  # indices come from our own sampler
+            if kwargs.get("init") == "mean_free":
+                kwargs["labels"] = train_ds.targets  # its class structure is built from them
             backbone = build_model("ufm", num_samples=int(cfg.num_samples), feature_dim=int(cfg.feature_dim), **kwargs)
         else:
             backbone = build_model(cfg.model, num_classes=C, input_shape=input_shape, feature_dim=cfg.feature_dim,
@@ -1042,7 +1044,8 @@ class Trainer:
         _all_reduce_(sums)
         stats.all_reduce_()
         n = float(sums[3])
-        out: Dict[str, float] = {"loss": float(sums[0]) / n, "top1": float(sums[1]) / n}
+        # n: the sample count, so a fraction can be turned back into an exact count of samples.
+        out: Dict[str, float] = {"loss": float(sums[0]) / n, "top1": float(sums[1]) / n, "n": int(n)}
         if C >= 5:
             out["top5"] = float(sums[2]) / n
         W = head.weight.detach().to(dev)

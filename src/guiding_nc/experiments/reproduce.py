@@ -70,10 +70,14 @@ REPO_ROOT = CONFIG_DIR.parent
 # Run-level numbers that summary.json aggregates over seeds (when a run has them).
 SUMMARY_KEYS = ("train_loss", "train_top1", "test_top1", "train_top5", "test_top5", "train_nc1", "train_nc2",
                 "train_nc3", "train_equinorm", "train_ncc_mismatch", "train_cosine_margin_mean",
-                "train_cosine_margin_min", "test_nc1", "test_ncc_mismatch", "steps_to_fit", "wall_time_s",
+                "train_cosine_margin_min", "test_nc1", "test_ncc_mismatch", "steps_to_fit", "steps_to_loss",
+                "steps_to_nc1", "steps_to_nc3", "epochs_to_fit", "train_top1_step0", "train_dead_units", "train_dead_weight", "wall_time_s",
                 "time_step_ms", "time_backbone_ms", "time_etf_forward_ms", "time_ddn_backward_ms", "peak_mem_gb")
 _SPEC_KEYS = {"description", "paper", "configs", "methods", "seeds", "overrides", "config_overrides", "variants",
-              "quick", "record_step_accuracy", "save_margins", "report_epochs", "notes"}
+              "quick", "record_step_accuracy", "record_step_losses", "thresholds", "save_margins", "report_epochs",
+              "notes"}
+# Thresholds an experiment may fix (before its runs) for the steps-to-threshold measures.
+THRESHOLD_KEYS = ("loss_gap", "nc1", "nc3")
 _QUICK_KEYS = {"configs", "seeds", "overrides", "variants", "config_overrides"}
 
 
@@ -82,8 +86,11 @@ class ExperimentSpec:
     """What to run: ``configs x variants x methods x seeds`` training runs.
 
     ``overrides`` apply to every run, ``config_overrides`` to the runs of one config;
-    ``variants`` maps a name to ``{"methods": [...] (optional), "overrides": {...}}``; with
-    none given there is one variant, ``"default"``.  ``quick`` holds the quick-mode changes:
+    ``variants`` maps a name to ``{"methods": [...], "overrides": {...}, "config_overrides":
+    {config: {...}}}`` (each optional; the last for a setting that differs by config, such as a
+    learning rate chosen per size); with none given there is one variant, ``"default"``.
+    ``thresholds`` fixes, before the runs, the thresholds of the steps-to-threshold measures
+    (:func:`steps_to_thresholds`).  ``quick`` holds the quick-mode changes:
     fewer ``configs``/``seeds``/``variants``, extra ``overrides`` for all runs and
     ``config_overrides`` per config (e.g. a shrunken UFM).  ``notes`` is free text (why the
     budget differs from the paper's, say) copied into the provenance.
@@ -100,6 +107,8 @@ class ExperimentSpec:
     variants: Dict[str, Dict[str, Any]] = field(default_factory=lambda: {"default": {}})
     quick: Dict[str, Any] = field(default_factory=dict)
     record_step_accuracy: bool = False
+    record_step_losses: bool = False
+    thresholds: Dict[str, float] = field(default_factory=dict)
     save_margins: bool = False
     report_epochs: Optional[List[int]] = None
     notes: str = ""
@@ -129,9 +138,10 @@ class ExperimentSpec:
             cfg_seeds = cfg_ov.pop("seeds", None)
             seeds = [s for s in self.seeds if cfg_seeds is None or s in cfg_seeds]
             for variant, v in self.variants.items():
+                var_cfg_ov = (v.get("config_overrides") or {}).get(config, {})
                 for method in v.get("methods", self.methods):
                     for seed in seeds:
-                        ov = {**self.overrides, **cfg_ov, **v.get("overrides", {})}
+                        ov = {**self.overrides, **cfg_ov, **v.get("overrides", {}), **var_cfg_ov}
                         out.append({"config": config, "variant": variant, "method": method, "seed": int(seed),
                                     "overrides": ov})
         return out
@@ -167,8 +177,9 @@ def load_experiment(name_or_path) -> ExperimentSpec:
         raise ConfigError(f"{path}: an experiment needs a non-empty 'configs' list")
     data.setdefault("variants", {"default": {}})
     for vname, v in data["variants"].items():
-        if not isinstance(v, dict) or set(v) - {"methods", "overrides"}:
-            raise ConfigError(f"{path}: variant {vname!r} must be a mapping with 'methods' and/or 'overrides'")
+        if not isinstance(v, dict) or set(v) - {"methods", "overrides", "config_overrides"}:
+            raise ConfigError(f"{path}: variant {vname!r} must be a mapping with 'methods', 'overrides' and/or "
+                              "'config_overrides' (per config)")
     data["quick"] = data.get("quick") or {}
     spec = ExperimentSpec(name=path.stem, **data)
     return spec
@@ -178,7 +189,7 @@ def _run_config(spec: ExperimentSpec, job: Dict[str, Any], run_dir: Path, device
     ov = dict(job["overrides"])
     ov.update(method=job["method"], seed=job["seed"], run_dir=str(run_dir), resume=True, device=device,
               progress=progress, verbose=False, record_step_accuracy=spec.record_step_accuracy,
-              save_margins=spec.save_margins)
+              record_step_losses=spec.record_step_losses, save_margins=spec.save_margins)
     if num_threads is not None:
         ov["num_threads"] = num_threads
     cfg = load_config(job["config"], ov)
@@ -188,7 +199,7 @@ def _run_config(spec: ExperimentSpec, job: Dict[str, Any], run_dir: Path, device
     return cfg
 
 
-def _record(job: Dict[str, Any], cfg, res: Dict[str, Any]) -> Dict[str, Any]:
+def _record(job: Dict[str, Any], cfg, res: Dict[str, Any], thresholds: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
     """The distilled result of one run: what the tidy files hold."""
     final_eval = res.get("final_eval") or {}
     last = res.get("final") or {}
@@ -197,7 +208,7 @@ def _record(job: Dict[str, Any], cfg, res: Dict[str, Any]) -> Dict[str, Any]:
         "dataset": cfg.dataset, "model": cfg.model, "num_classes": res.get("num_classes") or cfg.num_classes,
         "feature_dim": res.get("feature_dim") or cfg.feature_dim, "epochs": cfg.epochs, "steps": res["global_step"],
         "batch_size": cfg.batch_size, "optimizer": cfg.optimizer, "gain": cfg.gain, "stratified": cfg.stratified,
-        "delta": cfg.delta, "ddn_backward": cfg.ddn_backward, "status": res["status"],
+        "delta": cfg.delta, "ddn_backward": cfg.ddn_backward, "lr": cfg.lr, "status": res["status"],
         "wall_time_s": res["wall_time_s"], "peak_mem_gb": res.get("peak_mem_gb"), "device": res["device"],
     }
     for k, v in final_eval.items():
@@ -215,10 +226,21 @@ def _record(job: Dict[str, Any], cfg, res: Dict[str, Any]) -> Dict[str, Any]:
                 row[f"{k}@{e}"] = snap[k]
     # Per-step accuracy is the exact training accuracy only for full-batch training (one step per
     # epoch); a mini-batch's accuracy says nothing about the training set, so it is not kept.
-    acc = res.get("step_accuracies") if res.get("steps_per_epoch") == 1 else None
+    # Epochs until every training sample is classified correctly, at the resolution of eval_every.
+    fit_rows = [r for r in res["history"] if r.get("train_top1") is not None]
+    if fit_rows:
+        row["epochs_to_fit"] = next((int(r["epoch"]) for r in fit_rows if r["train_top1"] >= 1.0), None)
+    full_batch = res.get("steps_per_epoch") == 1
+    acc = res.get("step_accuracies") if full_batch else None
     if acc:
         row["steps_to_fit"] = first_fit_step(acc)
         row["fitted"] = row["steps_to_fit"] is not None  # None above then means "never", not "not measured"
+        row["train_top1_step0"] = acc[0]  # before any update: the head start, if there is one
+    losses = res.get("step_losses") if full_batch else None
+    wanted = dict(thresholds or {})
+    if cfg.method == "standard-no-norm":
+        wanted.pop("loss_gap", None)  # no lower bound without feature normalisation and temperature
+    row.update(steps_to_thresholds(wanted, losses, res["history"], res.get("num_classes") or cfg.num_classes, cfg.tau))
     curves = []
     for r in res["history"]:
         if any(k.startswith(("train_top1", "test_top1")) for k in r):
@@ -231,7 +253,40 @@ def _record(job: Dict[str, Any], cfg, res: Dict[str, Any]) -> Dict[str, Any]:
                 if "train" in f:
                     margins = [round(float(x), 5) for x in f["train"]]
     return {"row": row, "curves": curves, "step_accuracy": [round(float(a), 6) for a in acc] if acc else None,
-            "margins": margins}
+            "step_loss": [float(f"{x:.7g}") for x in losses] if losses else None, "margins": margins}
+
+
+def steps_to_thresholds(thresholds: Dict[str, float], step_losses: Optional[Sequence[float]],
+                        history: Sequence[Dict[str, Any]], num_classes: int, tau: float) -> Dict[str, Any]:
+    """Steps-to-threshold measures of one full-batch run, for the thresholds an experiment fixed.
+
+    * ``steps_to_loss`` (``loss_gap``): the first step count ``t`` at which the training loss is
+      within ``loss_gap`` of the cross-entropy lower bound ``L*``, as a fraction of the gap at
+      chance-level logits: ``(L_t - L*) / (log C - L*) <= loss_gap``.  ``L_t`` is the full-batch
+      loss after ``t`` steps (measured in the forward pass of step ``t + 1``), so it is exact
+      at every step.
+    * ``steps_to_nc1`` / ``steps_to_nc3``: the first evaluated step at which the train NC1 / NC3
+      is at most the threshold (at the resolution of ``eval_every``).
+    Each comes with ``reached_<name>`` (``False``: never within the budget, and the step is
+    ``None``).  Integers throughout: they are compared as counts, never as floats.
+    """
+    from ..metrics import cross_entropy_lower_bound
+
+    out: Dict[str, Any] = {}
+    unknown = sorted(set(thresholds) - set(THRESHOLD_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown threshold(s) {', '.join(unknown)}; valid: {', '.join(THRESHOLD_KEYS)}")
+    if "loss_gap" in thresholds and step_losses:
+        bound = cross_entropy_lower_bound(int(num_classes), float(tau))
+        scale = math.log(num_classes) - bound
+        hit = next((t for t, loss in enumerate(step_losses) if (loss - bound) / scale <= thresholds["loss_gap"]), None)
+        out["steps_to_loss"], out["reached_loss"] = hit, hit is not None
+    for key in ("nc1", "nc3"):
+        if key in thresholds:
+            rows = [r for r in history if r.get(f"train_{key}") is not None]
+            hit = next((int(r["step"]) for r in rows if r[f"train_{key}"] <= thresholds[key]), None)
+            out[f"steps_to_{key}"], out[f"reached_{key}"] = hit, hit is not None
+    return out
 
 
 def _key(job_or_row: Dict[str, Any]) -> str:
@@ -265,14 +320,16 @@ def summarize_records(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
             vals = [float(r[k]) for r in rs if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
                     and math.isfinite(float(r[k]))]
             missing = len(rs) - len(vals)
-            if k == "steps_to_fit":
-                # Runs that were measured and never fitted count as missing; runs where steps to
-                # fit does not apply (mini-batch training) leave no cell at all.
-                never = sum(r.get("fitted") is False for r in rs)
+            steps = k.startswith("steps_to_")
+            if steps:
+                # Runs that were measured and never got there count as missing; runs where the
+                # measure does not apply (mini-batch training) leave no cell at all.
+                flag = "fitted" if k == "steps_to_fit" else "reached_" + k[len("steps_to_"):]
+                never = sum(r.get(flag) is False for r in rs)
                 if not vals and not never:
                     continue
                 missing = never
-            if vals or k == "steps_to_fit":
+            if vals or steps:
                 cell[k] = {"median": statistics.median(vals) if vals else None, "min": min(vals) if vals else None,
                            "max": max(vals) if vals else None, "n": len(vals), "missing": missing, "values": vals}
         out[g] = cell
@@ -347,6 +404,9 @@ def _write_outputs(out: Path, spec: ExperimentSpec, records: Dict[str, Dict[str,
     if spec.record_step_accuracy:
         atomic_write_json(out / "step_accuracy.json", {_key(r["row"]): r["step_accuracy"] for r in recs
                                                         if r["step_accuracy"]}, indent=None)
+    if spec.record_step_losses:
+        atomic_write_json(out / "step_loss.json", {_key(r["row"]): r.get("step_loss") for r in recs
+                                                   if r.get("step_loss")}, indent=None)
     if spec.save_margins:
         atomic_write_json(out / "margins.json", {_key(r["row"]): r["margins"] for r in recs}, indent=None)
     atomic_write_json(out / "summary.json", summarize_records(rows))
@@ -467,7 +527,7 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
         atomic_write_text(hash_path, h)
         res = train_run(cfg, argv=argv)
         used_device = res["device"]
-        rec = _record(job, cfg, res)
+        rec = _record(job, cfg, res, spec.thresholds)
         rec["config_hash"] = h
         atomic_write_json(rec_path, rec, indent=None)
         records[_key(job)] = rec
@@ -562,8 +622,9 @@ def _results_records(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path,
         if not ok:
             refused.append(k)
             continue
-        records[k] = {"row": {kk: v for kk, v in row.items() if v is not None}, "curves": curves.get(k, []),
+        records[k] = {"row": dict(row), "curves": curves.get(k, []),
                       "step_accuracy": (old.get("step_accuracy") or {}).get(k),
+                      "step_loss": (old.get("step_loss") or {}).get(k),
                       "margins": (old.get("margins") or {}).get(k)}
         metas[k] = meta
     if refused:
@@ -680,7 +741,7 @@ def load_results(path) -> Dict[str, Any]:
     out = {"runs": read_csv(path / "runs.csv"), "curves": read_csv(path / "curves.csv"),
            "summary": json.loads((path / "summary.json").read_text()),
            "provenance": json.loads((path / "provenance.json").read_text())}
-    for name in ("step_accuracy", "margins"):
+    for name in ("step_accuracy", "step_loss", "margins"):
         if (path / f"{name}.json").exists():
             out[name] = json.loads((path / f"{name}.json").read_text())
     return out
