@@ -194,9 +194,16 @@ def test_grid_run_in_slices_merges_into_one_result_directory(tmp_path, monkeypat
     from guiding_nc.plotting.experiments import provenance_caption
     assert provenance_caption(prov).count("slice   : 3 runs by `python -m guiding_nc.experiments.reproduce") == 2
     assert {k for inv in prov["invocations"] for k in inv["runs"]} == {rp._key(r) for r in res["runs"]}
-    # A finished run made with other settings is not merged in.
+    # A slice with another setting never drops the runs the files hold: it stops before any run...
     calls.clear()
-    third = rp.run_experiment(spec, out=out, work_dir=work, progress=False, seeds=[0], overrides={"delta": 0.5})
+    snapshot = _files(out)
+    with pytest.raises(ConfigError, match=r"holds 6 run\(s\) made with other settings.*--out DIR.*--replace"):
+        rp.run_experiment(spec, out=out, work_dir=work, progress=False, seeds=[0], overrides={"delta": 0.5})
+    assert calls == [] and _files(out) == snapshot
+    # ... unless asked to replace them; a finished run made with other settings is then not merged in.
+    with pytest.warns(UserWarning, match="not made with the settings"):
+        third = rp.run_experiment(spec, out=out, work_dir=work, progress=False, seeds=[0], overrides={"delta": 0.5},
+                                  replace=True)
     assert third["status"] == "partial" and len(third["records"]) == 3 and len(calls) == 3
 
 
@@ -274,9 +281,12 @@ def test_committed_runs_with_other_settings_are_not_kept(tmp_path):
     spec = rp.load_experiment(_write(tmp_path, QUICK))
     out = tmp_path / "out"
     rp.run_experiment(spec, out=out, work_dir=tmp_path / "work_a", progress=False, seeds=[1])
+    with pytest.raises(ConfigError, match="holds 3 run"):
+        rp.run_experiment(spec, out=out, work_dir=tmp_path / "work_b", progress=False, seeds=[0],
+                          overrides={"delta": 0.5})
     with pytest.warns(UserWarning, match="3 run\\(s\\) not made with the settings of experiment 'exp'"):
         res = rp.run_experiment(spec, out=out, work_dir=tmp_path / "work_b", progress=False, seeds=[0],
-                                overrides={"delta": 0.5})
+                                overrides={"delta": 0.5}, replace=True)
     assert res["status"] == "partial" and {r["row"]["seed"] for r in res["records"]} == {0}
     assert rp.load_results(out)["provenance"]["runs_kept_from_results"] == []
 
@@ -291,8 +301,11 @@ def test_result_files_from_before_settings_hashes_are_kept_only_for_the_same_spe
     legacy = json.loads(prov_path.read_text())
     del legacy["run_sources"]
     prov_path.write_text(json.dumps(legacy))
-    records, sources = rp._results_records(out, spec, "full", tmp_path / "work_b", "auto", None)
-    assert len(records) == 3 and all(m["settings_hash"] is None for m in sources.values())
+    # Only the implicit run: the learned and fixed heads changed definition since (their logits are
+    # centred now), and a run without a settings hash cannot show which definition made it.
+    with pytest.warns(UserWarning, match="2 run"):
+        records, sources = rp._results_records(out, spec, "full", tmp_path / "work_b", "auto", None)
+    assert set(records) == {"ufm10/default/implicit/1"} and all(m["settings_hash"] is None for m in sources.values())
     assert {m["command"] for m in sources.values()} == {legacy["command"]}
     other = dict(legacy, config=dict(legacy["config"], spec=dict(legacy["config"]["spec"], overrides={"epochs": 99})))
     prov_path.write_text(json.dumps(other))
@@ -338,7 +351,9 @@ def test_changed_config_is_not_served_from_an_old_record(tmp_path, monkeypatch):
     calls = []
     real = rp.train_run
     monkeypatch.setattr(rp, "train_run", lambda cfg, **kw: calls.append(cfg.delta) or real(cfg, **kw))
-    rp.run_experiment(p, out=out, work_dir=work, progress=False, methods=["fixed"], overrides={"delta": 0.5})
+    with pytest.warns(UserWarning, match="not made with the settings"):
+        rp.run_experiment(p, out=out, work_dir=work, progress=False, methods=["fixed"], overrides={"delta": 0.5},
+                          replace=True)
     assert calls == [0.5]
     # the earlier run is kept aside, not deleted
     assert len(list((work / "ufm10" / "default" / "fixed").glob("0.superseded-*"))) == 1
@@ -481,3 +496,49 @@ def test_variant_config_overrides_apply_per_config(tmp_path):
     lrs = {j["config"]: j["overrides"]["lr"] for j in spec.jobs()}
     assert lrs == {"ufm10": 0.1, "ufm100": 0.01}
     assert all(j["overrides"]["optimizer"] == "adam" for j in spec.jobs())
+
+
+def test_command_line_overrides_win_over_the_experiments_own(tmp_path):
+    # ufm10's quick mode sets epochs and feature_dim per config; a command-line override wins.
+    spec = rp.load_experiment("ufm10").quick_spec()
+    spec.cli_overrides = {"epochs": 7, "feature_dim": 64}
+    for job in spec.jobs():
+        cfg = load_config(job["config"], job["overrides"])
+        assert (cfg.epochs, cfg.feature_dim) == (7, 64)
+    res = rp.run_experiment("ufm10", quick=True, seeds=[0], methods=["fixed"], overrides={"epochs": 3},
+                            out=tmp_path / "o", work_dir=tmp_path / "w", progress=False)
+    assert res["records"][0]["row"]["epochs"] == 3
+    assert rp.load_results(tmp_path / "o")["provenance"]["config"]["spec"]["cli_overrides"] == {"epochs": 3}
+
+
+def test_a_moved_work_directory_is_not_trained_again(tmp_path, monkeypatch):
+    spec = rp.load_experiment(_write(tmp_path, QUICK.replace("seeds: [0, 1]", "seeds: [0]")))
+    rp.run_experiment(spec, out=tmp_path / "o1", work_dir=tmp_path / "w1", progress=False)
+    (tmp_path / "w1").rename(tmp_path / "w2")
+    calls = []
+    monkeypatch.setattr(rp, "train_run", lambda cfg, **kw: calls.append(cfg) or {})
+    res = rp.run_experiment(spec, out=tmp_path / "o2", work_dir=tmp_path / "w2", progress=False)
+    assert calls == [] and res["status"] == "completed" and len(res["records"]) == 3
+
+
+def test_a_run_another_slice_is_training_is_not_trained_twice(tmp_path, monkeypatch):
+    spec = rp.load_experiment(_write(tmp_path, QUICK.replace("seeds: [0, 1]", "seeds: [0]")))
+    work = tmp_path / "w"
+    busy = work / "ufm10" / "default" / "fixed" / "0"
+    calls = []
+    real = rp.train_run
+    monkeypatch.setattr(rp, "train_run", lambda cfg, **kw: calls.append(cfg.method) or real(cfg, **kw))
+    with rp._run_lock(busy) as mine:  # as an overlapping slice would hold it
+        assert mine
+        with rp._run_lock(busy) as other:
+            assert not other
+        res = rp.run_experiment(spec, out=tmp_path / "o", work_dir=work, progress=False)
+    assert sorted(calls) == ["implicit", "standard"] and res["status"] == "partial"
+
+
+def test_experiment_names_that_would_leave_the_work_directory_are_refused(tmp_path):
+    for bad in ("configs: [../../x]", "configs: [ufm10]\nvariants: {'a/b': {}}"):
+        p = tmp_path / "bad.yaml"
+        p.write_text(bad + "\n")
+        with pytest.raises(ConfigError, match="must be a plain name"):
+            rp.load_experiment(p)

@@ -205,7 +205,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # no temp file left
-    assert torch.load(path, weights_only=False)["epoch"] == 1
+    assert torch.load(path, weights_only=True)["epoch"] == 1
 
 
 @pytest.mark.parametrize("method,check_every", [("implicit", 1), ("standard", 20)])
@@ -219,7 +219,7 @@ def test_nonfinite_stops_with_step_and_keeps_last_checkpoint(tmp_path, method, c
     tr = Trainer(cfg, callbacks=[poison])
     with pytest.raises(NonFiniteError, match=r"epoch 3, step 2 of 2 \(global step 6\).*epoch 2\) is intact"):
         tr.fit()
-    state = torch.load(tr.checkpoint_path, weights_only=False)
+    state = torch.load(tr.checkpoint_path, weights_only=True)
     assert state["epoch"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     prov = json.loads((tr.run_dir / "provenance.json").read_text())
@@ -331,3 +331,67 @@ def test_dotted_overrides_set_one_entry_of_a_mapping():
     for bad in ("epochs.x=1", "nosuch.x=1"):
         with pytest.raises(ConfigError, match="mapping-valued"):
             load_config("digits_mlp", [bad])
+
+
+class _Payload:
+    """Unpickling this object would run code (here: create a file)."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.target),))
+
+
+def test_a_crafted_checkpoint_is_refused_without_running(tmp_path):
+    from guiding_nc.trainer import CheckpointError, read_checkpoint
+
+    marker = tmp_path / "pwned"
+    cfg = ufm(tmp_path, epochs=2, resume=True)
+    tr = Trainer(cfg)
+    tr.run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": "guiding_nc.checkpoint/2", "payload": _Payload(marker)}, tr.checkpoint_path)
+    with pytest.raises(CheckpointError, match="refused to load .*checkpoint.pt"):
+        tr.fit()
+    assert not marker.exists()
+    # Truncated, empty and garbage files: one clear error naming the file.
+    for content in (tr.checkpoint_path.read_bytes()[:50], b"", b"not a checkpoint at all"):
+        tr.checkpoint_path.write_bytes(content)
+        with pytest.raises(CheckpointError, match="cannot read the checkpoint .*checkpoint.pt"):
+            read_checkpoint(tr.checkpoint_path)
+    torch.save({"format": "something/else"}, tr.checkpoint_path)
+    with pytest.raises(CheckpointError, match="not a guiding_nc.checkpoint/2 checkpoint"):
+        read_checkpoint(tr.checkpoint_path)
+
+
+def test_checkpoints_load_with_weights_only_and_resume_bit_identically(tmp_path):
+    full = train_run(ufm(tmp_path / "a", epochs=4, checkpoint_every=1))
+    cfg = ufm(tmp_path / "b", epochs=4, checkpoint_every=1, stop_after_epoch=2)
+    train_run(cfg)
+    state = torch.load(Path(tmp_path / "b" / "t" / "implicit" / "seed0" / "checkpoint.pt"), weights_only=True)
+    assert state["epoch"] == 2 and isinstance(state["rng"]["python"]["state"], torch.Tensor)
+    resumed = train_run(cfg.replace(stop_after_epoch=None, resume=True))
+    assert _untimed(resumed["final_eval"]) == _untimed(full["final_eval"])
+
+
+def test_a_killed_run_resumes_with_every_process_counted_and_a_finished_one_reports_the_same(tmp_path):
+    cfg = ufm(tmp_path, epochs=4, checkpoint_every=1, save_margins=True)
+    full = train_run(cfg.replace(run_dir=str(tmp_path / "full")))
+    train_run(cfg.replace(stop_after_epoch=2))
+    run_dir = tmp_path / "t" / "implicit" / "seed0"
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    assert prov["wall_time_at_checkpoint_s"] > 0 and prov["checkpoint_epoch"] == 2
+    prov["status"] = "running"  # what a process killed after its checkpoint leaves behind
+    (run_dir / "provenance.json").write_text(json.dumps(prov))
+    (run_dir / ".checkpoint.pt.x1y2.tmp").write_bytes(b"half")  # and the temp file it was writing
+    resumed = train_run(cfg.replace(resume=True))
+    assert not list(run_dir.glob(".*.tmp"))
+    seg = json.loads((run_dir / "provenance.json").read_text())["resumed_segments"]
+    assert [s["status"] for s in seg] == ["killed"] and seg[0]["until_epoch"] == 2
+    assert resumed["wall_time_s"] == pytest.approx(resumed["wall_time_this_process_s"] + seg[0]["wall_time_s"])
+    assert _untimed(resumed["final_eval"]) == _untimed(full["final_eval"])
+    # Resuming the finished run trains nothing and reports the same numbers, margins included.
+    again = train_run(cfg.replace(resume=True))
+    assert again["status"] == "completed" and _untimed(again["final_eval"]) == _untimed(full["final_eval"])
+    assert again["cosine_margin_distribution"] == full["cosine_margin_distribution"]
+    assert again["wall_time_s"] >= resumed["wall_time_s"]

@@ -85,7 +85,9 @@ def _validate(H: Tensor, prox: Optional[Tensor], delta: float, method: str, back
         )
     if not H.is_floating_point():
         raise TypeError(f"H must be a floating-point tensor, got dtype {H.dtype}")
-    if check and not bool(torch.isfinite(H).all()):
+    if (check or method == "trust_region") and not bool(torch.isfinite(H).all()):
+        # The trust-region route runs on the host anyway, so it always checks: its solver would
+        # otherwise return its starting point for a NaN input without a word.
         raise ValueError("H contains non-finite entries (NaN or Inf)")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
@@ -100,6 +102,8 @@ def _validate(H: Tensor, prox: Optional[Tensor], delta: float, method: str, back
             raise ValueError(f"prox has shape {tuple(prox.shape)} but H has shape {tuple(H.shape)}; they must match")
         if prox.device != H.device:
             raise ValueError(f"prox is on {prox.device} but H is on {H.device}")
+        if prox.dtype != H.dtype:
+            raise ValueError(f"prox has dtype {prox.dtype} but H has dtype {H.dtype}; they must match")
         if not check:
             return
         if not bool(torch.isfinite(prox).all()):
@@ -432,7 +436,8 @@ def nearest_etf(
     H : Tensor, shape (d, C)
         Centred class means, one column per class (the paper scales them to unit
         Frobenius norm; the solver does not require it).  Any device; float32 or
-        float64.  Gradients flow to ``H`` (and to ``prox`` if it requires grad).
+        float64 (float16 / bfloat16 are solved in float32 and returned in their own
+        dtype).  Gradients flow to ``H`` (and to ``prox`` if it requires grad).
     prox : Tensor, shape (d, C), optional
         Proximal point on ``St(d, C)``.  ``None`` runs the paper's first-step
         scheme: solve the ``delta = 0`` problem (Eq. 6) from the canonical
@@ -471,6 +476,16 @@ def nearest_etf(
 
     Book: chapter 3 (the solution) and chapter 5 (its gradient).
     """
+    if isinstance(H, Tensor) and H.dtype in (torch.float16, torch.bfloat16):
+        # Half precision (autocast) cannot hold the solve: compute in float32, hand back H's dtype
+        # (autograd carries the gradient through both casts).
+        if prox is not None and isinstance(prox, Tensor) and prox.dtype != H.dtype:
+            raise ValueError(f"prox has dtype {prox.dtype} but H has dtype {H.dtype}; they must match")
+        out = nearest_etf(H.float(), None if prox is None else prox.float(), delta, method, backward,
+                          max_iterations=max_iterations, polar=polar, return_prox=return_prox, check=check)
+        if return_prox:
+            return out[0].to(H.dtype), out[1].to(H.dtype)
+        return out.to(H.dtype)
     _validate(H, prox, delta, method, backward, check)
     _check_polar_method(polar)
     d, C = H.shape

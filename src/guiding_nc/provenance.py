@@ -38,6 +38,13 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it; it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: PathLike, writer: Callable[[str], None]) -> Path:
     """Call ``writer(tmp_path)`` on a temporary file next to ``path``, fsync it, then ``os.replace``.
 
@@ -48,6 +55,8 @@ def atomic_write(path: PathLike, writer: Callable[[str], None]) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     os.close(fd)
     try:
+        # mkstemp creates the file 0600 whatever the umask; give it the mode a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         writer(tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())

@@ -23,7 +23,9 @@ from .trainer import ConfigError, NonFiniteError, TrainConfig, load_config, trai
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from .cli import OneLineParser
+
+    p = OneLineParser(
         prog="python -m guiding_nc.train",
         description="Train standard / fixed-ETF / implicit-ETF classifiers (Guiding Neural Collapse).",
         epilog="Valid config keys: " + ", ".join(TrainConfig.valid_keys()),
@@ -62,7 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         extra.append(f"device={args.device}")
     if args.output_dir:
         extra.append(f"output_dir={args.output_dir}")
-    try:
+    def run(_argv) -> int:
         cfg = load_config(source, overrides + extra)
         if args.print_config:
             import yaml
@@ -70,15 +72,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(yaml.safe_dump(cfg.apply_quick().to_dict(), sort_keys=False))
             return 0
         train(cfg, argv=[sys.executable, "-m", "guiding_nc.train", *argv])
-    except (ConfigError, ValueError) as exc:  # bad config, bad labels, C > d, ...
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except NonFiniteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except FileNotFoundError as exc:  # DatasetNotFoundError included
-        print(f"error: {exc}", file=sys.stderr)
-        return 4
+        return 0
+
+    from .cli import run_cli
+
+    try:
+        return run_cli(run)
     finally:
         try:
             import torch.distributed as dist
@@ -87,8 +86,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                 dist.destroy_process_group()
         except Exception:  # pragma: no cover - best effort at exit
             pass
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -91,6 +91,8 @@ from .provenance import (
 __all__ = [
     "ConfigError",
     "NonFiniteError",
+    "CheckpointError",
+    "read_checkpoint",
     "TrainConfig",
     "load_config",
     "parse_overrides",
@@ -104,6 +106,7 @@ __all__ = [
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "guiding_nc.checkpoint/2"  # 2: RNG states as tensors, loadable with weights_only
 _TIME_KEYS_PREFIX = ("time_", "peak_", "wall_")
 
 
@@ -115,7 +118,67 @@ class NonFiniteError(RuntimeError):
     """Training produced a non-finite loss or non-finite features."""
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be (or must not be) loaded: truncated, foreign, or a pickle."""
+
+
 # ------------------------------------------------------------------------------- config
+def _number(text: str):
+    """``"1e-5"`` -> ``1e-05``: YAML 1.1 reads exponents without a dot as strings."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _coerce(key: str, kind: str, value: Any) -> Any:
+    """``value`` checked against the field type ``kind`` (its annotation as text), with the
+    conversions a user means: ``"1e-5"`` for a float, ``2`` for a float, one name for a list of
+    names.  Anything else is a :class:`ConfigError` that names the key and what it accepts."""
+    optional = kind.startswith("Optional[")
+    inner = kind[len("Optional["):-1] if optional else kind
+    if value is None:
+        if optional or inner == "Any":
+            return None
+        raise ConfigError(f"{key} must be {_KIND_TEXT.get(inner, inner)}, got null")
+    if inner == "Any":
+        return value
+    if inner == "bool":
+        if isinstance(value, bool):
+            return value
+    elif inner == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif inner == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _number(value) is not None:
+            return _number(value)
+    elif inner == "str":
+        if isinstance(value, str):
+            return value
+    elif inner.startswith("List["):
+        item = inner[len("List["):-1]
+        if isinstance(value, str) and item == "str":
+            value = [value]  # `methods=implicit` means the one method
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and item in ("int", "float"):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            return [_coerce(f"{key}[{i}]", item, v) for i, v in enumerate(value)]
+    elif inner.startswith("Dict["):
+        if isinstance(value, dict):
+            return value
+    else:  # pragma: no cover - a field type this function does not know
+        return value
+    raise ConfigError(f"{key} must be {_KIND_TEXT.get(inner, inner)}{' or null' if optional else ''}, got {value!r}")
+
+
+_KIND_TEXT = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "a string",
+              "List[int]": "a list of integers, e.g. [0, 1]", "List[float]": "a list of numbers, e.g. [0.9, 0.999]",
+              "List[str]": "a list of names, e.g. [standard, implicit]",
+              "Dict[str, Any]": "a mapping, e.g. {hidden: [64]}"}
+
+
 @dataclass
 class TrainConfig:
     """Every training setting.  Defaults are the paper's (§4) where it gives one.
@@ -210,7 +273,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
-        """Build from a mapping; unknown keys raise :class:`ConfigError` listing the valid ones."""
+        """Build from a mapping; unknown keys raise :class:`ConfigError` listing the valid ones, and
+        every value is checked against its field's type (:func:`_coerce`)."""
         if not isinstance(data, dict):
             raise ConfigError(f"a config must be a mapping of key: value, got {type(data).__name__}")
         data = {k: v for k, v in data.items() if k != "base"}
@@ -219,7 +283,8 @@ class TrainConfig:
             raise ConfigError(
                 f"unknown config key(s): {', '.join(unknown)}. Valid keys are: {', '.join(sorted(cls.valid_keys()))}"
             )
-        return cls(**copy.deepcopy(data))
+        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        return cls(**{k: _coerce(k, kinds[k], copy.deepcopy(v)) for k, v in data.items()})
 
     def to_dict(self) -> Dict[str, Any]:
         return copy.deepcopy(dataclasses.asdict(self))
@@ -334,10 +399,51 @@ class TrainConfig:
             raise ConfigError(f"stop_after_epoch must be a positive integer, got {self.stop_after_epoch!r}")
         if self.run_dir is not None and len(self.method_list) * len(self.seed_list) > 1:
             raise ConfigError("run_dir names a single run; with several methods/seeds use output_dir + name")
+        check_name("name", self.name)
+        for key in ("max_train_samples", "max_test_samples", "num_samples", "feature_dim", "solver_max_iterations"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {v!r}")
+        for key in ("seed", "split_seed", *(f"seeds[{i}]" for i in range(len(self.seeds or [])))):
+            v = getattr(self, key) if "[" not in key else self.seeds[int(key[6:-1])]
+            if v < 0:
+                raise ConfigError(f"{key} must be an integer >= 0, got {v!r}")
+        if not (0.0 < self.ema_floor <= 1.0):
+            raise ConfigError(f"ema_floor must lie in (0, 1], got {self.ema_floor!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a positive number or null, got {self.lr!r}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got {self.betas!r}")
+        for key in ("momentum", "weight_decay", "gain"):
+            v = getattr(self, key)
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{key} must be a number >= 0, got {v!r}")
+        bad = [e for e in self.report_epochs if e < 1]
+        if bad:
+            raise ConfigError(f"report_epochs must be epochs >= 1, got {self.report_epochs!r}")
+
+
+def check_name(key: str, value: str) -> str:
+    """A name that becomes one path component (a run's ``name``, an experiment's config or
+    variant): no path separator, no ``..``, not empty, so no write can leave its directory."""
+    if not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\\" in value \
+            or value != value.strip() or "\0" in value:
+        raise ConfigError(f"{key} must be a plain name (no '/', '\\' or '..'), got {value!r}")
+    return value
+
+
+def _yaml_value(text: str, where: str) -> Any:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: {text!r} is not a valid YAML value ({mark})") from None
+    return value
 
 
 def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
-    """``["epochs=3", "seeds=[0,1]", "method=fixed"]`` -> dict (values parsed as YAML)."""
+    """``["epochs=3", "seeds=[0,1]", "method=fixed"]`` -> dict (values parsed as YAML; numbers
+    such as ``1e-5`` that YAML 1.1 leaves as strings are read as numbers)."""
     out: Dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -346,7 +452,11 @@ def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
         key = key.strip().lstrip("-").replace("-", "_")
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
-        out[key] = yaml.safe_load(value) if value.strip() != "" else None
+        parsed = _yaml_value(value, f"override {key}") if value.strip() != "" else None
+        if isinstance(parsed, str) and _number(parsed) is not None and parsed.strip().lower() not in ("inf", "nan",
+                                                                                                     "-inf", "+inf"):
+            parsed = _number(parsed)
+        out[key] = parsed
     return out
 
 
@@ -365,8 +475,13 @@ def _resolve_config_path(ref: Union[str, os.PathLike], relative_to: Optional[Pat
 def _load_yaml_with_base(path: Path, seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     if path in seen:
         raise ConfigError(f"circular 'base:' chain: {' -> '.join(str(s) for s in seen + (path,))}")
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must contain a mapping of key: value")
     base = data.pop("base", None)
@@ -668,21 +783,60 @@ def _margin_summary(m: np.ndarray) -> Dict[str, Any]:
 
 
 def _rng_state(device: torch.device) -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain numbers, so a checkpoint loads with
+    ``torch.load(weights_only=True)`` (no pickled objects)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64),
+                        "gauss": None if gauss is None else float(gauss)},
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         try:
             torch.cuda.set_rng_state_all(state["cuda"])
         except (RuntimeError, IndexError):
             pass
+
+
+def read_checkpoint(path: Union[str, os.PathLike], map_location=None) -> Dict[str, Any]:
+    """A ``guiding_nc`` checkpoint, loaded without unpickling anything but tensors, numbers,
+    strings, lists and dicts (``weights_only=True``): a file that holds other objects -- a crafted
+    pickle, say -- is refused before any of its code can run.  Every failure is a
+    :class:`CheckpointError` naming the file."""
+    import pickle
+    import zipfile
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        text = str(exc)
+        import re
+
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:  # a well-formed file asking for a callable: the signature of a pickle payload
+            raise CheckpointError(f"refused to load {path}: it asks to import {found.group(1)}, and a checkpoint holds "
+                                  "only tensors and plain data; delete it or pass overwrite=true to start the run "
+                                  "again") from None
+        raise CheckpointError(f"cannot read the checkpoint {path} ({type(exc).__name__}); it is truncated, empty or "
+                              "not a checkpoint: delete it or pass overwrite=true to start the run again") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (format "
+                              f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}); "
+                              "delete it or pass overwrite=true to start the run again")
+    return state
 
 
 def _is_interactive() -> bool:
@@ -874,7 +1028,7 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         return {
-            "format": "guiding_nc.checkpoint/1",
+            "format": CHECKPOINT_FORMAT,
             "config": self.cfg.to_dict(),
             "epoch": self.epoch,
             "global_step": self.global_step,
@@ -898,6 +1052,12 @@ class Trainer:
         if self.cfg.keep_checkpoints:
             atomic_torch_save(state, self.run_dir / f"checkpoint_epoch{self.epoch:04d}.pt")
         self.last_checkpoint_epoch = self.epoch
+        if hasattr(self, "_provenance"):
+            # What this process has computed so far that a later process can take over from: a
+            # killed run's segment is credited with this much wall time.
+            self._provenance["checkpoint_epoch"] = self.epoch
+            self._provenance["wall_time_at_checkpoint_s"] = time.time() - self._t0
+            write_provenance(self.run_dir / "provenance.json", self._provenance)
         return path
 
     _RESUME_MUST_MATCH = ("method", "seed", "dataset", "model", "num_classes", "num_samples", "feature_dim",
@@ -905,7 +1065,7 @@ class Trainer:
                           "ddn_backward", "max_train_samples")
 
     def load_checkpoint(self, path: Union[str, os.PathLike]) -> None:
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = read_checkpoint(path, map_location=self.device)
         old = state.get("config", {})
         diffs = [k for k in self._RESUME_MUST_MATCH if k in old and old[k] != getattr(self.cfg, k)]
         if diffs:
@@ -966,10 +1126,19 @@ class Trainer:
         except (OSError, ValueError):
             return []
         git = old.get("git") or {}
+        status = old.get("status")
+        # A process that never wrote its end is a killed one; it is credited with the wall time it
+        # had spent when it wrote the checkpoint this process resumes from.
+        wall = old.get("wall_time_s") if status == "completed" else old.get("wall_time_at_checkpoint_s")
         segment = {"command": old.get("command"), "commit": git.get("commit"), "dirty": git.get("dirty"),
                    "date": old.get("date"), "device": old.get("device_name") or old.get("device"),
-                   "num_threads": old.get("num_threads"), "status": old.get("status"), "until_epoch": epoch}
+                   "num_threads": old.get("num_threads"), "status": "killed" if status == "running" else status,
+                   "until_epoch": epoch, "wall_time_s": wall}
         return list(old.get("resumed_segments") or []) + [segment]
+
+    def _earlier_wall(self) -> float:
+        """Wall time of the earlier processes of a resumed run (0 for a run in one process)."""
+        return float(sum(seg.get("wall_time_s") or 0.0 for seg in getattr(self, "_earlier_segments", None) or []))
 
     def _write_provenance(self, status: str, wall: Optional[float]) -> None:
         if not self.is_main:
@@ -981,6 +1150,7 @@ class Trainer:
                 self._provenance["resumed_segments"] = self._earlier_segments
         self._provenance["status"] = status
         self._provenance["wall_time_s"] = wall
+        self._provenance["wall_time_all_processes_s"] = None if wall is None else wall + self._earlier_wall()
         self._provenance["epochs_completed"] = self.epoch
         self._provenance["global_step"] = self.global_step
         write_provenance(self.run_dir / "provenance.json", self._provenance)
@@ -1218,6 +1388,10 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         resumed_from = None
+        if self.is_main:
+            # Temporary files of a process killed while it wrote (atomic writes leave no half file).
+            for orphan in self.run_dir.glob(".*.tmp"):
+                orphan.unlink(missing_ok=True)
         if self.checkpoint_path.exists():
             if cfg.resume:
                 self.load_checkpoint(self.checkpoint_path)
@@ -1286,6 +1460,13 @@ class Trainer:
             if self.status == "running":
                 self.status = "failed"
                 self._write_provenance("failed", time.time() - self._t0)
+        if self.status == "completed" and not self.final_margins and self.history and \
+                self.history[-1]["epoch"] == cfg.epochs:
+            # Resumed from the final checkpoint (a kill after it, or resume of a finished run): the
+            # per-sample margins are not in a checkpoint; the final model gives them again.
+            self._sync_buffers()
+            for split in self.eval_loaders:
+                self.final_margins[split] = self.evaluate(split)[1]
         wall = time.time() - self._t0
         results = self._results(wall, resumed_from)
         if self.is_main:
@@ -1315,7 +1496,9 @@ class Trainer:
             "global_step": self.global_step,
             "steps_per_epoch": self.steps_per_epoch,
             "resumed_from_epoch": resumed_from,
-            "wall_time_s": wall,
+            # All processes of a resumed run (each credited up to the checkpoint the next took over).
+            "wall_time_s": wall + self._earlier_wall(),
+            "wall_time_this_process_s": wall,
             "world_size": self.world_size,
             "device": str(self.device),
             "num_classes": self.num_classes,  # inferred from the data when the config leaves it out

@@ -106,6 +106,9 @@ class ExperimentSpec:
     config_overrides: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     variants: Dict[str, Dict[str, Any]] = field(default_factory=lambda: {"default": {}})
     quick: Dict[str, Any] = field(default_factory=dict)
+    # Overrides given on the command line (or to run_experiment): applied after everything the
+    # experiment sets, per config and per variant included. Not an experiment-file key.
+    cli_overrides: Dict[str, Any] = field(default_factory=dict)
     record_step_accuracy: bool = False
     record_step_losses: bool = False
     thresholds: Dict[str, float] = field(default_factory=dict)
@@ -141,7 +144,10 @@ class ExperimentSpec:
                 var_cfg_ov = (v.get("config_overrides") or {}).get(config, {})
                 for method in v.get("methods", self.methods):
                     for seed in seeds:
-                        ov = {**self.overrides, **cfg_ov, **v.get("overrides", {}), **var_cfg_ov}
+                        # Precedence: command line > variant per config > variant > experiment per
+                        # config > experiment > the config file.
+                        ov = {**self.overrides, **cfg_ov, **v.get("overrides", {}), **var_cfg_ov,
+                              **self.cli_overrides}
                         out.append({"config": config, "variant": variant, "method": method, "seed": int(seed),
                                     "overrides": ov})
         return out
@@ -175,8 +181,13 @@ def load_experiment(name_or_path) -> ExperimentSpec:
         raise ConfigError(f"{path}: unknown quick key(s) {', '.join(bad_quick)}; valid: {', '.join(sorted(_QUICK_KEYS))}")
     if not data.get("configs"):
         raise ConfigError(f"{path}: an experiment needs a non-empty 'configs' list")
+    from ..trainer import check_name
+
+    for c in data["configs"]:
+        check_name(f"{path.name}: config", c)
     data.setdefault("variants", {"default": {}})
     for vname, v in data["variants"].items():
+        check_name(f"{path.name}: variant", vname)
         if not isinstance(v, dict) or set(v) - {"methods", "overrides", "config_overrides"}:
             raise ConfigError(f"{path}: variant {vname!r} must be a mapping with 'methods', 'overrides' and/or "
                               "'config_overrides' (per config)")
@@ -433,7 +444,7 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
                    work_dir: Optional[Path] = None, device: str = "auto", seeds: Optional[Sequence[int]] = None,
                    configs: Optional[Sequence[str]] = None, variants: Optional[Sequence[str]] = None,
                    methods: Optional[Sequence[str]] = None, overrides: Optional[Dict[str, Any]] = None,
-                   num_threads: Optional[int] = None, progress: bool = True,
+                   num_threads: Optional[int] = None, progress: bool = True, replace: bool = False,
                    argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run (or continue) an experiment; returns ``{"records": [...], "summary": {...}, "out": path}``.
 
@@ -441,7 +452,9 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
     run (e.g. ``{"device": "cuda", "data_root": "/data"}``).  Quick mode uses the experiment's
     ``quick`` section.  ``out`` defaults to ``data/results/<name>`` (full) or
     ``runs/experiments/<name>-quick`` (quick); ``work_dir`` (per-run checkpoints) defaults to
-    ``runs/experiments/<name>[-quick]/work``.
+    ``runs/experiments/<name>[-quick]/work``.  Runs that ``out`` already holds with other settings
+    than this call's stop it before any run (:class:`ConfigError`) unless ``replace``: then they
+    are dropped from the rewritten files (their earlier version stays in the history of git).
     """
     from tqdm.auto import tqdm
 
@@ -468,8 +481,8 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
             if "methods" in v:
                 v["methods"] = [m for m in v["methods"] if m in methods]
     if overrides:
-        spec.overrides = {**spec.overrides, **overrides}
-        grid.overrides = {**grid.overrides, **overrides}
+        spec.cli_overrides = dict(overrides)
+        grid.cli_overrides = dict(overrides)
     mode = "quick" if quick else "full"
     tag = spec.name + ("-quick" if quick else "")
     out = Path(out) if out is not None else (results_dir(spec.name) if not quick
@@ -487,6 +500,8 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
         argv += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (overrides or {}).items()]
     argv = list(argv)
     if num_threads is not None:
+        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
+            raise ConfigError(f"--threads must be a positive integer, got {num_threads!r}")
         import torch
 
         torch.set_num_threads(int(num_threads))  # the trainer does the same; provenance records it
@@ -502,43 +517,114 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
     this_slice = {_key(j) for j in jobs}
     others = [j for j in grid_jobs if _key(j) not in this_slice]
     records: Dict[str, Dict[str, Any]] = {}
-    # Runs the result files already hold with these settings (committed results, say) are not trained again.
-    done_in_results = _results_records(out, grid, mode, work_dir, device, num_threads)[0]
+    # Runs the result files already hold with these settings (committed results, say) are not trained
+    # again; runs they hold with other settings are never dropped silently.
+    done_in_results, _, refused = _read_results(out, grid, mode, work_dir, device, num_threads)
+    if refused and not replace:
+        raise ConfigError(f"{out} holds {len(refused)} run(s) made with other settings than this command's "
+                          f"({', '.join(refused[:3])}{' ...' if len(refused) > 3 else ''}): write to another "
+                          "directory with --out DIR, or pass --replace to drop them from the files")
     used_device = None
+    elsewhere: List[Dict[str, Any]] = []  # runs of this slice another process is training now
     bar = tqdm(list(zip(jobs, cfgs)), desc=spec.name, disable=not progress, dynamic_ncols=True)
     for job, cfg in bar:
         bar.set_postfix_str(_key(job))
         run_dir = work_dir / _key(job)
-        rec_path, hash_path, h = run_dir / "record.json", run_dir / "config_hash.txt", _hash(cfg)
-        if rec_path.exists():
-            rec = json.loads(rec_path.read_text())
-            if rec.get("config_hash") == h:
-                records[_key(job)] = rec
-                used_device = rec["row"].get("device", used_device)
-                continue
-        if _key(job) in done_in_results and not rec_path.exists():
+        rec = _finished_record(run_dir, cfg)
+        if rec is None and _key(job) in done_in_results:
             continue  # merged in from the result files at every write
-        old = rec.get("config_hash") if rec_path.exists() else (hash_path.read_text().strip() if hash_path.exists()
-                                                                 else None)
-        if old is not None and old != h:
-            # The run was made (or started) with other settings: keep it aside, start this one afresh.
-            run_dir.rename(run_dir.with_name(f"{run_dir.name}.superseded-{old}"))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(hash_path, h)
-        res = train_run(cfg, argv=argv)
-        used_device = res["device"]
-        rec = _record(job, cfg, res, spec.thresholds)
-        rec["config_hash"] = h
-        atomic_write_json(rec_path, rec, indent=None)
+        if rec is None:
+            with _run_lock(run_dir) as mine:
+                if not mine:
+                    elsewhere.append(job)  # an overlapping slice holds it: never train a run twice
+                    continue
+                rec = _finished_record(run_dir, cfg)  # it may have finished while we waited
+                if rec is None:
+                    rec = _train_one(job, cfg, run_dir, spec, argv)
+                    records[_key(job)] = rec
+                    used_device = rec["row"].get("device", used_device)
+                    if len(records) < len(jobs):
+                        _write_merged(out, grid, grid_keys, records, others + elsewhere, "running", start, mode,
+                                      used_device, argv, num_threads, work_dir, device)
+                    continue
         records[_key(job)] = rec
-        if len(records) < len(jobs):
-            _write_merged(out, grid, grid_keys, records, others, "running", start, mode, used_device, argv,
-                          num_threads, work_dir, device)
-    merged, status = _write_merged(out, grid, grid_keys, records, others, None, start, mode, used_device, argv,
+        used_device = rec["row"].get("device", used_device)
+    merged, status = _write_merged(out, grid, grid_keys, records, others + elsewhere, None, start, mode, used_device, argv,
                                    num_threads, work_dir, device)
     rows = [r["row"] for r in merged.values()]
     return {"records": list(merged.values()), "summary": summarize_records(rows), "out": str(out), "spec": spec,
             "status": status}
+
+
+def _finished_record(run_dir: Path, cfg) -> Optional[Dict[str, Any]]:
+    """The record of a run finished in ``run_dir`` with exactly the settings of ``cfg``."""
+    rec_path = run_dir / "record.json"
+    if not rec_path.exists():
+        return None
+    rec = json.loads(rec_path.read_text())
+    return rec if rec.get("config_hash") in (_settings_hash(cfg), _hash(cfg)) else None
+
+
+def _train_one(job: Dict[str, Any], cfg, run_dir: Path, spec: ExperimentSpec, argv) -> Dict[str, Any]:
+    """Train (or resume) one run in ``run_dir`` and write its ``record.json``."""
+    h = _settings_hash(cfg)
+    rec_path, hash_path = run_dir / "record.json", run_dir / "config_hash.txt"
+    old = None
+    if rec_path.exists():
+        old = json.loads(rec_path.read_text()).get("config_hash")
+    elif hash_path.exists():
+        old = hash_path.read_text().strip()
+    if old is not None and old not in (h, _hash(cfg)):
+        # The run was made (or started) with other settings: keep it aside, start this one afresh.
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.superseded-{old}"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(hash_path, h)
+    res = train_run(cfg, argv=argv)
+    rec = _record(job, cfg, res, spec.thresholds)
+    rec["config_hash"] = h
+    atomic_write_json(rec_path, rec, indent=None)
+    return rec
+
+
+class _run_lock:
+    """An exclusive, non-blocking lock on one run's directory for a ``with`` block; ``as`` gives
+    ``True`` when this process holds it, ``False`` when another does (it is training that run).
+    Without ``fcntl`` (or where the file system refuses locks) it always gives ``True``."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> bool:
+        import os
+
+        try:
+            import fcntl
+        except ImportError:
+            return True
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.fd = os.open(self.run_dir, os.O_RDONLY)
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            return False
+        except OSError:
+            if self.fd is not None:
+                os.close(self.fd)
+            self.fd = None
+        return True
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            import fcntl
+            import os
+
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+        return False
 
 
 def _write_merged(out: Path, grid: ExperimentSpec, grid_keys: Sequence[str], records: Dict[str, Dict[str, Any]],
@@ -573,6 +659,19 @@ def _write_merged(out: Path, grid: ExperimentSpec, grid_keys: Sequence[str], rec
 
 def _results_records(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, device: str,
                      num_threads) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Dict[str, Any]]]:
+    """:func:`_read_results` with a warning naming the runs it leaves out."""
+    records, metas, refused = _read_results(out, grid, mode, work_dir, device, num_threads)
+    if refused:
+        import warnings
+
+        warnings.warn(f"{out} holds {len(refused)} run(s) not made with the settings of experiment "
+                      f"{grid.name!r} as it is now; they are left out of the rewritten files: "
+                      f"{', '.join(refused[:6])}{' ...' if len(refused) > 6 else ''}", stacklevel=3)
+    return records, metas
+
+
+def _read_results(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, device: str,
+                  num_threads) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Dict[str, Any]], List[str]]:
     """The finished runs of ``grid`` held by the result files in ``out``, as records, and where
     each came from.
 
@@ -584,10 +683,10 @@ def _results_records(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path,
     left out with a warning (the files' history keeps them).
     """
     if not (out / "runs.csv").exists() or not (out / "provenance.json").exists():
-        return {}, {}
+        return {}, {}, []
     old = load_results(out) if (out / "summary.json").exists() and (out / "curves.csv").exists() else None
     if old is None:
-        return {}, {}
+        return {}, {}, []
     prov = old["provenance"]
     sources = prov.get("run_sources") or {}
     legacy: Dict[str, Dict[str, Any]] = {}
@@ -597,7 +696,8 @@ def _results_records(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path,
                          "device": inv.get("device", "?"), "num_threads": inv.get("num_threads"),
                          "first_date": inv.get("first_date"), "last_date": inv.get("last_date"), "settings_hash": None}
     spec_now = json.loads(json.dumps(to_jsonable(dict(grid.__dict__))))
-    same_spec = (prov.get("config") or {}).get("spec") == spec_now and prov.get("mode") == mode
+    spec_then = (prov.get("config") or {}).get("spec")
+    same_spec = _same_spec(spec_then, spec_now) and prov.get("mode") == mode
     jobs = {_key(j): j for j in grid.jobs()}
     curves: Dict[str, List[Dict[str, Any]]] = {}
     for c in old["curves"]:
@@ -618,7 +718,10 @@ def _results_records(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path,
             ok = meta["settings_hash"] == _settings_hash(_run_config(grid, jobs[k], work_dir / k, device, num_threads,
                                                                      progress=False))
         else:
-            ok = same_spec
+            # No hash recorded: the same spec, and a method whose definition has not changed since.
+            from ..heads import HEAD_REVISIONS
+
+            ok = same_spec and HEAD_REVISIONS.get(str(row.get("method")), 1) == 1
         if not ok:
             refused.append(k)
             continue
@@ -627,13 +730,16 @@ def _results_records(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path,
                       "step_loss": (old.get("step_loss") or {}).get(k),
                       "margins": (old.get("margins") or {}).get(k)}
         metas[k] = meta
-    if refused:
-        import warnings
+    return records, metas, refused
 
-        warnings.warn(f"{out} holds {len(refused)} run(s) not made with the settings of experiment "
-                      f"{grid.name!r} as it is now; they are left out of the rewritten files: "
-                      f"{', '.join(refused[:6])}{' ...' if len(refused) > 6 else ''}", stacklevel=3)
-    return records, metas
+
+def _same_spec(then: Optional[Dict[str, Any]], now: Dict[str, Any]) -> bool:
+    """The spec recorded in old result files equals the present one; a key the old files do not
+    have (added to :class:`ExperimentSpec` later) counts as equal when it has its default now."""
+    if not isinstance(then, dict):
+        return False
+    defaults = json.loads(json.dumps(to_jsonable(ExperimentSpec(name=str(now.get("name"))).__dict__)))
+    return all(then.get(k, defaults.get(k)) == now.get(k, defaults.get(k)) for k in set(then) | set(now))
 
 
 class _locked:
@@ -685,9 +791,9 @@ def _finished_records(spec: ExperimentSpec, jobs: Sequence[Dict[str, Any]], work
         rec_path = work_dir / _key(job) / "record.json"
         if not rec_path.exists():
             continue
-        rec = json.loads(rec_path.read_text())
         cfg = _run_config(spec, job, work_dir / _key(job), device, num_threads, progress=False)
-        if rec.get("config_hash") == _hash(cfg):
+        rec = _finished_record(work_dir / _key(job), cfg)
+        if rec is not None:
             found[_key(job)] = rec
     return found
 
@@ -773,8 +879,16 @@ def format_summary(summary: Dict[str, Any], metrics: Iterable[str]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m guiding_nc.experiments.reproduce",
-                                     description="Run one of the paper's experiments and write tidy results with provenance.")
+    from ..cli import run_cli
+
+    return run_cli(_main, argv)
+
+
+def _main(argv=None) -> int:
+    from ..cli import OneLineParser
+
+    parser = OneLineParser(prog="python -m guiding_nc.experiments.reproduce",
+                           description="Run one of the paper's experiments and write tidy results with provenance.")
     parser.add_argument("experiment", nargs="?", help="name in configs/experiments/ (see --list)")
     parser.add_argument("--list", action="store_true", help="list the experiments and exit")
     parser.add_argument("--quick", action="store_true", help="the experiment's quick mode (CI)")
@@ -787,6 +901,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--replace", action="store_true",
+                        help="drop the runs --out holds with other settings than this command's (git keeps them)")
     parser.add_argument("overrides", nargs="*", default=[], help="key=value applied to every run")
     args, extra = parser.parse_known_args(argv)
     if args.list:
@@ -805,7 +921,7 @@ def main(argv=None) -> int:
     res = run_experiment(args.experiment, quick=args.quick, out=args.out, work_dir=args.work_dir, device=args.device,
                          seeds=args.seeds, configs=args.configs, variants=args.variants, methods=args.methods,
                          overrides=parse_overrides(items), num_threads=args.threads, progress=not args.no_progress,
-                         argv=["python", "-m", MODULE, *(sys.argv[1:] if argv is None else argv)])
+                         replace=args.replace, argv=["python", "-m", MODULE, *(sys.argv[1:] if argv is None else argv)])
     print(format_summary(res["summary"], ("train_top1", "test_top1", "steps_to_fit", "train_nc1", "wall_time_s")))
     print(f"saved {res['out']}")
     if res["status"] == "partial":
