@@ -542,3 +542,12 @@ def test_experiment_names_that_would_leave_the_work_directory_are_refused(tmp_pa
         p.write_text(bad + "\n")
         with pytest.raises(ConfigError, match="must be a plain name"):
             rp.load_experiment(p)
+
+
+def test_settings_hash_reads_an_explicit_model_default_as_its_absence():
+    a = load_config("digits_mlp", {"model_kwargs.final_activation": True, "model_kwargs.feature_batch_norm": False})
+    b = load_config("digits_mlp", {"model_kwargs": {"hidden": [128, 128]}})  # both at the MLP's defaults
+    c = load_config("digits_mlp")  # the config's own: final_activation false
+    assert rp._settings_hash(a) == rp._settings_hash(b) != rp._settings_hash(c)
+    # The same place-free settings from another work directory or data folder.
+    assert rp._settings_hash(a) == rp._settings_hash(a.replace(run_dir="/elsewhere", data_root="/data"))

@@ -327,7 +327,7 @@ def test_evaluation_counts_dead_units_and_the_classifier_weight_on_them(tmp_path
 
 def test_dotted_overrides_set_one_entry_of_a_mapping():
     cfg = load_config("digits_mlp", ["model_kwargs.feature_batch_norm=true"])
-    assert cfg.model_kwargs == {"hidden": [128, 128], "feature_batch_norm": True}
+    assert cfg.model_kwargs == {"hidden": [128, 128], "final_activation": False, "feature_batch_norm": True}
     for bad in ("epochs.x=1", "nosuch.x=1"):
         with pytest.raises(ConfigError, match="mapping-valued"):
             load_config("digits_mlp", [bad])

@@ -30,7 +30,7 @@ The UFM's only parameter, the features matrix, is already 2-D.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +47,7 @@ __all__ = [
     "VGG13",
     "VGG13_CONFIG",
     "build_model",
+    "model_defaults",
 ]
 
 MODEL_NAMES: Tuple[str, ...] = ("ufm", "mlp", "small_cnn", "resnet18", "resnet50", "vgg13")
@@ -564,6 +565,19 @@ def _check_input_shape(input_shape) -> Optional[Tuple[int, ...]]:
     if not isinstance(input_shape, (tuple, list, torch.Size)) or not input_shape:
         raise TypeError(f"input_shape must be a non-empty tuple of ints, got {input_shape!r}")
     return tuple(_check_int(f"input_shape[{i}]", s) for i, s in enumerate(input_shape))
+
+
+def model_defaults(name: str) -> Dict[str, Any]:
+    """The keyword defaults of model ``name``'s class: what an absent ``model_kwargs`` entry means
+    (so ``{"final_activation": True}`` and ``{}`` name the same MLP)."""
+    import inspect
+
+    cls = {"ufm": UFM, "mlp": MLP, "small_cnn": SmallCNN, "resnet18": ResNet18, "resnet50": ResNet50,
+           "vgg13": VGG13}.get(str(name).lower())
+    if cls is None:
+        return {}
+    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
 
 
 def build_model(

@@ -557,12 +557,23 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
 
 
 def _finished_record(run_dir: Path, cfg) -> Optional[Dict[str, Any]]:
-    """The record of a run finished in ``run_dir`` with exactly the settings of ``cfg``."""
+    """The record of a run finished in ``run_dir`` with the settings of ``cfg``: by its hash, or
+    (a record hashed by an earlier version of this module) by the run's own ``config.yaml``."""
     rec_path = run_dir / "record.json"
     if not rec_path.exists():
         return None
     rec = json.loads(rec_path.read_text())
-    return rec if rec.get("config_hash") in (_settings_hash(cfg), _hash(cfg)) else None
+    if rec.get("config_hash") in (_settings_hash(cfg), _hash(cfg)):
+        return rec
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.exists():
+        try:
+            ran = load_config(yaml.safe_load(cfg_path.read_text()))
+        except (ConfigError, yaml.YAMLError):
+            return None
+        if effective_settings(ran) == effective_settings(cfg):
+            return rec
+    return None
 
 
 def _train_one(job: Dict[str, Any], cfg, run_dir: Path, spec: ExperimentSpec, argv) -> Dict[str, Any]:
@@ -824,9 +835,29 @@ _PLACE_KEYS = ("progress", "verbose", "resume", "device", "num_threads", "run_di
                "download", "overwrite", "num_workers", "pin_memory", "keep_checkpoints")
 
 
+def effective_settings(cfg) -> Dict[str, Any]:
+    """The settings that determine a run's result, spelled one way: without where and how it ran
+    (``_PLACE_KEYS``), with ``model_kwargs`` entries that equal the model's defaults left out, and
+    with the revision of a method whose definition changed (``HEAD_REVISIONS``)."""
+    from ..heads import HEAD_REVISIONS
+    from ..models import model_defaults
+
+    d = cfg.to_dict()
+    for k in _PLACE_KEYS:
+        d.pop(k, None)
+    defaults = model_defaults(cfg.model)
+    d["model_kwargs"] = {k: v for k, v in (d.get("model_kwargs") or {}).items()
+                         if not (k in defaults and defaults[k] == v)}
+    if HEAD_REVISIONS.get(cfg.method, 1) != 1:
+        d["head_revision"] = HEAD_REVISIONS[cfg.method]
+    return json.loads(json.dumps(to_jsonable(d), sort_keys=True))
+
+
 def _settings_hash(cfg) -> str:
-    """Hash of the settings that determine a run's result (``_hash`` also pins its work directory)."""
-    return _hash(cfg, _PLACE_KEYS)
+    """Hash of :func:`effective_settings`: what the result files record for every run."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(effective_settings(cfg), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_results(path) -> Dict[str, Any]:
