@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from guiding_nc.experiments import measures
 from guiding_nc.experiments import reproduce as rp
 from guiding_nc.trainer import ConfigError, load_config
 
@@ -121,8 +122,7 @@ def test_quick_experiment_end_to_end(tmp_path):
         assert 0.0 <= r["train_top1"] <= 1.0 and r["train_loss"] > 0
         acc = loaded["step_accuracy"][f"ufm10/default/{r['method']}/{r['seed']}"]
         assert len(acc) == 12
-        from guiding_nc.experiments.steps_to_fit import first_fit_step
-        assert r["steps_to_fit"] == first_fit_step(acc)
+        assert r["steps_to_fit"] == measures.first_fit_step(acc)
         assert len(loaded["margins"][f"ufm10/default/{r['method']}/{r['seed']}"]) == 40
     epochs = sorted({c["epoch"] for c in loaded["curves"] if c["method"] == "implicit" and c["seed"] == 0})
     assert epochs == [4, 8, 12]
@@ -452,24 +452,6 @@ def test_a_resumed_run_names_the_commits_of_all_its_processes(tmp_path):
     meta = rp._run_meta(tmp_path / "work", "ufm10/default/implicit/0", "h")
     assert meta["commit"] == "b" * 40 and meta["earlier_commits"] == ["a" * 40 + "-dirty"]
     assert rp._run_commits({"k": meta}) == ["a" * 40 + "-dirty", "b" * 40]
-
-
-def test_steps_to_thresholds_are_integers_from_the_exact_per_step_loss():
-    from guiding_nc.metrics import cross_entropy_lower_bound
-
-    C, tau = 10, 5.0
-    bound = cross_entropy_lower_bound(C, tau)
-    gap = math.log(C) - bound
-    losses = [bound + gap * f for f in (1.0, 0.5, 0.02, 0.011, 0.0099, 0.001)]
-    history = [{"epoch": e, "step": e, "train_nc1": v1, "train_nc3": v3}
-               for e, v1, v3 in ((2, 1.0, 0.5), (4, 5e-4, 0.02), (6, 1e-4, 0.005))]
-    out = rp.steps_to_thresholds({"loss_gap": 0.01, "nc1": 1e-3, "nc3": 1e-2}, losses, history, C, tau)
-    assert out == {"steps_to_loss": 4, "reached_loss": True, "steps_to_nc1": 4, "reached_nc1": True,
-                   "steps_to_nc3": 6, "reached_nc3": True}
-    out = rp.steps_to_thresholds({"loss_gap": 1e-4, "nc3": 1e-3}, losses, history, C, tau)
-    assert out == {"steps_to_loss": None, "reached_loss": False, "steps_to_nc3": None, "reached_nc3": False}
-    with pytest.raises(ConfigError, match="unknown threshold"):
-        rp.steps_to_thresholds({"accuracy": 1.0}, losses, history, C, tau)
 
 
 def test_learning_rate_rule_picks_the_fastest_then_the_smaller_then_the_lowest_loss():

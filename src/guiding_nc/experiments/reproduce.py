@@ -59,7 +59,7 @@ import yaml
 
 from ..provenance import atomic_write_json, atomic_write_text, collect_provenance, to_jsonable
 from ..trainer import CONFIG_DIR, ConfigError, load_config, train_run
-from .steps_to_fit import first_fit_step
+from .measures import THRESHOLD_KEYS, first_fit_step, steps_to_thresholds
 
 __all__ = ["ExperimentSpec", "EXPERIMENT_DIR", "results_dir", "list_experiments", "load_experiment", "run_experiment",
            "load_results", "summarize_records", "main"]
@@ -76,8 +76,7 @@ SUMMARY_KEYS = ("train_loss", "train_top1", "test_top1", "train_top5", "test_top
 _SPEC_KEYS = {"description", "paper", "configs", "methods", "seeds", "overrides", "config_overrides", "variants",
               "quick", "record_step_accuracy", "record_step_losses", "thresholds", "save_margins", "report_epochs",
               "notes"}
-# Thresholds an experiment may fix (before its runs) for the steps-to-threshold measures.
-THRESHOLD_KEYS = ("loss_gap", "nc1", "nc3")
+
 _QUICK_KEYS = {"configs", "seeds", "overrides", "variants", "config_overrides"}
 
 
@@ -265,39 +264,6 @@ def _record(job: Dict[str, Any], cfg, res: Dict[str, Any], thresholds: Optional[
                     margins = [round(float(x), 5) for x in f["train"]]
     return {"row": row, "curves": curves, "step_accuracy": [round(float(a), 6) for a in acc] if acc else None,
             "step_loss": [float(f"{x:.7g}") for x in losses] if losses else None, "margins": margins}
-
-
-def steps_to_thresholds(thresholds: Dict[str, float], step_losses: Optional[Sequence[float]],
-                        history: Sequence[Dict[str, Any]], num_classes: int, tau: float) -> Dict[str, Any]:
-    """Steps-to-threshold measures of one full-batch run, for the thresholds an experiment fixed.
-
-    * ``steps_to_loss`` (``loss_gap``): the first step count ``t`` at which the training loss is
-      within ``loss_gap`` of the cross-entropy lower bound ``L*``, as a fraction of the gap at
-      chance-level logits: ``(L_t - L*) / (log C - L*) <= loss_gap``.  ``L_t`` is the full-batch
-      loss after ``t`` steps (measured in the forward pass of step ``t + 1``), so it is exact
-      at every step.
-    * ``steps_to_nc1`` / ``steps_to_nc3``: the first evaluated step at which the train NC1 / NC3
-      is at most the threshold (at the resolution of ``eval_every``).
-    Each comes with ``reached_<name>`` (``False``: never within the budget, and the step is
-    ``None``).  Integers throughout: they are compared as counts, never as floats.
-    """
-    from ..metrics import cross_entropy_lower_bound
-
-    out: Dict[str, Any] = {}
-    unknown = sorted(set(thresholds) - set(THRESHOLD_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown threshold(s) {', '.join(unknown)}; valid: {', '.join(THRESHOLD_KEYS)}")
-    if "loss_gap" in thresholds and step_losses:
-        bound = cross_entropy_lower_bound(int(num_classes), float(tau))
-        scale = math.log(num_classes) - bound
-        hit = next((t for t, loss in enumerate(step_losses) if (loss - bound) / scale <= thresholds["loss_gap"]), None)
-        out["steps_to_loss"], out["reached_loss"] = hit, hit is not None
-    for key in ("nc1", "nc3"):
-        if key in thresholds:
-            rows = [r for r in history if r.get(f"train_{key}") is not None]
-            hit = next((int(r["step"]) for r in rows if r[f"train_{key}"] <= thresholds[key]), None)
-            out[f"steps_to_{key}"], out[f"reached_{key}"] = hit, hit is not None
-    return out
 
 
 def _key(job_or_row: Dict[str, Any]) -> str:
