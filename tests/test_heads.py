@@ -308,7 +308,8 @@ def test_fixed_uncentred_is_the_old_fixed_head():
 def test_the_head_start_is_measured_at_step_zero(tmp_path):
     """The implicit ETF classifies the paper's random UFM features before any step (its class
     means contain each sample); from the mean-free start it is at chance, like the others."""
-    from guiding_nc.trainer import TrainConfig, train_run
+    from guiding_nc.config import TrainConfig
+    from guiding_nc.trainer import train_run
 
     def run(method, init):
         cfg = TrainConfig.from_dict(dict(

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from guiding_nc.experiments import measures
-from guiding_nc.trainer import ConfigError
+from guiding_nc.config import ConfigError
 
 
 def test_first_fit_step():

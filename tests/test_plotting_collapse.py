@@ -183,7 +183,8 @@ def test_plot_nc_metric_histories():
 
 def test_plot_feature_collapse_with_trainer_snapshots(tmp_path):
     """The page's recipe: a Trainer callback snapshots the UFM features; the figure draws them."""
-    from guiding_nc.trainer import Trainer, load_config
+    from guiding_nc.config import load_config
+    from guiding_nc.trainer import Trainer
 
     snaps = {}
     for method in ("fixed", "implicit"):

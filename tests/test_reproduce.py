@@ -7,7 +7,7 @@ import pytest
 
 from guiding_nc.experiments import measures
 from guiding_nc.experiments import reproduce as rp
-from guiding_nc.trainer import ConfigError, load_config
+from guiding_nc.config import ConfigError, load_config
 
 
 def _write(tmp_path, text, name="exp.yaml"):

@@ -12,19 +12,8 @@ import torch
 import yaml
 
 from guiding_nc.heads import METHOD_NAMES
-from guiding_nc.trainer import (
-    CONFIG_DIR,
-    ConfigError,
-    NonFiniteError,
-    Trainer,
-    TrainConfig,
-    load_config,
-    parse_overrides,
-    summarize_runs,
-    train,
-    train_run,
-    validate_labels,
-)
+from guiding_nc.config import CONFIG_DIR, ConfigError, TrainConfig, load_config, parse_overrides
+from guiding_nc.trainer import NonFiniteError, Trainer, summarize_runs, train, train_run, validate_labels
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT_CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if "base" not in p.stem and p.stem != "paper_defaults")
@@ -268,7 +257,6 @@ def test_cli(tmp_path):
 
 
 def test_single_method_and_seed_override_replace_the_files_lists():
-    from guiding_nc.trainer import load_config
 
     cfg = load_config("ufm10", ["method=implicit", "seed=3"])
     assert cfg.method_list == ["implicit"] and cfg.seed_list == [3]

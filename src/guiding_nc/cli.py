@@ -28,7 +28,8 @@ def _first_line(exc: BaseException) -> str:
 
 def run_cli(main: Callable[[Optional[Sequence[str]]], int], argv: Optional[Sequence[str]] = None) -> int:
     """Run ``main(argv)`` and turn the package's errors into one line and an exit code."""
-    from .trainer import ConfigError, NonFiniteError
+    from .config import ConfigError
+    from .trainer import NonFiniteError
 
     try:
         return main(argv)

@@ -5,7 +5,7 @@ browser) can call it directly:
 
 * :class:`ExplorerSettings` -- the reader's choices (C, d, N, method, tau, delta, optimiser,
   gain or learning rate, steps, seed), validated with clear errors.
-* :func:`run_ufm` -- builds a :class:`~guiding_nc.trainer.TrainConfig` from the settings and
+* :func:`run_ufm` -- builds a :class:`~guiding_nc.config.TrainConfig` from the settings and
   trains it with the project's :class:`~guiding_nc.trainer.Trainer` (full batch, so one epoch
   is one optimiser step).  A trainer callback records the evaluation metrics and snapshots
   of the centred class means, the classifier and the nearest simplex ETF; returns an
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from .etf import standard_simplex_etf
-from .heads import METHOD_NAMES
+from .methods import METHOD_NAMES, METHODS
 from .nearest import nearest_etf
 from .optim import OPTIMIZER_NAMES
 
@@ -67,13 +67,7 @@ __all__ = [
 ]
 
 MAIN_METHODS: Tuple[str, ...] = ("standard", "fixed", "implicit")
-METHOD_LABELS: Dict[str, str] = {
-    "standard": "standard (learned W)",
-    "standard-no-norm": "standard, no normalisation",
-    "fixed": "fixed ETF",
-    "fixed-random": "fixed ETF (random rotation)",
-    "implicit": "implicit ETF",
-}
+METHOD_LABELS: Dict[str, str] = {name: m.label for name, m in METHODS.items()}  # the registry's
 # Learning rates that train the default explorer UFM (C=4, d=16, N=40) in about 150 steps.
 DEFAULT_LR: Dict[str, float] = {"sgd": 1.0, "adam": 0.05}
 # The evaluation metrics recorded by the trainer (its ``train_<key>`` columns).
@@ -210,8 +204,8 @@ class ExplorerSettings:
         return replace(self, **changes)
 
     def to_config(self, run_dir: str):
-        """The :class:`~guiding_nc.trainer.TrainConfig` of this run (UFM defaults + these settings)."""
-        from .trainer import load_config
+        """The :class:`~guiding_nc.config.TrainConfig` of this run (UFM defaults + these settings)."""
+        from .config import load_config
 
         overrides = dict(
             name="explorer", run_dir=str(run_dir), overwrite=True, method=self.method, seed=int(self.seed),

@@ -47,7 +47,9 @@ import torch
 from torch import Tensor, nn
 
 from .etf import canonical_point, etf_classifier, random_point
-from .nearest import BACKWARDS, METHODS, NearestETF
+from .methods import METHOD_NAMES as _METHOD_NAMES
+from .methods import METHODS
+from .nearest import BACKWARDS, SOLVERS, NearestETF
 
 __all__ = [
     "METHOD_NAMES",
@@ -62,14 +64,9 @@ __all__ = [
     "build_head",
 ]
 
-METHOD_NAMES = ("standard", "standard-no-norm", "fixed", "fixed-random", "fixed-uncentred", "implicit")
-
-# The revision of each method's definition, for result files: a run made under an earlier
-# revision computes something else and is not taken as a run of the present one.  Revision 2 of
-# the learned and fixed heads centres their logits by h_G like the implicit head (revision 1 did
-# not); ``fixed-uncentred`` is revision 1 of ``fixed`` under its own name.
-HEAD_REVISIONS = {"standard": 2, "standard-no-norm": 2, "fixed": 2, "fixed-random": 2, "fixed-uncentred": 1,
-                  "implicit": 1}
+# Names and revisions live in the one registry of methods.
+METHOD_NAMES = _METHOD_NAMES
+HEAD_REVISIONS = {name: m.revision for name, m in METHODS.items()}
 
 
 class _SphereProjection(torch.autograd.Function):
@@ -510,8 +507,8 @@ class ImplicitETFHead(_Head):
         super().__init__(feature_dim, num_classes, tau, True)
         if backward not in BACKWARDS:
             raise ValueError(f"unknown DDN backward {backward!r}; choose one of {BACKWARDS}")
-        if solver not in METHODS:
-            raise ValueError(f"unknown nearest-ETF solver {solver!r}; choose one of {METHODS}")
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown nearest-ETF solver {solver!r}; choose one of {SOLVERS}")
         if solve_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"the nearest-ETF solve runs in float32 or float64, got {solve_dtype}")
         self.backward_mode = backward

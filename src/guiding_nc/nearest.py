@@ -62,11 +62,11 @@ __all__ = [
     "polar_route",
     "polar_vjp",
     "NearestETF",
-    "METHODS",
+    "SOLVERS",
     "BACKWARDS",
 ]
 
-METHODS = ("closed_form", "trust_region")
+SOLVERS = ("closed_form", "trust_region")  # how the nearest ETF is found (argument `method`)
 BACKWARDS = ("closed_form", "kkt", "none")
 
 
@@ -89,8 +89,8 @@ def _validate(H: Tensor, prox: Optional[Tensor], delta: float, method: str, back
         # The trust-region route runs on the host anyway, so it always checks: its solver would
         # otherwise return its starting point for a NaN input without a word.
         raise ValueError("H contains non-finite entries (NaN or Inf)")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if method not in SOLVERS:
+        raise ValueError(f"unknown method {method!r}; choose one of {SOLVERS}")
     if backward not in BACKWARDS:
         raise ValueError(f"unknown backward {backward!r}; choose one of {BACKWARDS}")
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not math.isfinite(delta) or delta < 0:
@@ -571,8 +571,8 @@ class NearestETF(nn.Module):
         C = _check_num_classes(num_classes)
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < C:
             raise ValueError(f"NearestETF needs an int feature dimension dim >= num_classes={C}, got {dim!r}")
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        if method not in SOLVERS:
+            raise ValueError(f"unknown method {method!r}; choose one of {SOLVERS}")
         if backward not in BACKWARDS:
             raise ValueError(f"unknown backward {backward!r}; choose one of {BACKWARDS}")
         if not math.isfinite(delta) or delta <= 0:

@@ -19,7 +19,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .trainer import ConfigError, NonFiniteError, TrainConfig, load_config, train
+from .config import TrainConfig, load_config
+from .trainer import train
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ from .reproduce import load_results, results_dir
 __all__ = ["evaluate_claims", "claims_markdown", "VERDICTS"]
 
 VERDICTS = ("reproduced", "partly", "not reproduced", "not testable here")
-METHODS = ("standard", "fixed", "implicit")
+from ..methods import PAPER_METHODS as METHODS  # the three the paper compares
 DELTA_VARIANTS = ("delta_1e-5", "delta_1e-4", "delta_1e-2", "delta_1e-1", "delta_1e0")
 
 

@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Sequence
 from ..bench import _status_bytes, reset_peak_rss
 from ..ddn import kkt_memory_bytes
 from ..provenance import atomic_write_json, atomic_write_text, collect_provenance
-from ..trainer import CONFIG_DIR, load_config
+from ..config import CONFIG_DIR, load_config
 
 DEFAULT_CONFIGS = ("ufm10", "ufm100", "ufm200", "ufm1000")
 VARIANTS = (

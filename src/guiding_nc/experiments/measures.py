@@ -10,7 +10,7 @@ import math
 from typing import Any, Dict, Optional, Sequence
 
 from ..metrics import cross_entropy_lower_bound
-from ..trainer import ConfigError
+from ..config import ConfigError
 
 __all__ = ["THRESHOLD_KEYS", "first_fit_step", "steps_to_thresholds"]
 

@@ -41,7 +41,6 @@ Book: the experiment chapters.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import io
@@ -58,15 +57,16 @@ import numpy as np
 import yaml
 
 from ..provenance import atomic_write_json, atomic_write_text, collect_provenance, to_jsonable
-from ..trainer import CONFIG_DIR, ConfigError, load_config, train_run
-from .measures import THRESHOLD_KEYS, first_fit_step, steps_to_thresholds
+from ..config import CONFIG_DIR, ConfigError, load_config, project_root
+from ..trainer import train_run
+from .measures import first_fit_step, steps_to_thresholds
 
 __all__ = ["ExperimentSpec", "EXPERIMENT_DIR", "results_dir", "list_experiments", "load_experiment", "run_experiment",
            "load_results", "summarize_records", "main"]
 
 MODULE = "guiding_nc.experiments.reproduce"
 EXPERIMENT_DIR = CONFIG_DIR / "experiments"
-REPO_ROOT = CONFIG_DIR.parent
+REPO_ROOT = project_root()
 # Run-level numbers that summary.json aggregates over seeds (when a run has them).
 SUMMARY_KEYS = ("train_loss", "train_top1", "test_top1", "train_top5", "test_top5", "train_nc1", "train_nc2",
                 "train_nc3", "train_equinorm", "train_ncc_mismatch", "train_cosine_margin_mean",
@@ -180,7 +180,7 @@ def load_experiment(name_or_path) -> ExperimentSpec:
         raise ConfigError(f"{path}: unknown quick key(s) {', '.join(bad_quick)}; valid: {', '.join(sorted(_QUICK_KEYS))}")
     if not data.get("configs"):
         raise ConfigError(f"{path}: an experiment needs a non-empty 'configs' list")
-    from ..trainer import check_name
+    from ..config import check_name
 
     for c in data["configs"]:
         check_name(f"{path.name}: config", c)
@@ -212,7 +212,6 @@ def _run_config(spec: ExperimentSpec, job: Dict[str, Any], run_dir: Path, device
 def _record(job: Dict[str, Any], cfg, res: Dict[str, Any], thresholds: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
     """The distilled result of one run: what the tidy files hold."""
     final_eval = res.get("final_eval") or {}
-    last = res.get("final") or {}
     row: Dict[str, Any] = {
         "config": job["config"], "variant": job["variant"], "method": job["method"], "seed": job["seed"],
         "dataset": cfg.dataset, "model": cfg.model, "num_classes": res.get("num_classes") or cfg.num_classes,
@@ -913,7 +912,7 @@ def _main(argv=None) -> int:
     bad = [i for i in items if "=" not in i]
     if bad:
         parser.error(f"unrecognised argument(s) {' '.join(bad)}; overrides are key=value")
-    from ..trainer import parse_overrides
+    from ..config import parse_overrides
 
     res = run_experiment(args.experiment, quick=args.quick, out=args.out, work_dir=args.work_dir, device=args.device,
                          seeds=args.seeds, configs=args.configs, variants=args.variants, methods=args.methods,

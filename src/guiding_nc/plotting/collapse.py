@@ -18,6 +18,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from .. import methods
+
 __all__ = [
     "span_coordinates",
     "plot_simplex_etfs",
@@ -37,11 +39,6 @@ METRIC_PANELS: tuple[tuple[str, str, str, bool], ...] = (
     ("train_cosine_margin_mean", "mean cosine margin (Eq. 16)", "cosine margin", False),
 )
 
-_METHOD_STYLE = {
-    "standard": dict(color="tab:blue", linestyle="-"),
-    "fixed": dict(color="tab:orange", linestyle="--"),
-    "implicit": dict(color="tab:green", linestyle="-."),
-}
 
 
 def _np(x: Any) -> np.ndarray:
@@ -167,10 +164,9 @@ def plot_equiangular_gram_spectrum(cosines: Any, smallest_eigenvalues: Mapping[i
     return fig
 
 
-def _style(method: str, i: int) -> dict:
-    if method in _METHOD_STYLE:
-        return dict(_METHOD_STYLE[method])
-    return dict(color=matplotlib.colormaps.get_cmap("tab10")(i % 10), linestyle="-")
+def method_style(method: str, i: int = 0) -> dict:
+    """Colour and line style of ``method`` in every figure (from :mod:`guiding_nc.methods`)."""
+    return dict(color=methods.colour(method, i), linestyle=methods.line_style(method))
 
 
 def plot_nc_metric_histories(
@@ -205,7 +201,7 @@ def plot_nc_metric_histories(
             if log:
                 clipped |= bool((ys < floor).any())
                 ys = np.maximum(ys, floor)
-            ax.plot(xs, ys, lw=1.8, label=method, **_style(method, i))
+            ax.plot(xs, ys, lw=1.8, label=method, **method_style(method, i))
         if key == "train_cosine_margin_mean":
             ax.axhline(num_classes / (num_classes - 1), color="k", ls=":", lw=1.2,
                        label=f"ETF maximum $C/(C-1)$ = {num_classes / (num_classes - 1):.3f}")

@@ -15,7 +15,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from matplotlib.figure import Figure
 
-from .collapse import _style
+from ..methods import METHODS
+from .collapse import method_style
 
 __all__ = [
     "seed_bands",
@@ -32,8 +33,8 @@ __all__ = [
     "provenance_caption",
 ]
 
-METHOD_LABELS = {"standard": "standard", "fixed": "fixed ETF", "implicit": "implicit ETF",
-                 "standard-no-norm": "standard, no weight norm.", "fixed-random": "fixed ETF, random rotation"}
+# Read from the registry of methods (kept as a mapping for the chapters' tables).
+METHOD_LABELS = {name: m.label for name, m in METHODS.items()}
 
 
 def _finite(v: Any) -> bool:
@@ -101,7 +102,7 @@ def plot_ufm_dynamics(results: Mapping[str, Any], *, num_classes: int, loss_boun
     for ax, (key, title, ylabel, log) in zip(axes.flat, panels):
         bands = seed_bands(curves, key, where=where)
         for i, ((_, _, method), (xs, med, lo, hi)) in enumerate(bands.items()):
-            _band(ax, xs, med, lo, hi, label=METHOD_LABELS.get(method, method), style=_style(method, i),
+            _band(ax, xs, med, lo, hi, label=METHOD_LABELS.get(method, method), style=method_style(method, i),
                   floor=1e-12 if log else None)
         if key == "train_loss":
             ax.axhline(loss_bound, color="k", ls=":", lw=1.3, label=f"lower bound {loss_bound:.2e}")
@@ -128,7 +129,7 @@ def plot_ufm_dynamics(results: Mapping[str, Any], *, num_classes: int, loss_boun
         hi = num_classes / (num_classes - 1)
         bins = np.linspace(lo, hi, 60)
         for i, (method, vals) in enumerate(per_method.items()):
-            st = _style(method, i)
+            st = method_style(method, i)
             ax.hist(vals, bins=bins, histtype="step", lw=1.8, color=st["color"], label=METHOD_LABELS.get(method, method))
         ax.axvline(hi, color="k", ls=":", lw=1.3, label="ETF maximum")
         ax.set_yscale("log")
@@ -173,7 +174,7 @@ def plot_step_accuracy(step_accuracy: Mapping[str, Sequence[float]], *, configs:
                 keep = xs <= max_steps
                 xs, med, lo, hi = xs[keep], med[keep], lo[keep], hi[keep]
             _band(ax, xs + 1, 100 * med, 100 * lo, 100 * hi, label=f"{METHOD_LABELS.get(method, method)} ({n} seeds)",
-                  style=_style(method, i))
+                  style=method_style(method, i))
             i += 1
         ax.set_xscale("log")
         ax.set_title((titles or {}).get(cfg, cfg), fontsize=10)
@@ -198,7 +199,7 @@ def plot_accuracy_curves(results: Mapping[str, Any], *, configs: Sequence[str],
             bands = seed_bands(curves, f"{split}_top1", x="epoch", where={"config": cfg})
             for k, ((_, _, method), (xs, med, lo, hi)) in enumerate(bands.items()):
                 _band(ax, xs, 100 * med, 100 * lo, 100 * hi, label=METHOD_LABELS.get(method, method),
-                      style=_style(method, k))
+                      style=method_style(method, k))
             ax.set_title(f"{(titles or {}).get(cfg, cfg)}: {split}", fontsize=10)
             ax.set_xlabel("epoch")
             ax.set_ylabel(f"{split} top-1 accuracy (%)")
@@ -223,7 +224,7 @@ def plot_method_curves(results: Mapping[str, Any], *, config: str,
         scale = 100.0 if y.endswith("top1") else 1.0
         for k, ((_, _, method), (xs, med, lo, hi)) in enumerate(bands.items()):
             _band(ax, xs, scale * med, scale * lo, scale * hi, label=METHOD_LABELS.get(method, method),
-                  style=_style(method, k), floor=1e-12 if log else None)
+                  style=method_style(method, k), floor=1e-12 if log else None)
         if log:
             ax.set_yscale("log")
         ax.set_xlabel("epoch" if x == "epoch" else "training step")
@@ -246,7 +247,7 @@ def plot_variant_curves(results: Mapping[str, Any], *, config: str, variants: Se
     for i, v in enumerate(variants):
         hits = [(k, b) for k, b in bands.items() if k[1] == v]
         for k, (xs, med, lo, hi) in hits:
-            st = _style("__" + v, i)
+            st = method_style("__" + v, i)
             scale = 100.0 if y.endswith("top1") else 1.0
             _band(ax, xs, scale * med, scale * lo, scale * hi, label=(labels or {}).get(v, v), style=st,
                   floor=1e-12 if log else None)

@@ -22,6 +22,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ..methods import METHODS, colour
+
 __all__ = [
     "METHOD_COLORS",
     "CURVE_PANELS",
@@ -34,13 +36,7 @@ __all__ = [
     "plot_projection_3d_panels",
 ]
 
-METHOD_COLORS: Dict[str, str] = {
-    "standard": "#1f77b4",
-    "standard-no-norm": "#17becf",
-    "fixed": "#ff7f0e",
-    "fixed-random": "#8c564b",
-    "implicit": "#2ca02c",
-}
+METHOD_COLORS: Dict[str, str] = {name: m.colour for name, m in METHODS.items()}  # the registry's
 
 # (key, title, y label, log scale)
 CURVE_PANELS: Tuple[Tuple[str, str, str, bool], ...] = (
@@ -64,7 +60,7 @@ def class_colors(C: int) -> List:
 
 
 def _method_color(method: str, i: int) -> str:
-    return METHOD_COLORS.get(method, f"C{i % 10}")
+    return colour(method, i)
 
 
 def _labels(results: Sequence) -> List[str]:
