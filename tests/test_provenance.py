@@ -16,3 +16,15 @@ def test_atomic_writes_get_the_umask_mode_not_0600(tmp_path):
     finally:
         os.umask(old)
     assert [p.name for p in tmp_path.iterdir()] and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_provenance_names_paths_relative_to_the_project(tmp_path):
+    from guiding_nc.config import project_root
+    from guiding_nc.provenance import collect_provenance
+
+    root = project_root()
+    prov = collect_provenance({}, argv=[str(root / ".venv/bin/python"), "-m", "x", "--out", str(root / "data/r"),
+                                        f"run_dir={tmp_path}", "--seeds", "0"])
+    assert prov["argv"][:4] == [".venv/bin/python", "-m", "x", "--out"] and prov["argv"][4] == "data/r"
+    assert not any(w.startswith("/") or "=/" in w for w in prov["argv"]) and not prov["cwd"].startswith("/")
+    assert prov["command"] == " ".join(prov["argv"])

@@ -164,15 +164,35 @@ def device_name(device: Optional[Union[str, torch.device]] = None) -> str:
     return f"cpu ({name})" if name else "cpu"
 
 
+def local_path(path: PathLike) -> str:
+    """``path`` as committed files should show it: relative to the project root (the checkout, or
+    the current directory for an installed package), so no file names the machine that wrote it."""
+    from .config import project_root
+
+    text = str(path)
+    if not os.path.isabs(text):
+        return text
+    return os.path.relpath(text, project_root())
+
+
+def _local_arg(arg: str) -> str:
+    """A command-line word with any absolute path in it (``/x``, ``key=/x``, ``--out=/x``) made local."""
+    if "=" in arg and not arg.startswith("/"):
+        key, value = arg.split("=", 1)
+        return f"{key}={local_path(value)}" if os.path.isabs(value) else arg
+    return local_path(arg) if os.path.isabs(arg) else arg
+
+
 def collect_provenance(config: Dict[str, Any], *, seed: Optional[int] = None,
                        device: Optional[Union[str, torch.device]] = None,
                        argv: Optional[Sequence[str]] = None, world_size: int = 1,
                        extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Everything needed to say what produced a run directory."""
+    words = [_local_arg(str(a)) for a in (argv if argv is not None else sys.argv)]
     info: Dict[str, Any] = {
-        "command": " ".join(argv if argv is not None else sys.argv),
-        "argv": list(argv if argv is not None else sys.argv),
-        "cwd": os.getcwd(),
+        "command": " ".join(words),
+        "argv": words,
+        "cwd": local_path(os.getcwd()),
         "config": config,
         "seed": seed,
         "git": git_info(),

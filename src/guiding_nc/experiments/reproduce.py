@@ -56,7 +56,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
-from ..provenance import atomic_write_json, atomic_write_text, collect_provenance, to_jsonable
+from ..provenance import atomic_write_json, atomic_write_text, collect_provenance, local_path, to_jsonable
 from ..config import CONFIG_DIR, ConfigError, load_config, project_root
 from ..trainer import train_run
 from .measures import first_fit_step, steps_to_thresholds
@@ -398,7 +398,7 @@ def _write_outputs(out: Path, spec: ExperimentSpec, records: Dict[str, Dict[str,
                # directory, or (``runs_kept_from_results``) from the result files already in ``out``,
                # e.g. committed results of runs whose work directory is on another machine.
                "runs_from_earlier_invocations": sorted(set(earlier) | set(kept)),
-               "runs_kept_from_results": sorted(kept), "work_dir": str(work_dir),
+               "runs_kept_from_results": sorted(kept), "work_dir": local_path(work_dir),
                "invocations": _invocations(sources), "run_sources": sources,
                "seeds": list(spec.seeds), "configs": list(spec.configs), "notes": spec.notes},
     )
