@@ -1,0 +1,84 @@
+"""Figures of the fixed-ETF diagnosis (book chapter 9): one candidate cause per variant.
+
+:func:`plot_fixed_etf_diagnosis` reads the rows of ``data/results/fixed_etf_diagnosis`` and
+draws, per variant and dataset, every seed's final train accuracy and the share of the
+classifier's weight that sits on dead feature units.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = ["plot_fixed_etf_diagnosis", "diagnosis_table_markdown"]
+
+_DATASET_STYLE = {"mnist5k_smallcnn": ("C3", "o", "MNIST 5k × small CNN"),
+                  "digits_mlp": ("C0", "s", "digits × MLP"),
+                  "mnist1d_mlp": ("C2", "^", "MNIST-1D × MLP")}
+
+
+def _rows_by(runs: Sequence[Mapping[str, Any]], config: str, variant: str):
+    return [r for r in runs if r["config"] == config and r["variant"] == variant]
+
+
+def plot_fixed_etf_diagnosis(runs: Sequence[Mapping[str, Any]], *, variants: Sequence[str],
+                             labels: Optional[Mapping[str, str]] = None) -> Figure:
+    """Two stacked panels over the ``variants``: final train top-1 (%) of every seed with the
+    median marked, and the share of the classifier's squared weight on dead units."""
+    labels = dict(labels or {})
+    configs = [c for c in _DATASET_STYLE if any(r["config"] == c for r in runs)]
+    fig = Figure(figsize=(8.0, 6.4), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    x = np.arange(len(variants))
+    width = 0.24
+    for k, c in enumerate(configs):
+        colour, marker, name = _DATASET_STYLE[c]
+        off = (k - (len(configs) - 1) / 2) * width
+        for i, v in enumerate(variants):
+            rows = _rows_by(runs, c, v)
+            acc = np.array([100 * float(r["train_top1"]) for r in rows])
+            dead = np.array([float(r.get("train_dead_weight") or 0.0) for r in rows])
+            if not len(acc):
+                continue
+            jitter = np.linspace(-0.06, 0.06, len(acc))
+            top.scatter(x[i] + off + jitter, acc, s=14, color=colour, marker=marker, alpha=0.55, lw=0)
+            top.plot([x[i] + off - 0.09, x[i] + off + 0.09], [np.median(acc)] * 2, color=colour, lw=2.2,
+                     label=name if i == 0 else None)
+            bottom.scatter(x[i] + off + jitter, 100 * dead, s=14, color=colour, marker=marker, alpha=0.7, lw=0,
+                           label=name if i == 0 else None)
+    top.axhline(10, color="0.5", ls=":", lw=1)
+    top.text(-0.45, 11.5, "chance (10 classes)", fontsize=9, color="0.35", ha="left")
+    top.axhline(90, color="k", ls="--", lw=0.8)
+    top.set_ylabel("final train top-1 (%)")
+    top.set_ylim(0, 102)
+    top.set_title("Fixed ETF after 30 epochs: every seed (dots), median (bar)", fontsize=11)
+    top.legend(fontsize=9, loc="center right", bbox_to_anchor=(1.0, 0.45))
+    bottom.set_ylabel("classifier weight on\ndead units (%)")
+    bottom.set_ylim(-4, 104)
+    bottom.set_xticks(x, [labels.get(v, v) for v in variants], rotation=20, ha="right", fontsize=10)
+    for ax in (top, bottom):
+        ax.grid(axis="y", alpha=0.3)
+        ax.tick_params(labelsize=10)
+    return fig
+
+
+def diagnosis_table_markdown(runs: Sequence[Mapping[str, Any]], *, variants: Sequence[str],
+                             labels: Optional[Mapping[str, str]] = None) -> str:
+    """Median [min, max] final train top-1 (%) and median dead units per variant and dataset."""
+    labels = dict(labels or {})
+    configs = [c for c in _DATASET_STYLE if any(r["config"] == c for r in runs)]
+    head = "| variant | " + " | ".join(_DATASET_STYLE[c][2] for c in configs) + " |"
+    lines = [head, "|---|" + "---:|" * len(configs)]
+    for v in variants:
+        cells = []
+        for c in configs:
+            rows = _rows_by(runs, c, v)
+            if not rows:
+                cells.append("–")
+                continue
+            acc = [100 * float(r["train_top1"]) for r in rows]
+            dead = [int(r.get("train_dead_units") or 0) for r in rows]
+            cells.append(f"{np.median(acc):.1f} [{min(acc):.1f}, {max(acc):.1f}]; dead units {int(np.median(dead))}")
+        lines.append(f"| {labels.get(v, v)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
