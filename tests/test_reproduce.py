@@ -533,3 +533,23 @@ def test_settings_hash_reads_an_explicit_model_default_as_its_absence():
     assert rp._settings_hash(a) == rp._settings_hash(b) != rp._settings_hash(c)
     # The same place-free settings from another work directory or data folder.
     assert rp._settings_hash(a) == rp._settings_hash(a.replace(run_dir="/elsewhere", data_root="/data"))
+
+
+def test_the_head_start_free_comparison_uses_the_rates_its_rule_picks():
+    """The learning rates written in ufm_no_head_start.yaml are the ones the stated rule picks
+    from the committed grid, and only the standard classifier's runs chose them."""
+    from guiding_nc.experiments.lr_selection import select_learning_rates
+
+    grid = rp.results_dir("ufm_lr_selection")
+    if not (grid / "runs.csv").exists():
+        pytest.skip("no committed learning-rate grid")
+    runs = rp.load_results(grid)["runs"]
+    assert {r["method"] for r in runs} == {"standard"} and {r["seed"] for r in runs}.isdisjoint({0, 1, 2, 3, 4})
+    chosen = select_learning_rates(runs)
+    spec = rp.load_experiment("ufm_no_head_start")
+    for opt in ("adam", "sgd"):
+        written = spec.variants[opt]["config_overrides"]
+        assert {c: v["lr"] for c, v in written.items()} == {c: chosen[c][opt] for c in spec.configs}
+    for job in spec.jobs():  # same budget, thresholds and start for every method
+        cfg = load_config(job["config"], job["overrides"])
+        assert cfg.epochs == 300 and cfg.model_kwargs["init"] == "mean_free" and cfg.weight_decay == 0.0
