@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 from . import ddn
-from .nearest import _polar, _procrustes_matrix, _validate, nearest_etf, nearest_etf_objective
+from .memory import process_memory_bytes, reset_peak_rss
+from .nearest import check_inputs, nearest_etf, nearest_etf_objective, polar_factor, procrustes_matrix
 from .provenance import git_info, device_name
 
 DEFAULT_SIZES = ((512, 10), (1024, 100), (1024, 200), (1024, 1000), (2048, 1000))
@@ -78,32 +79,6 @@ def _fwd_bwd(H, P, backward):
     return Hr.grad
 
 
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not found in /proc/self/status")
-
-
-def reset_peak_rss() -> int:
-    """Reset this process's peak resident size to its current one; returns that size in bytes.
-
-    Freed heap is given back to the OS first, so that later allocations show up as new resident
-    pages; the high-water mark is otherwise inherited across fork/exec and from the set-up.
-    Linux only (``/proc/self/clear_refs``).
-    """
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _status_bytes("VmRSS")
-
-
 def _peak_child(kind: str, d: int, C: int, dtype_name: str) -> dict:
     """Runs in a fresh process: extra peak resident memory of one forward+backward."""
     dtype = getattr(torch, dtype_name)
@@ -111,7 +86,7 @@ def _peak_child(kind: str, d: int, C: int, dtype_name: str) -> dict:
     _fwd_bwd(*_problem(8, 4, dtype, "cpu"), kind)  # load kernels and libraries on a tiny case
     base = reset_peak_rss()
     _fwd_bwd(H, P, kind)
-    peak = _status_bytes("VmHWM")
+    peak = process_memory_bytes("VmHWM")
     return {"extra_peak_bytes": max(0, peak - base)}
 
 
@@ -208,11 +183,11 @@ def bench_etf(
         # Forward, float64: closed form vs trust-region.  Both solvers are timed without the
         # input checks (the trust-region call has none); the checks are their own column.
         H, P = _problem(d, C, torch.float64, device)
-        row["cf_polar_route"] = _polar(_procrustes_matrix(H, P, 1e-3))[3]
+        row["cf_polar_route"] = polar_factor(procrustes_matrix(H, P, 1e-3), return_route=True)[3]
         row["cf_forward_ms"] = 1e3 * _time(lambda: nearest_etf(H, P, 1e-3, check=False), device, repeats)
         row["cf_svd_forward_ms"] = 1e3 * _time(lambda: nearest_etf(H, P, 1e-3, polar="svd", check=False), device, repeats)
         row["checks_ms"] = 1e3 * _time(
-            lambda: _validate(H, P, 1e-3, "closed_form", "closed_form", check=True), device, repeats
+            lambda: check_inputs(H, P, 1e-3, "closed_form", "closed_form", check=True), device, repeats
         )
         U_cf = nearest_etf(H, P, 1e-3)
         f_cf = float(nearest_etf_objective(U_cf, H, P, 1e-3))

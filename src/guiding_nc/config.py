@@ -217,6 +217,15 @@ class TrainConfig:
         d.update(changes)
         return TrainConfig.from_dict(d)
 
+    def head_options(self) -> Dict[str, Any]:
+        """The keywords of :func:`guiding_nc.heads.build_head` these settings give (beside the
+        method, the feature dimension and the number of classes)."""
+        return dict(tau=self.tau, delta=self.delta, ddn_backward=self.ddn_backward, solver=self.solver,
+                    ema_floor=self.ema_floor, head_bias=self.head_bias,
+                    etf_seed=self.seed if self.etf_seed is None else self.etf_seed,
+                    solve_dtype=torch.float64 if self.solve_dtype == "float64" else torch.float32,
+                    max_iterations=self.solver_max_iterations)
+
     # -- derived -----------------------------------------------------------------------
     @property
     def method_list(self) -> List[str]:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor, nn
@@ -402,8 +402,16 @@ class _Head(nn.Module):
         """Logits of already-transformed features with the current classifier (no state change)."""
         return self.centred_logits(h, self.weight, self.global_mean, self.learned_bias)
 
+    # Optional instrumentation set by the trainer: an object with ``start(name)``/``stop(name)`` and
+    # ``backward_hooks(U, H)`` (only the implicit head has something to time).
+    timer = None
+
     def after_step(self) -> None:
         """Hook called by the trainer after every optimiser step."""
+
+    def epoch_metrics(self) -> Dict[str, float]:
+        """Numbers about the head's own state for the trainer's per-epoch row (none by default)."""
+        return {}
 
     def check_dims(self, features: Tensor) -> None:
         if features.ndim != 2 or features.shape[1] != self.feature_dim:
@@ -517,9 +525,10 @@ class ImplicitETFHead(_Head):
                                   max_iterations=max_iterations)
         W0 = etf_classifier(canonical_point(feature_dim, num_classes, dtype=torch.float64))
         self.register_buffer("W", W0.to(solve_dtype))
-        # Optional instrumentation set by the trainer: an object with ``start(name)``/``stop(name)``
-        # and ``backward_hooks(U, H)``; kept out of the state dict.
-        self.timer = None
+
+    def epoch_metrics(self) -> Dict[str, float]:
+        """The EMA's current smoothing factor ``alpha_t`` (Eq. 9)."""
+        return {"ema_alpha": float(ema_alpha(int(self.ema.step), self.ema.floor))}
 
     @property
     def weight(self) -> Tensor:

@@ -28,6 +28,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
+from .errors import NonFiniteInputError
+
 __all__ = [
     "ClassStatistics",
     "nc1",
@@ -112,7 +114,7 @@ def _check_labels(labels: Tensor, n: int, num_classes: int, *, check_range: bool
 def _check_finite(x: Tensor, name: str) -> None:
     if x.numel() and not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"{name} contain {n_bad} non-finite value(s) (NaN or Inf)")
+        raise NonFiniteInputError(f"{name} contain {n_bad} non-finite value(s) (NaN or Inf)")
 
 
 def _etf_target(C: int, dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from .errors import NonFiniteInputError
 from .etf import (
     _check_num_classes,
     _orthonormality_tolerance,
@@ -61,6 +62,8 @@ __all__ = [
     "polar_factor",
     "polar_route",
     "polar_vjp",
+    "procrustes_matrix",
+    "check_inputs",
     "NearestETF",
     "SOLVERS",
     "BACKWARDS",
@@ -71,7 +74,9 @@ BACKWARDS = ("closed_form", "kkt", "none")
 
 
 # --------------------------------------------------------------------------- checks
-def _validate(H: Tensor, prox: Optional[Tensor], delta: float, method: str, backward: str, check: bool = True) -> None:
+def check_inputs(H: Tensor, prox: Optional[Tensor], delta: float, method: str, backward: str, check: bool = True) -> None:
+    """The checks :func:`nearest_etf` runs on its inputs (a ``ValueError``/``TypeError`` naming the
+    problem); ``check=False`` skips those that read a value back to the host."""
     if not isinstance(H, Tensor):
         raise TypeError(f"H must be a torch.Tensor, got {type(H).__name__}")
     if H.ndim != 2:
@@ -88,7 +93,7 @@ def _validate(H: Tensor, prox: Optional[Tensor], delta: float, method: str, back
     if (check or method == "trust_region") and not bool(torch.isfinite(H).all()):
         # The trust-region route runs on the host anyway, so it always checks: its solver would
         # otherwise return its starting point for a NaN input without a word.
-        raise ValueError("H contains non-finite entries (NaN or Inf)")
+        raise NonFiniteInputError("H contains non-finite entries (NaN or Inf)")
     if method not in SOLVERS:
         raise ValueError(f"unknown method {method!r}; choose one of {SOLVERS}")
     if backward not in BACKWARDS:
@@ -107,7 +112,7 @@ def _validate(H: Tensor, prox: Optional[Tensor], delta: float, method: str, back
         if not check:
             return
         if not bool(torch.isfinite(prox).all()):
-            raise ValueError("prox contains non-finite entries (NaN or Inf)")
+            raise NonFiniteInputError("prox contains non-finite entries (NaN or Inf)")
         err = orthonormality_error(prox.detach())
         tol = _orthonormality_tolerance(prox.dtype)
         if err > tol:
@@ -245,7 +250,7 @@ def polar_route(A: Tensor, method: str = "auto") -> str:
     return method
 
 
-def polar_factor(A: Tensor, method: str = "auto") -> Tuple[Tensor, Tensor, Tensor]:
+def polar_factor(A: Tensor, method: str = "auto", *, return_route: bool = False):
     """Polar factor of a (d, C) matrix, with the spectrum the adjoint needs.
 
     Returns ``(U, s, V)`` with ``U = Y V^T`` (the Stiefel point maximising
@@ -274,10 +279,13 @@ def polar_factor(A: Tensor, method: str = "auto") -> Tuple[Tensor, Tensor, Tenso
     ----------
     A : Tensor, shape (d, C)
     method : {"auto", "svd", "gram"}
+    return_route : bool
+        Also return the route actually taken, ``"gram"`` or ``"svd"`` (after any fallback).
 
     Book: chapter 3, "Speed".
     """
-    return _polar(A, method)[:3]
+    out = _polar(A, method)
+    return out if return_route else out[:3]
 
 
 def _polar(A: Tensor, method: str = "auto") -> Tuple[Tensor, Tensor, Tensor, str]:
@@ -404,7 +412,7 @@ class _NearestETFFunction(torch.autograd.Function):
         )
 
 
-def _procrustes_matrix(H: Tensor, prox: Tensor, delta: float) -> Tensor:
+def procrustes_matrix(H: Tensor, prox: Tensor, delta: float) -> Tensor:
     """``A = 2 H M + delta prox`` (d, C): Eq. 7 is ``const - tr(U^T A)`` on the manifold (chapter 3)."""
     return 2.0 * mul_simplex_etf(H) + delta * prox
 
@@ -486,7 +494,7 @@ def nearest_etf(
         if return_prox:
             return out[0].to(H.dtype), out[1].to(H.dtype)
         return out.to(H.dtype)
-    _validate(H, prox, delta, method, backward, check)
+    check_inputs(H, prox, delta, method, backward, check)
     _check_polar_method(polar)
     d, C = H.shape
     needs_grad = torch.is_grad_enabled() and (H.requires_grad or (prox is not None and prox.requires_grad))
@@ -513,14 +521,14 @@ def nearest_etf(
                 U = _canonical_limit(mul_simplex_etf(Hd), Pd)
                 s = V = None
             else:
-                U, s, V = polar_factor(_procrustes_matrix(Hd, Pd, delta), polar)
+                U, s, V = polar_factor(procrustes_matrix(Hd, Pd, delta), polar)
         else:
             from .trust_region import trust_region_solve
 
             U = trust_region_solve(Hd, Pd, delta, initial=Pd, max_iterations=max_iterations)
             s = V = None
             if needs_grad and backward == "closed_form":
-                s, V = _spectrum_at(U, _procrustes_matrix(Hd, Pd, delta))
+                s, V = _spectrum_at(U, procrustes_matrix(Hd, Pd, delta))
 
     if needs_grad and backward != "none":
         if s is None:

@@ -51,7 +51,6 @@ import json
 import math
 import os
 import random
-import resource
 import sys
 import time
 from collections import defaultdict
@@ -66,7 +65,9 @@ import yaml
 from torch import Tensor, nn
 
 from .config import ConfigError, TrainConfig, load_config
-from .heads import ImplicitETFHead, LinearHead, build_head, ema_alpha
+from .heads import build_head
+from .errors import NonFiniteInputError
+from .memory import peak_memory
 from .metrics import (
     ClassStatistics,
     cosine_margin,
@@ -262,19 +263,6 @@ def _all_finite(t: Tensor) -> Tensor:
         return torch.ones((), dtype=torch.bool, device=t.device)
     lo, hi = torch.aminmax(t)
     return torch.isfinite(lo) & torch.isfinite(hi)
-
-
-def _peak_memory(device: torch.device) -> Dict[str, float]:
-    out: Dict[str, float] = {}
-    if device.type == "cuda":
-        out["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1024 ** 3
-        out["peak_mem_reserved_gb"] = torch.cuda.max_memory_reserved(device) / 1024 ** 3
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    scale = 1024 if sys.platform != "darwin" else 1
-    out["peak_rss_gb"] = rss_kb * scale / 1024 ** 3
-    if device.type != "cuda":
-        out["peak_mem_gb"] = out["peak_rss_gb"]
-    return out
 
 
 # ---------------------------------------------------------------------------- network
@@ -536,23 +524,17 @@ class Trainer:
             raise ConfigError(f"number of classes C={C} exceeds the feature dimension d={d}: a simplex ETF needs "
                               "d >= C (raise feature_dim)")
         self.feature_dim = d
-        solve_dtype = torch.float64 if cfg.solve_dtype == "float64" else torch.float32
-        head = build_head(cfg.method, d, C, tau=cfg.tau, delta=cfg.delta, ddn_backward=cfg.ddn_backward,
-                          solver=cfg.solver, ema_floor=cfg.ema_floor, head_bias=cfg.head_bias,
-                          etf_seed=cfg.seed if cfg.etf_seed is None else cfg.etf_seed, solve_dtype=solve_dtype,
-                          max_iterations=cfg.solver_max_iterations)
+        head = build_head(cfg.method, d, C, **cfg.head_options())
         network = Network(backbone, head)
         if agd:
             agd_init_(network, generator=torch.Generator().manual_seed(int(cfg.seed)))
-            if isinstance(head, LinearHead):
-                head.after_step()  # AGD init, then the unit-norm projection of the standard method
+            head.after_step()  # AGD's init, then what a head does after every step (re-normalise its rows)
         network.to(self.device)
         self.network = network
         self.head = head
         self.timer = StepTimer(cfg.timing, self.device)
         network.timer = self.timer
-        if isinstance(head, ImplicitETFHead):
-            head.timer = self.timer
+        head.timer = self.timer
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -897,10 +879,8 @@ class Trainer:
                 with self._autocast():
                     logits, features = model(x, y)
                 loss = F.cross_entropy(logits.float(), y)
-            except ValueError as exc:
-                if "non-finite" in str(exc):
-                    self._raise_nonfinite(step, f"non-finite values ({exc})")
-                raise
+            except NonFiniteInputError as exc:
+                self._raise_nonfinite(step, f"non-finite values ({exc})")
             finite = torch.isfinite(loss) & _all_finite(features.detach())
             bad_step = torch.where((bad_step < 0) & ~finite, torch.full_like(bad_step, step), bad_step)
             timer.start("backward")
@@ -999,8 +979,7 @@ class Trainer:
                 epoch = self.epoch
                 row = {"epoch": epoch, "step": self.global_step, "method": cfg.method, "seed": cfg.seed,
                        "lr": float(self.optimizer.param_groups[0]["lr"]), **row}
-                if isinstance(self.head, ImplicitETFHead):
-                    row["ema_alpha"] = float(ema_alpha(int(self.head.ema.step), cfg.ema_floor))
+                row.update(self.head.epoch_metrics())
                 eta = self.optimizer.param_groups[0].get("eta")
                 if eta is not None:
                     row["agd_eta"] = float(eta)
@@ -1011,7 +990,7 @@ class Trainer:
                         row.update({f"{split}_{k}": v for k, v in metrics.items()})
                         if epoch == cfg.epochs:
                             self.final_margins[split] = margins
-                row.update(_peak_memory(self.device))
+                row.update(peak_memory(self.device))
                 self.history.append(row)
                 checkpoint_now = (cfg.checkpoint_every and epoch % cfg.checkpoint_every == 0) or epoch == cfg.epochs
                 if checkpoint_now:

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..bench import _status_bytes, reset_peak_rss
+from ..memory import process_memory_bytes, reset_peak_rss
 from ..ddn import kkt_memory_bytes
 from ..provenance import atomic_write_json, atomic_write_text, collect_provenance
 from ..config import CONFIG_DIR, load_config
@@ -91,7 +91,7 @@ def _case(config: str, method: str, ddn: str, steps: int, device: str, quick: bo
         if dev.type == "cuda":
             peak = torch.cuda.max_memory_allocated(dev)
         else:
-            peak = _status_bytes("VmHWM")
+            peak = process_memory_bytes("VmHWM")
     rows = res["history"][1:] if len(res["history"]) > 1 else res["history"]  # first step pays start-up
     out = {k: statistics.median(r[k] for r in rows) for k in TIME_KEYS if all(k in r for r in rows)}
     out.update(peak_extra_gb=max(0, peak - base) / 2 ** 30, base_gb=base / 2 ** 30, device=str(dev),
