@@ -439,6 +439,10 @@ def one_shot(features, labels, W, b, C):
     cm = cosine_margin(features, labels, W, stats.global_mean())
     out["cosine_margin_mean"] = float(cm.mean())
     out["cosine_margin_min"] = float(cm.min())
+    out["cosine_margin_median"] = float(cm.median()) if cm.numel() % 2 else float(cm.sort().values[
+        cm.numel() // 2 - 1: cm.numel() // 2 + 1].mean())
+    out["loss"] = float(torch.nn.functional.cross_entropy(logits, labels))
+    out["n"] = int(labels.numel())
     return out, cm
 
 

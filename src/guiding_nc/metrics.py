@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -585,24 +586,40 @@ def neural_collapse_metrics(
     *,
     num_classes: int,
     logits_fn: Optional[Callable[[Tensor], Tensor]] = None,
+    check: bool = True,
+    cache: bool = False,
+    empty_classes: str = "error",
+    reduce: Optional[Callable[[Tensor], Any]] = None,
+    gather: Optional[Callable[[np.ndarray], np.ndarray]] = None,
 ) -> dict[str, Any]:
-    """All the Appendix-A metrics over a dataset, in two streaming passes.
+    """All the Appendix-A metrics over a dataset, in two streaming passes (the trainer's too).
 
     ``batches``: a zero-argument callable returning a fresh iterable of ``(features, labels)``
     batches, ``features`` ``(n, d)``, ``labels`` ``(n,)`` (a re-iterable collection such as a list or
-    a ``DataLoader`` also works).  It is iterated twice and must yield the same samples both times.
+    a ``DataLoader`` also works).  It is iterated twice and must yield the same samples both times
+    (once, with ``cache=True``: the first pass keeps features, labels and predictions).
     ``W``: ``(C, d)`` classifier, ``b``: ``(C,)`` bias or ``None``.  ``logits_fn`` maps a feature
     batch to ``(n, C)`` logits; default ``features @ W.T + b``.  Use it when the network's head is
-    not plain ``W h + b`` (e.g. the paper's ``tau W (h/||h|| - h_G)``); it decides the predictions
-    used for accuracy and for NC4, while the geometric metrics always use ``W``.
+    not plain ``W h + b`` (e.g. the paper's ``tau W (h/||h|| - h_G)``); it decides the loss and the
+    predictions used for accuracy and for NC4, while the geometric metrics always use ``W``.
+
+    ``check=False`` skips the value checks that read back to the host.  ``empty_classes``: a class
+    with no sample makes the class-mean metrics undefined -- ``"error"`` raises, ``"nan"`` returns
+    NaN for them (a small test split, say).  Under ``torch.distributed``: ``reduce`` sums a tensor
+    over the ranks in place, ``gather`` concatenates the ranks' margins.
 
     Pass 1 accumulates :class:`ClassStatistics` (float64, on ``W``'s device); pass 2 needs the class
-    means.  Returns a dict of Python floats: ``nc1`` (Eq. 11), ``nc2`` (12), ``nc3`` (13),
-    ``equinorm`` (15), ``ncc_mismatch`` (14, fraction), ``top1``, ``top5`` (only when ``C >= 5``),
-    ``cosine_margin_mean``, ``cosine_margin_min`` (16), plus ``cosine_margins``: the ``(N,)``
-    float64 per-sample margins on the CPU, in dataset order.  The numbers equal the one-shot
-    computation on the concatenated data, up to rounding, for any batching.
+    means.  Returns Python numbers: ``loss`` (mean cross-entropy of the logits), ``n`` (samples),
+    ``nc1`` (Eq. 11), ``nc2`` (12), ``nc3`` (13), ``equinorm`` (15), ``ncc_mismatch`` (14, fraction),
+    ``top1``, ``top5`` (only when ``C >= 5``), ``cosine_margin_mean``, ``cosine_margin_min``,
+    ``cosine_margin_median`` (16), plus ``cosine_margins``: the ``(N,)`` float64 per-sample margins
+    on the CPU, in dataset order.  The numbers equal the one-shot computation on the
+    concatenated data, up to rounding, for any batching.
+
+    Book: chapter 2 (the metrics).
     """
+    if empty_classes not in ("error", "nan"):
+        raise ValueError(f"empty_classes must be 'error' or 'nan', got {empty_classes!r}")
     C = _check_int("num_classes", num_classes, 2)
     Wc, d = _check_classifier(W, b)
     if Wc != C:
@@ -610,66 +627,89 @@ def neural_collapse_metrics(
     source = _batch_source(batches)
     dev = W.device
 
-    stats = ClassStatistics(C, d, device=dev, dtype=_compute_dtype(dev))
-    for features, labels in source():
-        stats.update(features, labels)
-    n_total = stats.num_samples
-    if n_total == 0:
-        raise ValueError("batches yielded no samples")
-
-    means = stats.class_means()
-    h_g = stats.global_mean()
-    hbar = (means - h_g).T
-    out: dict[str, Any] = {
-        "nc1": nc1(stats),
-        "nc2": nc2(W),
-        "nc3": nc3(W, hbar),
-        "equinorm": equinorm(W, hbar),
-    }
-
-    # Counters stay on the device until the end so the loop never waits for the host.
-    mismatches = torch.zeros((), dtype=torch.int64, device=dev)
-    top1 = torch.zeros((), dtype=torch.int64, device=dev)
-    top5 = torch.zeros((), dtype=torch.int64, device=dev)
-    margins: list[Tensor] = []
-    n_seen = 0
-    for features, labels in source():
-        _check_features(features, d)
-        _check_labels(labels, features.shape[0], C, check_range=False)
-        if features.shape[0] == 0:
-            continue
-        features = features.to(dev)
-        labels = labels.to(dev)
+    def logits_of(features: Tensor) -> Tensor:
         if logits_fn is None:
             logits = _to_compute(features) @ _to_compute(W).T
-            if b is not None:
-                logits = logits + b.to(logits.dtype)
-        else:
-            logits = logits_fn(features)
-            if logits.dim() != 2 or tuple(logits.shape) != (features.shape[0], C):
-                raise ValueError(
-                    f"logits_fn returned shape {tuple(logits.shape)}, expected (n, C) = ({features.shape[0]}, {C})"
-                )
-        m, n = ncc_mismatch_count(features, means, logits.argmax(1))
-        mismatches += m
-        n_seen += n
-        top1 += topk_correct(logits, labels, 1)
+            return logits if b is None else logits + b.to(logits.dtype)
+        logits = logits_fn(features)
+        if logits.dim() != 2 or tuple(logits.shape) != (features.shape[0], C):
+            raise ValueError(
+                f"logits_fn returned shape {tuple(logits.shape)}, expected (n, C) = ({features.shape[0]}, {C})")
+        return logits
+
+    stats = ClassStatistics(C, d, device=dev, dtype=_compute_dtype(dev))
+    # Sums stay on the device until the end so the loop never waits for the host.
+    sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, top1, top5, n
+    kept: list[tuple[Tensor, Tensor, Tensor]] = []
+    for features, labels in source():
+        _check_features(features, d)
+        if features.shape[0] == 0:
+            continue
+        features, labels = features.to(dev), labels.to(dev)
+        stats.update(features, labels, check=check)
+        logits = logits_of(features)
+        sums[0] += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").double()
+        sums[1] += topk_correct(logits, labels, 1)
         if C >= 5:
-            top5 += topk_correct(logits, labels, 5)
+            sums[2] += topk_correct(logits, labels, 5)
+        sums[3] += labels.numel()
+        if cache:
+            kept.append((features, labels, logits.argmax(1)))
+    if reduce is not None:
+        reduce(sums)
+        stats.all_reduce_()
+    n_total = float(sums[3])
+    if n_total == 0:
+        raise ValueError("batches yielded no samples")
+    out: dict[str, Any] = {"loss": float(sums[0]) / n_total, "top1": float(sums[1]) / n_total, "n": int(n_total)}
+    if C >= 5:
+        out["top5"] = float(sums[2]) / n_total
+    out["nc2"] = float(nc2(W))
+    try:
+        means = stats.class_means()
+    except ValueError:
+        if empty_classes == "error":
+            raise
+        for k in ("nc1", "nc3", "equinorm", "ncc_mismatch", "cosine_margin_mean", "cosine_margin_min",
+                  "cosine_margin_median"):
+            out[k] = float("nan")
+        out["cosine_margins"] = torch.zeros(0, dtype=torch.float64)
+        return out
+    h_g = stats.global_mean()
+    hbar = (means - h_g).T
+    out["nc1"] = float(nc1(stats))
+    out["nc3"] = float(nc3(W, hbar))
+    out["equinorm"] = float(equinorm(W, hbar))
+
+    def second_pass():
+        for features, labels in source():
+            _check_features(features, d)
+            _check_labels(labels, features.shape[0], C, check_range=False)
+            if features.shape[0]:
+                features, labels = features.to(dev), labels.to(dev)
+                yield features, labels, logits_of(features).argmax(1)
+
+    mismatches = torch.zeros((), dtype=torch.float64, device=dev)
+    margins: list[Tensor] = []
+    n_seen = 0
+    for features, labels, pred in (kept if cache else second_pass()):
+        m, k = ncc_mismatch_count(features, means, pred)
+        mismatches += m
+        n_seen += k
         margins.append(cosine_margin(features, labels, W, h_g))
-    if n_seen != n_total:
+    if reduce is not None:
+        reduce(mismatches)
+    elif n_seen != out["n"]:
         raise ValueError(
-            f"batches() yielded {n_total} samples on the first pass but {n_seen} on the second; "
+            f"batches() yielded {out['n']} samples on the first pass but {n_seen} on the second; "
             "it must return the same data each time it is called"
         )
-
-    cm = torch.cat(margins)
-    out["ncc_mismatch"] = int(mismatches) / n_total
-    out["top1"] = int(top1) / n_total
-    if C >= 5:
-        out["top5"] = int(top5) / n_total
-    out["cosine_margin_mean"] = cm.mean()
-    out["cosine_margin_min"] = cm.min()
-    result = {k: float(v) for k, v in out.items()}
-    result["cosine_margins"] = cm.cpu()
-    return result
+    out["ncc_mismatch"] = float(mismatches) / n_total
+    cm = torch.cat(margins).cpu().numpy() if margins else np.zeros(0)
+    if gather is not None:
+        cm = gather(cm)
+    out["cosine_margin_mean"] = float(cm.mean())
+    out["cosine_margin_min"] = float(cm.min())
+    out["cosine_margin_median"] = float(np.median(cm))
+    out["cosine_margins"] = torch.from_numpy(np.asarray(cm, dtype=np.float64))
+    return out

@@ -68,16 +68,7 @@ from .config import ConfigError, TrainConfig, load_config
 from .heads import build_head
 from .errors import NonFiniteInputError
 from .memory import peak_memory
-from .metrics import (
-    ClassStatistics,
-    cosine_margin,
-    equinorm,
-    nc1,
-    nc2,
-    nc3,
-    ncc_mismatch_count,
-    topk_correct,
-)
+from .metrics import neural_collapse_metrics
 from .provenance import (
     atomic_torch_save,
     atomic_write_json,
@@ -728,7 +719,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Tuple[Dict[str, float], np.ndarray]:
-        """Loss, top-1/top-5, NC1-NC3, NCC mismatch (NC4), equinorm, cosine margins on a split.
+        """Loss, top-1/top-5, NC1-NC3, NCC mismatch (NC4), equinorm, cosine margins on a split
+        (:func:`guiding_nc.metrics.neural_collapse_metrics`), and the dead units of the features.
 
         Features are what the classifier sees (``head.transform``).  All sums are reduced over
         ranks; returns ``(metrics, per-sample cosine margins)``.
@@ -737,15 +729,12 @@ class Trainer:
         net, head = self.network, self.head
         was_training = net.training
         net.eval()
-        C, d, dev = self.num_classes, self.feature_dim, self.device
-        stats = ClassStatistics(C, d, device=dev)
-        sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, top1, top5, n
+        d, dev = self.feature_dim, self.device
         cache_mode = self.cfg.eval_cache
         if cache_mode == "auto":
             cache = len(loader.dataset) * d * 4 <= (2 * 1024 ** 3 if dev.type == "cuda" else 4 * 1024 ** 3)
         else:
             cache = bool(cache_mode)
-        cached: List[Tuple[Tensor, Tensor, Tensor]] = []
         # Feature coordinates that are not zero on some sample; the rest are dead units (a ReLU
         # that never fires), invisible to any classifier weight on them.
         alive = torch.zeros(d, dtype=torch.bool, device=dev)
@@ -757,67 +746,30 @@ class Trainer:
                 with self._autocast():
                     f = net.backbone(x)
                 alive.logical_or_((f != 0).any(0))
-                h = head.transform(f.float())
-                yield h, y, head.logits_from(h).float()
+                yield head.transform(f.float()), y
 
-        for h, y, logits in batches():
-            sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
-            sums[1] += topk_correct(logits, y, 1)
-            if C >= 5:
-                sums[2] += topk_correct(logits, y, 5)
-            sums[3] += y.numel()
-            stats.update(h, y, check=False)
-            if cache:
-                cached.append((h, y, logits.argmax(1)))
-        _all_reduce_(sums)
-        stats.all_reduce_()
-        n = float(sums[3])
-        # n: the sample count, so a fraction can be turned back into an exact count of samples.
-        out: Dict[str, float] = {"loss": float(sums[0]) / n, "top1": float(sums[1]) / n, "n": int(n)}
-        if C >= 5:
-            out["top5"] = float(sums[2]) / n
         W = head.weight.detach().to(dev)
-        out["nc2"] = float(nc2(W))
+        distributed = self.world_size > 1
+        out = neural_collapse_metrics(
+            batches, W, num_classes=self.num_classes, logits_fn=lambda h: head.logits_from(h).float(), check=False,
+            cache=cache, empty_classes="nan", reduce=_all_reduce_ if distributed else None,
+            gather=self._gather_margins if distributed else None)
+        margins = out.pop("cosine_margins").numpy()
         alive_any = alive.to(torch.uint8)
-        if self.world_size > 1:
+        if distributed:
             _dist().all_reduce(alive_any, op=_dist().ReduceOp.MAX)
         dead = alive_any == 0
         out["dead_units"] = int(dead.sum())
         # Share of the classifier's squared weight on dead units: 1 means it reads nothing alive.
         w2 = W.double().pow(2).sum(0)
         out["dead_weight"] = float(w2[dead].sum() / w2.sum().clamp_min(1e-300))
-        try:
-            means = stats.class_means()
-        except ValueError:  # an empty class in this split: class-mean metrics undefined
-            for k in ("nc1", "nc3", "equinorm", "ncc_mismatch", "cosine_margin_mean", "cosine_margin_min",
-                      "cosine_margin_median"):
-                out[k] = float("nan")
-            net.train(was_training)
-            return out, np.zeros(0)
-        h_g = stats.global_mean()
-        hbar = (means - h_g).T
-        out["nc1"] = float(nc1(stats))
-        out["nc3"] = float(nc3(W, hbar))
-        out["equinorm"] = float(equinorm(W, hbar))
-        mism = torch.zeros((), dtype=torch.float64, device=dev)
-        margins: List[Tensor] = []
-        source = cached if cache else ((h, y, lg.argmax(1)) for h, y, lg in batches())
-        for h, y, pred in source:
-            m, _ = ncc_mismatch_count(h, means, pred)
-            mism += m
-            margins.append(cosine_margin(h, y, W, h_g))
-        _all_reduce_(mism)
-        out["ncc_mismatch"] = float(mism) / n
-        local = torch.cat(margins).cpu().numpy() if margins else np.zeros(0)
-        if self.world_size > 1:
-            gathered: List[Any] = [None] * self.world_size
-            _dist().all_gather_object(gathered, local)
-            local = np.concatenate(gathered)
-        out["cosine_margin_mean"] = float(local.mean())
-        out["cosine_margin_min"] = float(local.min())
-        out["cosine_margin_median"] = float(np.median(local))
         net.train(was_training)
-        return out, local
+        return out, margins
+
+    def _gather_margins(self, local: np.ndarray) -> np.ndarray:
+        gathered: List[Any] = [None] * self.world_size
+        _dist().all_gather_object(gathered, local)
+        return np.concatenate(gathered)
 
     # -- training --------------------------------------------------------------------------
     def _fire(self, event: str) -> None:
