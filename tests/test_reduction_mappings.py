@@ -73,7 +73,8 @@ def test_end_to_end_reproduction_command(tmp_path):
     assert len(res["runs"]) == 4 and len(res["convergence"]["C4_d6/free/0"]["gap"]) == 13
     assert [v["verdict"] in ("agree", "disagree", "inconclusive") for v in res["verdicts"]] == [True] * 4
     assert "C4_d6" in res["spectra"] and {"collapse", "start", "end"} <= set(res["spectra"]["C4_d6"])
-    assert "commit" in rm.provenance_line(res["provenance"])
+    from guiding_nc.experiments.results import provenance_caption
+    assert "commit" in provenance_caption(res["provenance"])
 
 
 def test_run_in_memory_and_errors(tmp_path):

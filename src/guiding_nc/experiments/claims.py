@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .reproduce import load_results, results_dir
+from .results import load_results, results_dir, seed_bands
 
 __all__ = ["evaluate_claims", "claims_markdown", "VERDICTS"]
 
@@ -76,8 +76,6 @@ def _ufm_steps(res) -> Dict[str, Any]:
 
 
 def _ufm10_loss(res) -> Dict[str, Any]:
-    from ..plotting.experiments import seed_bands
-
     bands = seed_bands(res["curves"], "train_loss")
     at = {}
     for (_, _, m), (xs, med, _, _) in bands.items():

@@ -27,8 +27,6 @@ Writes ``cost.csv``, ``cost.json`` (rows + provenance) to ``--out`` (default
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import statistics
@@ -41,6 +39,7 @@ from typing import Dict, List, Optional, Sequence
 from ..memory import process_memory_bytes, reset_peak_rss
 from ..ddn import kkt_memory_bytes
 from ..provenance import atomic_write_json, atomic_write_text, collect_provenance
+from .results import csv_text
 from ..config import CONFIG_DIR, load_config
 
 DEFAULT_CONFIGS = ("ufm10", "ufm100", "ufm200", "ufm1000")
@@ -170,14 +169,7 @@ def _write(out, rows, start, device, argv, configs, steps, quick, kkt_cap_gb, th
         return
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    keys: List[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "cost.csv", buf.getvalue())
+    atomic_write_text(out / "cost.csv", csv_text(rows))
     atomic_write_json(out / "cost.json", {"rows": rows, "provenance": _provenance(
         rows, start, device, argv, configs, steps, quick, kkt_cap_gb, threads)})
 

@@ -34,8 +34,6 @@ The benchmark writes ``--bench-out`` (default ``data/bench/forward_gradients_cpu
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import statistics
 import sys
 import time
@@ -46,6 +44,7 @@ import torch
 
 from .. import forward_gradients as fg
 from ..provenance import atomic_write_json, atomic_write_text, collect_provenance
+from .results import csv_text
 
 #: (gradient source, k) pairs trained in the training part; k is set from the config.
 TRAIN_METHODS = ("backprop", "weight", "activation", "wt", "upstream", "upstream_ns")
@@ -231,9 +230,9 @@ def run(*, quick: bool = False, out: Optional[Path] = None, progress: bool = Tru
         atomic_write_json(o / "results.json", result, indent=None)
         runs = result["training"]["runs"]
         if runs:
-            atomic_write_text(o / "runs.csv", _csv(runs))
+            atomic_write_text(o / "runs.csv", csv_text(runs, list(runs[0]), list_format=".6g"))
         if result["quality"]:
-            atomic_write_text(o / "quality.csv", _csv(result["quality"]))
+            atomic_write_text(o / "quality.csv", csv_text(result["quality"], list(result["quality"][0]), list_format=".6g"))
         prov = collect_provenance({**cfg, "quick": quick, "parts": list(parts)}, device="cpu", argv=argv,
                                   extra={"status": status, "seeds": seeds, "wall_time_s": time.time() - start,
                                          "training_runs_done": len(runs), "quality_records": len(result["quality"])})
@@ -256,16 +255,6 @@ def run(*, quick: bool = False, out: Optional[Path] = None, progress: bool = Tru
             save("running")
     save("completed")
     return result
-
-
-def _csv(rows: Sequence[Dict]) -> str:
-    buf = io.StringIO()
-    keys = list(rows[0].keys())
-    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: (";".join(f"{v:.6g}" for v in r[k]) if isinstance(r.get(k), list) else r.get(k)) for k in keys})
-    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------------------
@@ -441,17 +430,6 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def provenance_line(prov: Dict) -> str:
-    """One-paragraph provenance of a results/benchmark file (printed under the chapter's figures)."""
-    git = prov.get("git") or {}
-    commit = (git.get("commit") or "unknown")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
-    wall = prov.get("wall_time_s")
-    return (f"provenance: `{prov.get('command', '?')}` | status {prov.get('status')} | git {commit} | "
-            f"{prov.get('date')} | {prov.get('device_name', prov.get('device'))}, {prov.get('num_threads')} thread(s) | "
-            f"torch {prov.get('torch')}, python {prov.get('python')}, numpy {prov.get('numpy')} | "
-            f"wall time {wall if wall is None else f'{wall:.0f} s'}")
 
 
 def load_results(out: Path = Path("data/results/forward_gradients")) -> Tuple[Dict, Dict]:

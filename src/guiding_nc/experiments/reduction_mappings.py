@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import math
 import statistics
@@ -59,11 +58,12 @@ from ..curvature import (
     ufm_objective,
 )
 from ..provenance import atomic_write_json, atomic_write_text, collect_provenance
+from .results import csv_text
 
 __all__ = [
     "CONFIGS", "QUICK_CONFIGS", "GAP_FLOOR", "TOLERANCE", "LATE_WINDOW",
     "build_objectives", "initial_points", "run_trajectory", "collapse_constants",
-    "summarize_run", "verdicts", "run", "load_results", "provenance_line", "main",
+    "summarize_run", "verdicts", "run", "load_results", "main",
 ]
 
 #: Full-mode configurations: sizes, how the Hessian is measured, steps, seeds.
@@ -347,16 +347,6 @@ _CSV_KEYS = ("config", "num_classes", "n_per_class", "dim", "method", "seed", "m
              "base_pl", "pb_lambda_max", "pb_lambda_min", "pb_pl", "correction_norm", "residual")
 
 
-def _csv_text(rows: Sequence[Dict], keys: Sequence[str]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(keys), extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None or (isinstance(r.get(k), float) and math.isnan(r[k])) else r[k])
-                    for k in keys})
-    return buf.getvalue()
-
-
 def _collapse_rows(collapse: Dict[str, Dict]) -> List[Dict]:
     rows = []
     for cfg, cc in collapse.items():
@@ -407,10 +397,11 @@ def run(configs: Optional[Dict[str, Dict]] = None, *, quick: bool = False, out: 
             return
         o = Path(out)
         o.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(o / "curvature.csv", _csv_text(curv_rows, _CSV_KEYS))
+        atomic_write_text(o / "curvature.csv", csv_text(curv_rows, _CSV_KEYS, nan_empty=True))
         atomic_write_json(o / "convergence.json", convergence, indent=None)
-        atomic_write_text(o / "collapse.csv", _csv_text(_collapse_rows(collapse), (
-            "config", "method", "metric", "constant", "kernel_dim", "most_negative", "max", "next_above_kernel")))
+        atomic_write_text(o / "collapse.csv", csv_text(_collapse_rows(collapse), (
+            "config", "method", "metric", "constant", "kernel_dim", "most_negative", "max", "next_above_kernel"),
+            nan_empty=True))
         atomic_write_json(o / "spectra.json", spectra, indent=None)
         atomic_write_json(o / "summary.json", {"runs": runs, "verdicts": result["verdicts"],
                                                "constants": {"gap_floor": GAP_FLOOR, "tolerance": TOLERANCE,
@@ -485,17 +476,6 @@ def load_results(path) -> Dict:
             "runs": summary["runs"], "verdicts": summary["verdicts"], "constants": summary["constants"],
             "collapse": collapse_rows, "spectra": json.loads((p / "spectra.json").read_text()),
             "provenance": json.loads((p / "provenance.json").read_text())}
-
-
-def provenance_line(prov: Dict) -> str:
-    """One line saying what produced a results directory (for printing under a figure)."""
-    git = prov.get("git") or {}
-    commit = (git.get("commit") or "unknown")[:10] + (" (uncommitted changes)" if git.get("dirty") else "")
-    wall = prov.get("wall_time_s")
-    wall_s = f" | wall {wall:.0f} s" if isinstance(wall, (int, float)) else ""
-    return (f"{prov.get('command', '?')} | commit {commit} | {prov.get('date', '?')} | {prov.get('device_name', '?')}"
-            f" | {prov.get('num_threads', '?')} thread(s) | torch {prov.get('torch', '?')} | status {prov.get('status')}"
-            + wall_s)
 
 
 def main(argv=None) -> int:

@@ -42,8 +42,6 @@ Book: the experiment chapters.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import json
 import math
 import statistics
@@ -60,6 +58,7 @@ from ..provenance import atomic_write_json, atomic_write_text, collect_provenanc
 from ..config import CONFIG_DIR, ConfigError, load_config, project_root
 from ..trainer import train_run
 from .measures import first_fit_step, steps_to_thresholds
+from .results import csv_text, group_key, load_results, results_dir, run_key
 
 __all__ = ["ExperimentSpec", "EXPERIMENT_DIR", "results_dir", "list_experiments", "load_experiment", "run_experiment",
            "load_results", "summarize_records", "main"]
@@ -150,11 +149,6 @@ class ExperimentSpec:
                         out.append({"config": config, "variant": variant, "method": method, "seed": int(seed),
                                     "overrides": ov})
         return out
-
-
-def results_dir(name: str) -> Path:
-    """Where the committed full-mode results of experiment ``name`` live: ``data/results/<name>``."""
-    return REPO_ROOT / "data" / "results" / name
 
 
 def list_experiments() -> List[str]:
@@ -266,26 +260,14 @@ def _record(job: Dict[str, Any], cfg, res: Dict[str, Any], thresholds: Optional[
 
 
 def _key(job_or_row: Dict[str, Any]) -> str:
-    return f"{job_or_row['config']}/{job_or_row['variant']}/{job_or_row['method']}/{job_or_row['seed']}"
-
-
-def _csv(rows: Sequence[Dict[str, Any]], lead: Sequence[str]) -> str:
-    keys: List[str] = list(lead)
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
-    return buf.getvalue()
+    return run_key(job_or_row["config"], job_or_row["variant"], job_or_row["method"], job_or_row["seed"])
 
 
 def summarize_records(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     """``{"config/variant/method": {metric: {"median", "min", "max", "n", "values"}}}`` over seeds."""
     groups: Dict[str, List[Dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault(f"{r['config']}/{r['variant']}/{r['method']}", []).append(r)
+        groups.setdefault(group_key(r["config"], r["variant"], r["method"]), []).append(r)
     out: Dict[str, Any] = {}
     for g, rs in groups.items():
         cell: Dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
@@ -371,12 +353,12 @@ def _write_outputs(out: Path, spec: ExperimentSpec, records: Dict[str, Dict[str,
     recs = list(records.values())
     rows = [r["row"] for r in recs]
     lead = ("config", "variant", "method", "seed")
-    atomic_write_text(out / "runs.csv", _csv(rows, lead))
+    atomic_write_text(out / "runs.csv", csv_text(rows, lead=lead))
     curve_rows = []
     for r in recs:
         for c in r["curves"]:
             curve_rows.append({**{k: r["row"][k] for k in lead}, **c})
-    atomic_write_text(out / "curves.csv", _csv(curve_rows, lead + ("epoch", "step")))
+    atomic_write_text(out / "curves.csv", csv_text(curve_rows, lead=lead + ("epoch", "step")))
     if spec.record_step_accuracy:
         atomic_write_json(out / "step_accuracy.json", {_key(r["row"]): r["step_accuracy"] for r in recs
                                                         if r["step_accuracy"]}, indent=None)
@@ -823,42 +805,6 @@ def _settings_hash(cfg) -> str:
     import hashlib
 
     return hashlib.sha256(json.dumps(effective_settings(cfg), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def load_results(path) -> Dict[str, Any]:
-    """Read an experiment's result directory back: ``runs`` (list of dicts), ``curves`` (list of
-    dicts), ``summary``, ``provenance`` and, when present, ``step_accuracy`` and ``margins``."""
-    path = Path(path)
-    if not (path / "runs.csv").exists():
-        raise FileNotFoundError(f"{path} holds no experiment results (no runs.csv); run "
-                                f"`python -m guiding_nc.experiments.reproduce <experiment>` to produce them")
-
-    def read_csv(p: Path) -> List[Dict[str, Any]]:
-        rows = []
-        with p.open(newline="") as fh:
-            for r in csv.DictReader(fh):
-                rows.append({k: _parse(v) for k, v in r.items()})
-        return rows
-
-    out = {"runs": read_csv(path / "runs.csv"), "curves": read_csv(path / "curves.csv"),
-           "summary": json.loads((path / "summary.json").read_text()),
-           "provenance": json.loads((path / "provenance.json").read_text())}
-    for name in ("step_accuracy", "step_loss", "margins"):
-        if (path / f"{name}.json").exists():
-            out[name] = json.loads((path / f"{name}.json").read_text())
-    return out
-
-
-def _parse(v: str) -> Any:
-    if v == "":
-        return None
-    if v in ("True", "False"):
-        return v == "True"
-    try:
-        f = float(v)
-    except ValueError:
-        return v
-    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
 
 
 def format_summary(summary: Dict[str, Any], metrics: Iterable[str]) -> str:

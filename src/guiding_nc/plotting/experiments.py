@@ -7,7 +7,6 @@ Tables come back as Markdown strings (``IPython.display.Markdown`` renders them 
 """
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, Dict, List, Optional, Tuple
@@ -15,6 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..experiments.results import _finite, provenance_caption, seed_bands  # noqa: F401 (the chapters read them here)
 from ..methods import METHODS
 from .collapse import method_style
 
@@ -35,35 +35,6 @@ __all__ = [
 
 # Read from the registry of methods (kept as a mapping for the chapters' tables).
 METHOD_LABELS = {name: m.label for name, m in METHODS.items()}
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def seed_bands(curves: Sequence[Mapping[str, Any]], y: str, *, x: str = "step",
-               group: Sequence[str] = ("config", "variant", "method"), where: Optional[Mapping[str, Any]] = None
-               ) -> Dict[Tuple, Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Median and min-max over seeds of ``y`` against ``x``, per group.
-
-    ``curves``: rows of ``curves.csv`` (one per evaluated epoch of every run).  ``where``
-    keeps only rows whose keys equal the given values.  Returns ``{group values: (xs, median,
-    lo, hi)}``; only the ``x`` values every seed of the group reached are kept, so a band never
-    mixes a different number of seeds.
-    """
-    by: Dict[Tuple, Dict[Any, Dict[Any, float]]] = defaultdict(lambda: defaultdict(dict))
-    for r in curves:
-        if where and any(r.get(k) != v for k, v in where.items()):
-            continue
-        if not _finite(r.get(y)) or r.get(x) is None:
-            continue
-        by[tuple(r[g] for g in group)][r["seed"]][r[x]] = float(r[y])
-    out = {}
-    for key, seeds in by.items():
-        common = sorted(set.intersection(*(set(s) for s in seeds.values())))
-        vals = np.array([[seeds[s][t] for t in common] for s in seeds])  # (seeds, x)
-        out[key] = (np.asarray(common, dtype=float), np.median(vals, 0), vals.min(0), vals.max(0))
-    return out
 
 
 def _band(ax, xs, med, lo, hi, *, label, style, floor: Optional[float] = None):
@@ -428,37 +399,3 @@ def cost_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def provenance_caption(prov: Mapping[str, Any]) -> str:
-    """One block of plain text saying how a result file was produced."""
-    git = prov.get("git") or {}
-    commit = git.get("commit") or prov.get("git_commit") or "unknown"
-    if git.get("dirty"):
-        commit += " (with uncommitted changes)"
-    lines = [f"command : {prov.get('command', '?')}"]
-    if prov.get("run_commits"):
-        legend = "  (-dirty: code changes not committed)" if any(c.endswith("-dirty") for c in prov["run_commits"]) else ""
-        lines.append(f"runs at : commit {', '.join(prov['run_commits'])}{legend}")
-        lines.append(f"files at: commit {commit}")
-    else:
-        lines.append(f"commit  : {commit}")
-    lines += [
-        f"date    : {prov.get('date', '?')}   status: {prov.get('status', '?')}",
-        f"device  : {prov.get('device_name', prov.get('device', '?'))}, {prov.get('num_threads', '?')} thread(s)",
-        f"versions: python {prov.get('python', '?')}, torch {prov.get('torch', '?')}, numpy {prov.get('numpy', '?')}",
-    ]
-    if prov.get("runs_wall_time_s") is not None:
-        lines.append(f"compute : {float(prov['runs_wall_time_s']) / 60:.1f} min of training, summed over "
-                     f"{prov.get('runs_done', '?')} of {prov.get('runs_total', '?')} runs")
-    elif prov.get("wall_time_s") is not None:
-        lines.append(f"wall    : {float(prov['wall_time_s']) / 60:.1f} min")
-    invocations = prov.get("invocations") or []
-    if len(invocations) > 1:  # the grid was run in slices: say which command made which runs
-        for inv in invocations:
-            lines.append(f"slice   : {len(inv['runs'])} runs by `{inv['command']}` at {inv['commit']} on "
-                         f"{inv['device']}, {inv.get('num_threads') or '?'} thread(s), "
-                         f"{str(inv.get('first_date', '?'))[:10]}")
-    if prov.get("seeds") is not None:
-        lines.append(f"seeds   : {prov['seeds']}")
-    if prov.get("notes"):
-        lines.append(f"notes   : {prov['notes']}")
-    return "\n".join(lines)
