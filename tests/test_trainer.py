@@ -13,7 +13,8 @@ import yaml
 
 from guiding_nc.heads import METHOD_NAMES
 from guiding_nc.config import CONFIG_DIR, ConfigError, TrainConfig, load_config, parse_overrides
-from guiding_nc.trainer import NonFiniteError, Trainer, summarize_runs, train, train_run, validate_labels
+from guiding_nc.sweeps import summarize_runs, train
+from guiding_nc.trainer import NonFiniteError, Trainer, train_run, validate_labels
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT_CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if "base" not in p.stem and p.stem != "paper_defaults")
@@ -332,7 +333,7 @@ class _Payload:
 
 
 def test_a_crafted_checkpoint_is_refused_without_running(tmp_path):
-    from guiding_nc.trainer import CheckpointError, read_checkpoint
+    from guiding_nc.checkpoints import CheckpointError, read_checkpoint
 
     marker = tmp_path / "pwned"
     cfg = ufm(tmp_path, epochs=2, resume=True)

@@ -46,6 +46,7 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor, nn
 
+from .distributed import is_distributed
 from .etf import canonical_point, etf_classifier, random_point
 from .methods import METHOD_NAMES as _METHOD_NAMES
 from .methods import METHODS
@@ -121,14 +122,6 @@ def ema_blend(batch: Tensor, running: Tensor, alpha: Tensor) -> Tensor:
     return alpha * batch + (1.0 - alpha) * running
 
 
-def _dist_world() -> int:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
 class _AllReduceSum(torch.autograd.Function):
     """Sum over ranks whose backward is again a sum over ranks.
 
@@ -162,7 +155,7 @@ def _all_reduce_sum(x: Tensor, differentiable: bool) -> Tensor:
     rank's features receive the gradient of the *global* objective through the shared
     class means.
     """
-    if _dist_world() == 1:
+    if not is_distributed():
         return x
     import torch.distributed as dist
 

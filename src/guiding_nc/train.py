@@ -20,7 +20,7 @@ import sys
 from typing import List, Optional
 
 from .config import TrainConfig, load_config
-from .trainer import train
+from .sweeps import train
 
 
 def build_parser() -> argparse.ArgumentParser:

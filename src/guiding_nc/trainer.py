@@ -48,12 +48,10 @@ Decisions (see also :class:`guiding_nc.heads.ClassMeanEMA`)
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import sys
 import time
-from collections import defaultdict
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -66,7 +64,10 @@ from torch import Tensor, nn
 
 from .config import ConfigError, TrainConfig, load_config
 from .heads import build_head
+from .checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_NAME, CheckpointError, read_checkpoint, rng_state, set_rng_state
+from .distributed import all_reduce_, dist, init_distributed
 from .errors import NonFiniteInputError
+from .timing import StepTimer
 from .memory import peak_memory
 from .metrics import neural_collapse_metrics
 from .provenance import (
@@ -85,21 +86,13 @@ __all__ = [
     "validate_labels",
     "Trainer",
     "train_run",
-    "train",
-    "summarize_runs",
 ]
 
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = "guiding_nc.checkpoint/2"  # 2: RNG states as tensors, loadable with weights_only
 _TIME_KEYS_PREFIX = ("time_", "peak_", "wall_")
 
 
 class NonFiniteError(RuntimeError):
     """Training produced a non-finite loss or non-finite features."""
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be (or must not be) loaded: truncated, foreign, or a pickle."""
 
 
 def validate_labels(targets: Tensor, num_classes: int) -> None:
@@ -114,137 +107,6 @@ def validate_labels(targets: Tensor, num_classes: int) -> None:
         bad = lo if lo < 0 else hi
         raise ValueError(f"labels outside [0, C) with C={num_classes}: found label {bad} "
                          f"(labels range over [{lo}, {hi}])")
-
-
-# ------------------------------------------------------------------------- distributed
-def _dist():
-    import torch.distributed as dist
-
-    return dist
-
-
-def _dist_active() -> bool:
-    dist = _dist()
-    return dist.is_available() and dist.is_initialized()
-
-
-def _world() -> Tuple[int, int]:
-    if _dist_active():
-        dist = _dist()
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device_pref: str = "auto") -> Tuple[int, int, int]:
-    """Initialise ``torch.distributed`` from torchrun's environment if needed; returns (rank, world, local_rank)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world > 1 and not _dist_active():
-        use_cuda = torch.cuda.is_available() and device_pref in ("auto",) or str(device_pref).startswith("cuda")
-        backend = "nccl" if use_cuda else "gloo"
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        _dist().init_process_group(backend=backend)
-    rank, world = _world()
-    return rank, world, local_rank
-
-
-def _all_reduce_(t: Tensor) -> Tensor:
-    if _dist_active():
-        _dist().all_reduce(t)
-    return t
-
-
-# ------------------------------------------------------------------------------ timing
-class StepTimer:
-    """Accumulates per-segment durations (milliseconds) over an epoch; see the module docstring."""
-
-    def __init__(self, mode: str, device: torch.device):
-        self.mode = mode
-        self.enabled = mode != "off"
-        self.cuda = device.type == "cuda"
-        self.use_events = self.enabled and self.cuda and mode == "events"
-        self._open: Dict[str, Any] = {}
-        self._pending: List[Tuple[str, Any, Any]] = []
-        self.totals: Dict[str, float] = defaultdict(float)
-        self.counts: Dict[str, int] = defaultdict(int)
-
-    def start(self, name: str) -> None:
-        if not self.enabled:
-            return
-        if self.use_events:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            self._open[name] = ev
-        else:
-            if self.cuda:
-                torch.cuda.synchronize()
-            self._open[name] = time.perf_counter()
-
-    def stop(self, name: str) -> None:
-        if not self.enabled or name not in self._open:
-            return
-        begin = self._open.pop(name)
-        if self.use_events:
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
-            self._pending.append((name, begin, ev))
-            if len(self._pending) > 256:
-                self._poll()
-        else:
-            if self.cuda:
-                torch.cuda.synchronize()
-            self.totals[name] += (time.perf_counter() - begin) * 1e3
-            self.counts[name] += 1
-
-    def add(self, name: str, ms: float) -> None:
-        self.totals[name] += ms
-        self.counts[name] += 1
-
-    def _poll(self) -> None:
-        keep = []
-        for i, (name, a, b) in enumerate(self._pending):
-            if b.query():
-                self.totals[name] += a.elapsed_time(b)
-                self.counts[name] += 1
-            else:
-                keep = self._pending[i:]
-                break
-        self._pending = keep
-
-    def backward_hooks(self, U: Tensor, H: Tensor) -> None:
-        """Time the DDN backward: from grad(U*) ready to grad(H) ready."""
-        if not self.enabled:
-            return
-
-        def _start(grad):
-            self.start("ddn_backward")
-
-        def _stop(grad):
-            self.stop("ddn_backward")
-
-        U.register_hook(_start)
-        H.register_hook(_stop)
-
-    def collect(self, steps: int) -> Dict[str, float]:
-        """Mean milliseconds per step of each segment (and derived splits); resets the totals."""
-        if self.use_events and self._pending:
-            torch.cuda.synchronize()
-            for name, a, b in self._pending:
-                self.totals[name] += a.elapsed_time(b)
-                self.counts[name] += 1
-            self._pending = []
-        steps = max(int(steps), 1)
-        t = {k: v / steps for k, v in self.totals.items()}
-        out = {f"time_{k}_ms": v for k, v in sorted(t.items())}
-        if self.enabled:
-            out["time_backbone_ms"] = t.get("backbone_forward", 0.0) + t.get("backward", 0.0) - t.get("ddn_backward", 0.0)
-            out.setdefault("time_etf_forward_ms", 0.0)
-            out.setdefault("time_ddn_backward_ms", 0.0)
-        self.totals = defaultdict(float)
-        self.counts = defaultdict(int)
-        self._open = {}
-        return out
 
 
 def _all_finite(t: Tensor) -> Tensor:
@@ -335,63 +197,6 @@ def _margin_summary(m: np.ndarray) -> Dict[str, Any]:
         "mean": float(m.mean()),
         "histogram": {"counts": hist.tolist(), "edges": edges.tolist()},
     }
-
-
-def _rng_state(device: torch.device) -> Dict[str, Any]:
-    """Every RNG's state as tensors and plain numbers, so a checkpoint loads with
-    ``torch.load(weights_only=True)`` (no pickled objects)."""
-    version, mt, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": {"version": int(version), "state": torch.tensor(mt, dtype=torch.int64),
-                        "gauss": None if gauss is None else float(gauss)},
-             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
-                       "has_gauss": int(has_gauss), "cached": float(cached)},
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    py, npy = state["python"], state["numpy"]
-    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        try:
-            torch.cuda.set_rng_state_all(state["cuda"])
-        except (RuntimeError, IndexError):
-            pass
-
-
-def read_checkpoint(path: Union[str, os.PathLike], map_location=None) -> Dict[str, Any]:
-    """A ``guiding_nc`` checkpoint, loaded without unpickling anything but tensors, numbers,
-    strings, lists and dicts (``weights_only=True``): a file that holds other objects -- a crafted
-    pickle, say -- is refused before any of its code can run.  Every failure is a
-    :class:`CheckpointError` naming the file."""
-    import pickle
-    import zipfile
-
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        text = str(exc)
-        import re
-
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if found:  # a well-formed file asking for a callable: the signature of a pickle payload
-            raise CheckpointError(f"refused to load {path}: it asks to import {found.group(1)}, and a checkpoint holds "
-                                  "only tensors and plain data; delete it or pass overwrite=true to start the run "
-                                  "again") from None
-        raise CheckpointError(f"cannot read the checkpoint {path} ({type(exc).__name__}); it is truncated, empty or "
-                              "not a checkpoint: delete it or pass overwrite=true to start the run again") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (format "
-                              f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}); "
-                              "delete it or pass overwrite=true to start the run again")
-    return state
 
 
 def _is_interactive() -> bool:
@@ -586,7 +391,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "sampler_epoch": self.epoch,
-            "rng": _rng_state(self.device),
+            "rng": rng_state(self.device),
             "history": self.history,
             "step_losses": self.step_losses,
             "step_accuracies": self.step_accuracies,
@@ -630,7 +435,7 @@ class Trainer:
         self.step_losses = list(state.get("step_losses", []))
         self.step_accuracies = list(state.get("step_accuracies", []))
         self.last_checkpoint_epoch = self.epoch
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
 
     # -- files -----------------------------------------------------------------------------
     def _append_metrics(self, row: Dict[str, Any]) -> None:
@@ -713,9 +518,8 @@ class Trainer:
     def _sync_buffers(self) -> None:
         """Make every rank evaluate with rank 0's buffers (BatchNorm running statistics)."""
         if self.world_size > 1:
-            dist = _dist()
             for b in self.network.buffers():
-                dist.broadcast(b, 0)
+                dist().broadcast(b, 0)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Tuple[Dict[str, float], np.ndarray]:
@@ -752,12 +556,12 @@ class Trainer:
         distributed = self.world_size > 1
         out = neural_collapse_metrics(
             batches, W, num_classes=self.num_classes, logits_fn=lambda h: head.logits_from(h).float(), check=False,
-            cache=cache, empty_classes="nan", reduce=_all_reduce_ if distributed else None,
+            cache=cache, empty_classes="nan", reduce=all_reduce_ if distributed else None,
             gather=self._gather_margins if distributed else None)
         margins = out.pop("cosine_margins").numpy()
         alive_any = alive.to(torch.uint8)
         if distributed:
-            _dist().all_reduce(alive_any, op=_dist().ReduceOp.MAX)
+            dist().all_reduce(alive_any, op=dist().ReduceOp.MAX)
         dead = alive_any == 0
         out["dead_units"] = int(dead.sum())
         # Share of the classifier's squared weight on dead units: 1 means it reads nothing alive.
@@ -768,7 +572,7 @@ class Trainer:
 
     def _gather_margins(self, local: np.ndarray) -> np.ndarray:
         gathered: List[Any] = [None] * self.world_size
-        _dist().all_gather_object(gathered, local)
+        dist().all_gather_object(gathered, local)
         return np.concatenate(gathered)
 
     # -- training --------------------------------------------------------------------------
@@ -780,7 +584,7 @@ class Trainer:
         flag = bad_step.clone()
         if self.world_size > 1:
             # max over ranks of the first bad step (-1 = none); any rank's failure stops all.
-            _dist().all_reduce(flag, op=_dist().ReduceOp.MAX)
+            dist().all_reduce(flag, op=dist().ReduceOp.MAX)
         first = int(flag)
         if first >= 0:
             self._raise_nonfinite(first, "non-finite loss or features")
@@ -870,16 +674,16 @@ class Trainer:
         if step_losses:
             sl = torch.stack(step_losses)
             if self.world_size > 1:
-                _all_reduce_(sl)
+                all_reduce_(sl)
                 sl = sl / self.world_size
             self.step_losses += sl.cpu().tolist()
         if step_correct:
             sc = torch.stack(step_correct)
             if self.world_size > 1:
-                _all_reduce_(sc)
+                all_reduce_(sc)
             self.step_accuracies += (sc[:, 0] / sc[:, 1]).cpu().tolist()
         both = torch.stack([loss_sum, count])
-        _all_reduce_(both)
+        all_reduce_(both)
         row: Dict[str, Any] = {"train_loss_running": float(both[0] / both[1].clamp_min(1))}
         row["time_epoch_s"] = time.perf_counter() - epoch_t0
         row.update(self.timer.collect(self.steps_per_epoch))
@@ -1038,106 +842,8 @@ class Trainer:
         return ", ".join(parts)
 
 
-# ---------------------------------------------------------------------- runs and sweeps
 def train_run(config: Union[TrainConfig, Dict[str, Any], str], *, callbacks: Optional[Sequence[Callable]] = None,
               argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Train one (method, seed) run and return its results (see :class:`Trainer`)."""
     return Trainer(config if isinstance(config, TrainConfig) else load_config(config), callbacks=callbacks,
                    argv=argv).fit()
-
-
-def _summary_metrics(cfg: TrainConfig, result: Dict[str, Any]) -> Dict[str, float]:
-    vals: Dict[str, float] = {}
-    epochs = sorted(set([e for e in cfg.report_epochs if e <= cfg.epochs] + [cfg.epochs]))
-    for e in epochs:
-        row = result["at_epochs"].get(str(e))
-        if not row:
-            continue
-        for key in ("train_top1", "test_top1"):
-            if key in row and row[key] is not None:
-                vals[f"{key}@{e}"] = 100.0 * row[key]
-    fe = result.get("final_eval") or {}
-    for key in ("train_loss", "train_nc1", "train_nc2", "train_nc3", "train_equinorm", "train_ncc_mismatch",
-                "train_cosine_margin_mean", "test_loss", "test_top5"):
-        if key in fe and fe[key] is not None:
-            vals[f"{key}@final"] = fe[key]
-    vals["wall_time_s"] = result["wall_time_s"]
-    if result.get("peak_mem_gb") is not None:
-        vals["peak_mem_gb"] = result["peak_mem_gb"]
-    return vals
-
-
-def summarize_runs(per_run: Sequence[Tuple[str, int, Dict[str, float]]]) -> Dict[str, Any]:
-    """Median and min-max over seeds per (method, metric): ``{"rows": [...], "table": {...}}``.
-
-    ``per_run`` holds ``(method, seed, {metric: value})``.  ``rows`` is tidy (one row per
-    method and metric); ``table`` is shaped like the paper's Tables 1-2: ``table[method][metric]
-    = "median [min, max]"``.
-    """
-    grouped: Dict[str, Dict[str, List[Tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
-    for method, seed, vals in per_run:
-        for k, v in vals.items():
-            if v is not None and not (isinstance(v, float) and math.isnan(v)):
-                grouped[method][k].append((seed, float(v)))
-    rows, table = [], {}
-    for method, metrics in grouped.items():
-        table[method] = {}
-        for metric, pairs in metrics.items():
-            values = np.array([v for _, v in pairs])
-            row = {"method": method, "metric": metric, "n": int(values.size), "median": float(np.median(values)),
-                   "min": float(values.min()), "max": float(values.max()),
-                   "seeds": [s for s, _ in pairs], "values": values.tolist()}
-            rows.append(row)
-            table[method][metric] = f"{row['median']:.2f} [{row['min']:.2f}, {row['max']:.2f}]"
-    return {"rows": rows, "table": table}
-
-
-def _format_table(table: Dict[str, Dict[str, str]], metrics: Sequence[str]) -> str:
-    if not table:
-        return ""
-    cols = [m for m in metrics if any(m in t for t in table.values())]
-    widths = [max(len("method"), *(len(m) for m in table))] + [max(len(c), *(len(t.get(c, "")) for t in table.values()))
-                                                             for c in cols]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(["method", *cols], widths))]
-    for method, t in table.items():
-        lines.append("  ".join(v.ljust(w) for v, w in zip([method, *(t.get(c, "-") for c in cols)], widths)))
-    return "\n".join(lines)
-
-
-def train(config: Union[TrainConfig, Dict[str, Any], str], *, callbacks: Optional[Sequence[Callable]] = None,
-          argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Run every (method, seed) the config names; write ``summary.json``/``summary.csv``.
-
-    Returns ``{"runs": [results...], "summary": {"rows": [...], "table": {...}}, "summary_dir": str}``.
-    Each run lives in ``output_dir/name/method/seed<k>`` (or ``run_dir`` for a single run).
-    """
-    cfg = config if isinstance(config, TrainConfig) else load_config(config)
-    cfg = cfg.apply_quick()
-    cfg.validate()
-    runs, per_run = [], []
-    for method in cfg.method_list:
-        for seed in cfg.seed_list:
-            one = cfg.replace(method=method, methods=None, seed=seed, seeds=None)
-            res = train_run(one, callbacks=callbacks, argv=argv)
-            runs.append(res)
-            per_run.append((method, seed, _summary_metrics(one, res)))
-    summary = summarize_runs(per_run)
-    out_dir = Path(cfg.run_dir) if cfg.run_dir else Path(cfg.output_dir) / cfg.name
-    rank, _ = _world()
-    if rank == 0:
-        import csv
-        import io
-
-        atomic_write_json(out_dir / "summary.json", {"name": cfg.name, "methods": cfg.method_list,
-                                                     "seeds": cfg.seed_list, "stratified": cfg.stratified, **summary})
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["method", "metric", "n", "median", "min", "max", "seeds", "values"])
-        w.writeheader()
-        for r in summary["rows"]:
-            w.writerow({**r, "seeds": " ".join(map(str, r["seeds"])), "values": " ".join(f"{v:.6g}" for v in r["values"])})
-        atomic_write_text(out_dir / "summary.csv", buf.getvalue())
-        if cfg.verbose and len(runs) > 1:
-            metrics = sorted({r["metric"] for r in summary["rows"] if "top1@" in r["metric"]},
-                             key=lambda m: (m.split("@")[0] != "train_top1", int(m.split("@")[1])))
-            print(_format_table(summary["table"], metrics + ["train_nc1@final"]), flush=True)
-    return {"runs": runs, "summary": summary, "summary_dir": str(out_dir)}
