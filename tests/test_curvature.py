@@ -5,19 +5,21 @@ import pytest
 import torch
 
 from guiding_nc.curvature import (
-    PARAMETRISATIONS,
-    balanced_labels,
     condition_number,
     gradient_statistics,
     hessian_extremal_eigenvalues,
     hessian_matrix,
     hvp,
-    inverse_sqrt_newton_schulz,
     lanczos_extremal_eigenvalues,
     make_hvp,
     pl_constant_estimate,
     secant_smoothness,
     smoothness_estimate,
+)
+from guiding_nc.reduction import (
+    PARAMETRISATIONS,
+    class_block_labels,
+    inverse_sqrt_newton_schulz,
     ufm_objective,
 )
 from guiding_nc.etf import canonical_point, etf_classifier, random_point
@@ -33,7 +35,7 @@ def _gen(seed=0):
 
 
 def _labels(C=C, n=N_PER):
-    return balanced_labels(C, n)
+    return class_block_labels(C, n)
 
 
 def _point(seed=0, C=C, n=N_PER, d=D):
@@ -432,7 +434,7 @@ def test_objective_errors():
 
 
 # ============================================================ reduction-mapping analysis
-from guiding_nc.curvature import (  # noqa: E402
+from guiding_nc.reduction import (  # noqa: E402
     base_objective,
     curvature_at,
     generalized_eigenvalues,

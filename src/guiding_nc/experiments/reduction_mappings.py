@@ -44,13 +44,13 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..curvature import (
+from ..curvature import hessian_matrix
+from ..reduction import (
     PARAMETRISATIONS,
-    balanced_labels,
+    class_block_labels,
     curvature_at,
     generalized_eigenvalues,
     gradient_descent,
-    hessian_matrix,
     matched_weight_decay,
     morse_bott_constant,
     optimal_value,
@@ -107,7 +107,7 @@ def build_objectives(num_classes: int, n_per_class: int, dim: int, *, tau: float
     ``weight_decay_W = matched_weight_decay(C, tau)`` everywhere; ``free`` has a learned bias,
     ``implicit`` uses ``delta = 0`` (the prox-free reduction, a function of H alone).
     """
-    y = balanced_labels(num_classes, n_per_class)
+    y = class_block_labels(num_classes, n_per_class)
     lam = matched_weight_decay(num_classes, tau)
     out = {}
     for p in PARAMETRISATIONS:

@@ -44,14 +44,6 @@ def _band(ax, xs, med, lo, hi, *, label, style, floor: Optional[float] = None):
     ax.fill_between(xs, lo, hi, color=style.get("color"), alpha=0.18, lw=0)
 
 
-def _methods_in(bands: Mapping[Tuple, Any]) -> List[str]:
-    seen: List[str] = []
-    for k in bands:
-        if k[-1] not in seen:
-            seen.append(k[-1])
-    return seen
-
-
 def plot_ufm_dynamics(results: Mapping[str, Any], *, num_classes: int, loss_bound: float,
                       config: Optional[str] = None) -> Figure:
     """The shape of the paper's Fig. 2: loss vs its lower bound, cosine margins, NC1, NC3, equinorm.
