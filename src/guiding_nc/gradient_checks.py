@@ -19,8 +19,11 @@ import torch
 from torch import Tensor
 
 from . import ddn
-from .etf import simplex_etf, standard_simplex_etf, sym
-from .nearest import nearest_etf, polar_vjp
+from .experiments.paper import TABLE3
+from .paper_appendix import (centring_matrix, paper_elimination_matrix, paper_mixed_hessian,  # noqa: F401
+                             paper_objective_gradient)
+from .etf import simplex_etf, standard_simplex_etf
+from .nearest import nearest_etf
 
 __all__ = [
     "class_means",
@@ -207,46 +210,6 @@ def delta_sweep(
     return res
 
 
-# ------------------------------------------------- the appendix, written literally
-def centring_matrix(C: int, dtype=torch.float64) -> Tensor:
-    """The unnormalised centring matrix ``I_C - 1 1^T / C`` (idempotent), which Appendix B calls M~."""
-    return torch.eye(C, dtype=dtype) - 1.0 / C
-
-
-def paper_objective_gradient(H: Tensor, U: Tensor, *, as_in: str = "eq32", prox: Optional[Tensor] = None, delta: float = 0.0) -> Tensor:
-    """``D_U f`` exactly as printed in Appendix B, with the centring matrix for M~.
-
-    ``as_in="eq20"``: ``2/sqrt(C-1) H M + 2/(C-1) U M`` (the last line of Eq. 20);
-    ``as_in="eq32"``: ``2/(C-1) U M - 2/sqrt(C-1) H M + delta (U - prox)`` (Eq. 32, K read as C).
-    """
-    C = H.shape[1]
-    Mc = centring_matrix(C, H.dtype)
-    if as_in == "eq20":
-        return 2 / math.sqrt(C - 1) * H @ Mc + 2 / (C - 1) * U @ Mc
-    if as_in == "eq32":
-        g = 2 / (C - 1) * U @ Mc - 2 / math.sqrt(C - 1) * H @ Mc
-        return g + delta * (U - prox) if prox is not None and delta else g
-    raise ValueError(f"as_in must be 'eq20' or 'eq32', got {as_in!r}")
-
-
-def paper_mixed_hessian(d: int, C: int, *, unit_frobenius: bool = False, dtype=torch.float64) -> Tensor:
-    """Eq. 23, ``-2/sqrt(C-1) (I_d kron M~)``, with M~ the centring matrix (default) or the unit-Frobenius ETF."""
-    M = standard_simplex_etf(C, dtype=dtype) if unit_frobenius else centring_matrix(C, dtype)
-    return -2 / math.sqrt(C - 1) * torch.kron(torch.eye(d, dtype=dtype), M)
-
-
-def paper_elimination_matrix(n: int, dtype=torch.float64) -> Tensor:
-    """``L_n`` built literally from Eqs. 27–28: ``sum_{i>=j} u_ij vec(E_ij)^T`` (column-major vec)."""
-    m = n * (n + 1) // 2
-    L = torch.zeros(m, n * n, dtype=dtype)
-    for j in range(1, n + 1):
-        for i in range(j, n + 1):
-            row = (j - 1) * n + i - j * (j - 1) // 2  # Eq. 28, 1-based
-            col = (j - 1) * n + i  # position of E_ij in column-major vec, 1-based
-            L[row - 1, col - 1] = 1.0
-    return L
-
-
 def lagrange_multipliers(H: Tensor, U: Tensor, prox: Tensor, delta: float) -> Tensor:
     """Solve ``lambda^T A = rvec(D_U f)`` (least squares; exact at a stationary point), shape (C(C+1)/2,)."""
     A = ddn.constraint_jacobian(U)
@@ -278,16 +241,9 @@ PAPER_SIZES = {
 }
 """Feature dimension and classes of the paper's Table 3 rows (ResNet50's penultimate width is 2048)."""
 
-PAPER_TABLE3_GB = {
-    # name: (implicit ETF w/o DDN backward, implicit ETF w/ DDN backward), GB; None = "N/A"
-    "UFM-10": (1.5, 1.6),
-    "UFM-100": (1.7, 10.7),
-    "UFM-200": (1.8, 70.3),
-    "UFM-1000": (2.9, None),
-    "ResNet50-CIFAR100": (2.7, 18.9),
-    "ResNet50-ImageNet": (27.8, None),
-}
-"""The paper's Table 3 (GPU memory during training, GB), the two implicit-ETF columns."""
+# The paper's Table 3 (GPU memory during training, GB), the two implicit-ETF columns (quoted once, in
+# experiments.paper).
+PAPER_TABLE3_GB = {name: (row["implicit, DDN off"], row["implicit, DDN on"]) for name, row in TABLE3.items()}
 
 
 def memory_rows(bench_json: Optional[str] = None) -> list:

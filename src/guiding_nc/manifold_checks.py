@@ -22,11 +22,13 @@ standard simplex ETF.  Book: chapters 3 and 4.
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
+from .paper_appendix import (centring_matrix, paper_eq19_objective, paper_eq20_lines,  # noqa: F401
+                             paper_gradient_candidates)
 from .etf import euclidean_to_riemannian_hessian, projection, retraction, standard_simplex_etf, sym
 from .nearest import nearest_etf_objective
 
@@ -335,54 +337,3 @@ def tangent_hessian_matrix(U: Tensor, egrad: Tensor, ehess: Callable[[Tensor, Te
     return Hmat, basis
 
 
-# ------------------------------------------------- the paper's Appendix B as printed
-def centring_matrix(C: int, *, dtype=torch.float64, device=None) -> Tensor:
-    """The unnormalised centring matrix ``P = I_C - 1 1^T / C``; the ETF is ``M = P / sqrt(C - 1)``."""
-    return torch.eye(C, dtype=dtype, device=device) - 1.0 / C
-
-
-def paper_eq19_objective(H: Tensor, U: Tensor, Mhat: Tensor) -> float:
-    """Eq. 19 as printed: ``H:H - 2/sqrt(C-1) H:(U Mhat) + 1/(C-1) U:(U Mhat)``.
-
-    With ``Mhat`` the unnormalised centring matrix this equals ``||H - U M||_F^2`` for every
-    ``U``; with ``Mhat`` the unit-Frobenius ETF (the symbol the paper uses) it does not.
-    """
-    C = H.shape[1]
-    return float((H * H).sum() - 2 / math.sqrt(C - 1) * (H * (U @ Mhat)).sum() + (U * (U @ Mhat)).sum() / (C - 1))
-
-
-def paper_eq20_lines(H: Tensor, U: Tensor, dU: Tensor, Mhat: Tensor) -> Dict[str, float]:
-    """The directional derivative ``df`` in direction ``dU`` from each line of Eq. 20 as printed.
-
-    ``line 1``: ``-2/sqrt(C-1) H:(dU Mhat) + 1/(C-1) (dU:(U Mhat) + U:(dU Mhat))``;
-    ``line 2``: ``2/sqrt(C-1) (H Mhat):dU + 2/(C-1) (U Mhat):dU`` (the sign of the first term flips here);
-    ``line 4``: ``D_U f : dU`` with ``D_U f`` the final line (same as line 2);
-    ``Eq. 32``: ``(2/(C-1) U Mhat - 2/sqrt(C-1) H Mhat) : dU`` (the proximal version, ``delta = 0``, ``K`` read as ``C``).
-    """
-    C = H.shape[1]
-    a, b = 2 / math.sqrt(C - 1), 1 / (C - 1)
-    ip = lambda X, Y: float((X * Y).sum())
-    line1 = -a * ip(H, dU @ Mhat) + b * (ip(dU, U @ Mhat) + ip(U, dU @ Mhat))
-    line2 = a * ip(H @ Mhat, dU) + 2 * b * ip(U @ Mhat, dU)
-    eq32 = ip(2 * b * U @ Mhat - a * H @ Mhat, dU)
-    return {"Eq. 20, line 1": line1, "Eq. 20, line 2": line2, "Eq. 20, final gradient": line2, "Eq. 32": eq32}
-
-
-def paper_gradient_candidates(H: Tensor, U: Tensor, prox: Tensor, delta: float) -> Dict[str, Tensor]:
-    """Euclidean gradients of Eq. 7 as the paper prints them, under both readings of its ``M``.
-
-    Keys: ``"Eq. 20 (P)"``, ``"Eq. 20 (M)"``, ``"Eq. 32 (P)"``, ``"Eq. 32 (M)"`` where ``P`` is the
-    centring matrix and ``M`` the unit-Frobenius ETF substituted for the paper's symbol, and
-    ``"book"``: ``2 U M^2 - 2 H M + delta (U - prox)``.  The proximal term is added to Eq. 20.
-    """
-    C = H.shape[1]
-    Pc = centring_matrix(C, dtype=H.dtype, device=H.device)
-    M = standard_simplex_etf(C, dtype=H.dtype, device=H.device)
-    a, b = 2 / math.sqrt(C - 1), 2 / (C - 1)
-    prox_term = delta * (U - prox)
-    out = {}
-    for name, X in (("P", Pc), ("M", M)):
-        out[f"Eq. 20 ({name})"] = a * H @ X + b * U @ X + prox_term
-        out[f"Eq. 32 ({name})"] = b * U @ X - a * H @ X + prox_term
-    out["book"] = 2 * U @ M @ M - 2 * H @ M + prox_term
-    return out
