@@ -25,11 +25,11 @@ def flat(p):
 
 def mc_samples(name, params, x, y, n, seed, **kw):
     """n single-guess estimates stacked as (n, P) (uses the module's own sampler)."""
-    name, params, x, y, k = fg._prepare(name, params, x, y, kw.pop("k", None), 10, 3)
+    name, params, x, y, k = fg.prepare(name, params, x, y, kw.pop("k", None), 10, 3)
     gen = torch.Generator().manual_seed(seed)
     chunks = [
         torch.cat([t.reshape(t.shape[0], -1) for W, b in c for t in (W, b) if t is not None], 1)
-        for c in fg._sample_chunks(name, params, x, y, n, k, gen, 10, 3, 2000)
+        for c in fg.sample_chunks(name, params, x, y, n, k, gen, 10, 3, 2000)
     ]
     return torch.cat(chunks)
 
@@ -61,7 +61,7 @@ def fd_acts(params, x, y, layer, u, h=1e-6):
     import torch.nn.functional as F
 
     def losses(s):
-        return F.cross_entropy(fg._forward_record(params, x, {layer: s * u})[0], y, reduction="none")
+        return F.cross_entropy(fg.forward_record(params, x, {layer: s * u})[0], y, reduction="none")
 
     return (losses(h) - losses(-h)) / (2 * h)
 
@@ -125,9 +125,9 @@ def test_closed_form_wt_is_BBt_g():
     zs = [torch.zeros(x.shape[0], W.shape[0], dtype=DT, requires_grad=True) for W, _ in params]
     import torch.nn.functional as F
 
-    loss = F.cross_entropy(fg._forward_record(params, x, dict(enumerate(zs)))[0], y, reduction="sum")
+    loss = F.cross_entropy(fg.forward_record(params, x, dict(enumerate(zs)))[0], y, reduction="sum")
     gz = torch.autograd.grad(loss, zs)
-    _, inputs, pre = fg._forward_record(params, x)
+    _, inputs, pre = fg.forward_record(params, x)
     exp = fg.expected_estimate("wt", params, x, y)
     for l in range(len(params) - 1):
         Wn = params[l + 1][0]
@@ -313,9 +313,9 @@ def test_validation_errors():
 def test_matrix_free_wt_samples_equal_materialised_guesses():
     params, x, y = tiny(21)
     M = [fg.upstream_matrix(params, x, l) for l in range(len(params) - 1)]
-    _, inputs, _ = fg._forward_record(params, x)
+    _, inputs, _ = fg.forward_record(params, x)
     gen = torch.Generator().manual_seed(3)
-    chunk = next(fg._sample_chunks("wt", params, x, y, 4, None, gen, 10, 3, 4))
+    chunk = next(fg.sample_chunks("wt", params, x, y, 4, None, gen, 10, 3, 4))
     gen = torch.Generator().manual_seed(3)
     for l, (W, b) in enumerate(params):
         if l < len(params) - 1:
@@ -361,7 +361,7 @@ def test_upstream_subspace_energy_is_one_minus_squared_bias():
     assert l0[-1]["energy"] == pytest.approx(1.0)  # k = 8 >= rank M: the whole gradient
     assert all(0 <= r["energy"] <= 1 + 1e-12 and r["random_energy"] == min(r["k_used"] / r["width"], 1) for r in recs)
     # per example, 1 - energy is the squared relative bias of the top-k guess in z-space
-    gz = fg._per_example_preact_grads(params, x, y)
+    gz = fg.per_example_preact_grads(params, x, y)
     A, Ahat = fg.guess_generators("upstream", params, x, 0, k=2)
     Eg = torch.einsum("bdr,bcr,bc->bd", Ahat, A, gz[0])
     rel = ((Eg - gz[0]).norm(dim=1) ** 2 / gz[0].norm(dim=1) ** 2)
