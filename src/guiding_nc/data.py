@@ -1,5 +1,7 @@
 """Datasets, stratified batch samplers and loaders for the "Guiding Neural Collapse" experiments.
 
+One concept, kept in one module although it passes 800 lines: turning a dataset name into batches.
+
 Everything a training script needs to turn a dataset name into batches:
 
 * :func:`build_dataset` — the paper's datasets (CIFAR10, CIFAR100, STL10, ImageNet-1k,

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "check_num_classes",
+    "orthonormality_tolerance",
     "standard_simplex_etf",
     "mul_simplex_etf",
     "simplex_etf",
@@ -36,7 +38,7 @@ __all__ = [
 ]
 
 
-def _check_num_classes(num_classes: int) -> int:
+def check_num_classes(num_classes: int) -> int:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int):
         raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
     if num_classes < 2:
@@ -63,7 +65,7 @@ def standard_simplex_etf(num_classes: int, *, dtype=None, device=None) -> Tensor
     symmetric, has rank ``C - 1`` (``M @ 1 = 0``), ``||M||_F = 1`` and
     ``M @ M = M / sqrt(C - 1)``.  Book: chapter 2, "Simplex ETFs".
     """
-    C = _check_num_classes(num_classes)
+    C = check_num_classes(num_classes)
     eye = torch.eye(C, dtype=dtype or torch.get_default_dtype(), device=device)
     return (eye - 1.0 / C) / math.sqrt(C - 1)
 
@@ -85,7 +87,7 @@ def mul_simplex_etf(X: Tensor) -> Tensor:
     -------
     Tensor, shape (..., C)
     """
-    C = _check_num_classes(X.shape[-1])
+    C = check_num_classes(X.shape[-1])
     return (X - X.mean(dim=-1, keepdim=True)) / math.sqrt(C - 1)
 
 
@@ -95,7 +97,7 @@ def canonical_point(dim: int, num_classes: int, *, dtype=None, device=None) -> T
     This is the paper's "canonical direction" for the ETF and its default
     proximal point on the first step.
     """
-    C = _check_num_classes(num_classes)
+    C = check_num_classes(num_classes)
     d = _check_dim(dim, C)
     return torch.eye(d, C, dtype=dtype or torch.get_default_dtype(), device=device)
 
@@ -114,7 +116,7 @@ def random_point(
     makes the distribution exactly Haar (Mezzadri 2006) rather than biased by
     the QR sign convention.
     """
-    C = _check_num_classes(num_classes)
+    C = check_num_classes(num_classes)
     d = _check_dim(dim, C)
     dtype = dtype or torch.get_default_dtype()
     gen_device = generator.device if generator is not None else "cpu"
@@ -150,7 +152,7 @@ def simplex_etf(
     The columns are the class vertices: each has norm ``1/sqrt(C)`` and every
     pair has cosine ``-1/(C-1)`` (Eq. 17).  Book: chapter 2.
     """
-    C = _check_num_classes(num_classes)
+    C = check_num_classes(num_classes)
     if isinstance(rotation, Tensor):
         if rotation.ndim != 2 or rotation.shape[1] != C:
             raise ValueError(f"rotation must have shape (d, {C}), got {tuple(rotation.shape)}")
@@ -158,7 +160,7 @@ def simplex_etf(
             raise ValueError(f"rotation has {rotation.shape[0]} rows but dim={dim}")
         d = _check_dim(rotation.shape[0], C)
         err = orthonormality_error(rotation)
-        if err > _orthonormality_tolerance(rotation.dtype):
+        if err > orthonormality_tolerance(rotation.dtype):
             raise ValueError(f"rotation is not semi-orthogonal: max |U^T U - I| = {err:.3g}")
         U = rotation.to(dtype=dtype or rotation.dtype, device=device or rotation.device)
     elif rotation is None or rotation == "canonical":
@@ -184,7 +186,7 @@ def etf_classifier(U: Tensor) -> Tensor:
     """
     if U.ndim != 2:
         raise ValueError(f"U must be a (d, C) matrix, got shape {tuple(U.shape)}")
-    C = _check_num_classes(U.shape[1])
+    C = check_num_classes(U.shape[1])
     return (math.sqrt(C) * mul_simplex_etf(U)).T.contiguous()
 
 
@@ -234,7 +236,7 @@ def orthonormality_error(U: Tensor) -> float:
     return float((gram - torch.eye(C, dtype=U.dtype, device=U.device)).abs().max())
 
 
-def _orthonormality_tolerance(dtype) -> float:
+def orthonormality_tolerance(dtype) -> float:
     # Loose enough for a float32 polar factor at C = 1000, tight enough to catch a
     # matrix that was never orthonormalised.
     return max(1e-6, 1e4 * torch.finfo(dtype).eps)

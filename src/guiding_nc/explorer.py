@@ -1,5 +1,7 @@
 """Interactive unconstrained-feature-model (UFM) explorer: the logic behind book page 06.
 
+One concept, kept in one module although it passes 800 lines: the explorer's settings, runs and widget.
+
 Everything the widget does is a plain function here, so tests (and readers without a
 browser) can call it directly:
 

@@ -48,8 +48,8 @@ from torch.autograd.function import once_differentiable
 
 from .errors import NonFiniteInputError
 from .etf import (
-    _check_num_classes,
-    _orthonormality_tolerance,
+    check_num_classes,
+    orthonormality_tolerance,
     canonical_point,
     mul_simplex_etf,
     orthonormality_error,
@@ -114,7 +114,7 @@ def check_inputs(H: Tensor, prox: Optional[Tensor], delta: float, method: str, b
         if not bool(torch.isfinite(prox).all()):
             raise NonFiniteInputError("prox contains non-finite entries (NaN or Inf)")
         err = orthonormality_error(prox.detach())
-        tol = _orthonormality_tolerance(prox.dtype)
+        tol = orthonormality_tolerance(prox.dtype)
         if err > tol:
             raise ValueError(
                 f"prox must be a point of the Stiefel manifold (prox^T prox = I); max |prox^T prox - I| = {err:.3g} > {tol:.1g}"
@@ -156,7 +156,7 @@ def _polar_svd(A: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     not trouble, and which the small ``kappa(A)`` at collapse makes accurate).
     Results are rounded back to ``A``'s dtype.
     """
-    tol = _orthonormality_tolerance(A.dtype)
+    tol = orthonormality_tolerance(A.dtype)
     tries = [A] if A.dtype == torch.float64 else [A, A.to(torch.float64)]
     problems = []
     for X in tries:
@@ -576,7 +576,7 @@ class NearestETF(nn.Module):
         check: Optional[bool] = None,
     ):
         super().__init__()
-        C = _check_num_classes(num_classes)
+        C = check_num_classes(num_classes)
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < C:
             raise ValueError(f"NearestETF needs an int feature dimension dim >= num_classes={C}, got {dim!r}")
         if method not in SOLVERS:

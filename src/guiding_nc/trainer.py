@@ -1,5 +1,8 @@
 """Training loop for the paper's comparison: standard vs fixed-ETF vs implicit-ETF classifiers.
 
+One concept, kept in one module although it passes 800 lines: the loop, its evaluation, its
+checkpoints and its provenance are one object's life cycle (:class:`Trainer`).
+
 One switch (``method``) changes the classifier head (:mod:`guiding_nc.heads`); everything
 else -- data, sampler, model, optimiser, schedule, feature normalisation, temperature,
 evaluation -- is shared.

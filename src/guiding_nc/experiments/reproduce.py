@@ -38,6 +38,9 @@ files already hold are kept and not trained again even when their work directory
 may also run at the same time (one process per core, say): each write takes a lock on ``--out``
 and re-reads the work directory under it, so the last write holds every run finished by then.
 Book: the experiment chapters.
+
+One concept, kept in one module although it passes 800 lines: the grid runner, its slices, locks
+and merging of finished runs are one mechanism.
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ import numpy as np
 from ..config import project_root
 
 __all__ = ["results_dir", "csv_text", "read_csv", "parse_value", "load_results", "run_key", "group_key",
-           "seed_bands", "provenance_caption"]
+           "seed_bands", "provenance_caption", "is_finite_number"]
 
 
 def results_dir(name: str) -> Path:
@@ -109,7 +109,8 @@ def load_results(path) -> Dict[str, Any]:
     return out
 
 
-def _finite(v: Any) -> bool:
+def is_finite_number(v: Any) -> bool:
+    """A real number (not a bool) that is finite: what a figure or a summary can use."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
@@ -127,7 +128,7 @@ def seed_bands(curves: Sequence[Mapping[str, Any]], y: str, *, x: str = "step",
     for r in curves:
         if where and any(r.get(k) != v for k, v in where.items()):
             continue
-        if not _finite(r.get(y)) or r.get(x) is None:
+        if not is_finite_number(r.get(y)) or r.get(x) is None:
             continue
         by[tuple(r[g] for g in group)][r["seed"]][r[x]] = float(r[y])
     out = {}

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..experiments.results import _finite, provenance_caption, seed_bands  # noqa: F401 (the chapters read them here)
+from ..experiments.results import is_finite_number, provenance_caption, seed_bands  # noqa: F401 (the chapters read them here)
 from ..methods import METHODS
 from .collapse import method_style
 
@@ -276,9 +276,9 @@ def plot_cost(rows: Sequence[Mapping[str, Any]], *, configs: Sequence[str]) -> F
         for i, cfg in enumerate(configs):
             r = next((r for r in rows if r["config"] == cfg and r["variant"] == v), None)
             x = i + (j - (len(variants) - 1) / 2) * width
-            if r is None or not _finite(r.get("time_step_ms")):
+            if r is None or not is_finite_number(r.get("time_step_ms")):
                 ax_t.text(x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
-                if r is not None and _finite(r.get("kkt_need_gb")):
+                if r is not None and is_finite_number(r.get("kkt_need_gb")):
                     ax_m.bar(x, r["kkt_need_gb"], width, color="none", edgecolor="tab:red", ls="--", lw=1.2)
                 continue
             bottom = 0.0
@@ -383,7 +383,7 @@ def cost_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| UFM | variant | step (ms) | backbone (ms) | ETF forward (ms) | DDN backward (ms) | peak extra memory (GB) |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        if not _finite(r.get("time_step_ms")):
+        if not is_finite_number(r.get("time_step_ms")):
             lines.append(f"| {r['config']} | {r['variant']} | – | – | – | – | {r.get('status', '')} |")
             continue
         lines.append(f"| {r['config']} | {r['variant']} | {r['time_step_ms']:.1f} | {r['time_backbone_ms']:.1f} | "
