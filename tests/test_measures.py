@@ -30,3 +30,13 @@ def test_steps_to_thresholds_are_integers_from_the_exact_per_step_loss():
     with pytest.raises(ConfigError, match="unknown threshold"):
         measures.steps_to_thresholds({"accuracy": 1.0}, losses, history, C, tau)
 
+
+
+def test_step_counts_are_integers_with_never_as_infinite():
+    runs = [{"config": "c", "variant": "v", "method": "m", "seed": s, "steps_to_loss": x, "reached_loss": x is not None}
+            for s, x in enumerate([12, None, 10])]
+    counts = measures.step_counts(runs, "c", "v", "m", "steps_to_loss")
+    assert counts == [12, math.inf, 10] and all(isinstance(x, int) for x in counts if x != math.inf)
+    assert measures.median_of(counts) == 12 and measures.median_of([1, 2, 3, 4]) == 2.5
+    assert measures.format_steps(counts) == "12 [10, never]" and measures.format_steps(None) == "–"
+    assert measures.step_counts(runs, "c", "v", "m", "steps_to_fit") is None  # not recorded

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from .measures import median_of, step_counts
 from .results import load_results, results_dir, seed_bands
 
 __all__ = ["evaluate_claims", "claims_markdown", "VERDICTS"]
@@ -232,24 +233,8 @@ def _correct_counts(res, group: str, key: str) -> Optional[List[int]]:
 
 
 def _int_steps(res, group: str, key: str) -> Optional[List[float]]:
-    """Per-seed step counts of a group (``inf`` for a run that never got there)."""
-    config, variant, method = group.split("/")
-    flag = "fitted" if key == "steps_to_fit" else "reached_" + key[len("steps_to_"):]
-    out: List[float] = []
-    for r in res["runs"]:
-        if (r.get("config"), r.get("variant"), r.get("method")) != (config, variant, method):
-            continue
-        if key not in r and flag not in r:
-            return None
-        v = r.get(key)
-        out.append(float("inf") if v is None or r.get(flag) is False else int(v))
-    return out or None
-
-
-def _median(values: List[float]) -> float:
-    v = sorted(values)
-    n = len(v)
-    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+    """Per-seed step counts of a ``config/variant/method`` group (``inf`` for never)."""
+    return step_counts(res["runs"], *group.split("/"), key)
 
 
 def _spread(values: List[float]) -> float:
@@ -267,7 +252,7 @@ def _ablation_pair_v2(res, a: str, b: str) -> Dict[str, Any]:
     sa, sb = _int_steps(res, f"ufm10/{a}/implicit", "steps_to_loss"), _int_steps(res, f"ufm10/{b}/implicit",
                                                                                     "steps_to_loss")
     if sa and sb:
-        ma, mb, tol = _median(sa), _median(sb), _spread(sa)
+        ma, mb, tol = median_of(sa), median_of(sb), _spread(sa)
         total += 1
         passed += abs(ma - mb) <= tol if tol != float("inf") else ma == mb
         lines.append(f"UFM-10 (mean-free start) median steps to the loss threshold {ma:g} vs {mb:g} (tolerance {tol:g})")
@@ -275,7 +260,7 @@ def _ablation_pair_v2(res, a: str, b: str) -> Dict[str, Any]:
     ca = _correct_counts(res, f"digits_mlp/{a}/implicit", k) if k else None
     cb = _correct_counts(res, f"digits_mlp/{b}/implicit", k) if k else None
     if ca and cb:
-        ma, mb, tol = _median(ca), _median(cb), _spread(ca)
+        ma, mb, tol = median_of(ca), median_of(cb), _spread(ca)
         total += 1
         passed += abs(ma - mb) <= tol
         lines.append(f"digits {k} median correct test samples {ma:g} vs {mb:g} (tolerance {tol:g})")
@@ -314,7 +299,7 @@ def _no_head_start(keys: Tuple[str, ...], what: str) -> Callable[[Any], Dict[str
                     for k in keys:
                         vals = _int_steps(res, f"{c}/{v}/{m}", k)
                         if vals:
-                            med.setdefault(m, {})[k] = _median(vals)
+                            med.setdefault(m, {})[k] = median_of(vals)
                 if any(len(med.get(m, {})) < len(keys) for m in METHODS):
                     lines.append(f"{c} {v}: not compared yet")
                     continue

@@ -7,12 +7,12 @@ rounding could decide.  Book: the UFM-scaling chapter.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..metrics import cross_entropy_lower_bound
 from ..config import ConfigError
 
-__all__ = ["THRESHOLD_KEYS", "first_fit_step", "steps_to_thresholds"]
+__all__ = ["THRESHOLD_KEYS", "first_fit_step", "steps_to_thresholds", "step_counts", "median_of", "format_steps"]
 
 # Thresholds an experiment may fix (before its runs) for the steps-to-threshold measures.
 THRESHOLD_KEYS = ("loss_gap", "nc1", "nc3")
@@ -60,3 +60,35 @@ def steps_to_thresholds(thresholds: Dict[str, float], step_losses: Optional[Sequ
             out[f"steps_to_{key}"], out[f"reached_{key}"] = hit, hit is not None
     return out
 
+
+
+def step_counts(runs: Sequence[Mapping[str, Any]], config: str, variant: str, method: str,
+                key: str) -> Optional[List[float]]:
+    """Every seed's count of measure ``key`` (``steps_to_fit``, ``steps_to_loss``, ...) for one
+    (config, variant, method) of an experiment's runs: integers, ``inf`` for a run that never got
+    there; ``None`` when the runs do not record the measure."""
+    flag = "fitted" if key == "steps_to_fit" else "reached_" + key[len("steps_to_"):]
+    out: List[float] = []
+    for r in runs:
+        if (r.get("config"), r.get("variant"), r.get("method")) != (config, variant, method):
+            continue
+        if key not in r and flag not in r:
+            return None
+        v = r.get(key)
+        out.append(math.inf if v is None or r.get(flag) is False else int(v))
+    return out or None
+
+
+def median_of(values: Sequence[float]) -> float:
+    """The median (the mean of the two middle values for an even count; ``inf`` counts as largest)."""
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def format_steps(values: Optional[Sequence[float]]) -> str:
+    """``median [min, max]`` of step counts, ``never`` for an infinite one, ``–`` for none."""
+    if not values:
+        return "–"
+    show = lambda x: "never" if math.isinf(x) else f"{x:g}"
+    return f"{show(median_of(values))} [{show(min(values))}, {show(max(values))}]"

@@ -29,7 +29,7 @@ import numpy as np
 from ..config import project_root
 
 __all__ = ["results_dir", "csv_text", "read_csv", "parse_value", "load_results", "run_key", "group_key",
-           "seed_bands", "provenance_caption", "is_finite_number"]
+           "seed_bands", "provenance_caption", "is_finite_number", "summary_cell", "format_cell"]
 
 
 def results_dir(name: str) -> Path:
@@ -173,3 +173,22 @@ def provenance_caption(prov: Mapping[str, Any]) -> str:
     if prov.get("notes"):
         lines.append(f"notes   : {prov['notes']}")
     return "\n".join(lines)
+
+
+def summary_cell(summary: Mapping[str, Any], group: str, key: str,
+                 scale: float = 1.0) -> Optional[Tuple[float, float, float]]:
+    """``(median, min, max)`` of ``key`` over the seeds of a ``summary.json`` group, times ``scale``
+    (``None`` when the group does not have it)."""
+    c = (summary.get(group) or {}).get(key)
+    if not c or c.get("median") is None:
+        return None
+    return scale * c["median"], scale * c["min"], scale * c["max"]
+
+
+def format_cell(cell: Optional[Tuple[float, float, float]], fmt: str = ".4g", unit: str = "") -> str:
+    """``median [min, max]`` of a :func:`summary_cell`, ``–`` for none."""
+    if cell is None:
+        return "–"
+    m, lo, hi = cell
+    return f"{m:{fmt}}{unit} [{lo:{fmt}}, {hi:{fmt}}]"
+

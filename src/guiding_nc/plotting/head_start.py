@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .. import methods
+from ..experiments.measures import format_steps, step_counts
 from ..metrics import cross_entropy_lower_bound
 
 __all__ = ["plot_loss_gap_grid", "steps_table_markdown", "head_start_table_markdown"]
@@ -77,15 +78,7 @@ def plot_loss_gap_grid(step_loss: Mapping[str, Sequence[float]], *, configs: Seq
 
 
 def _cell(runs: Sequence[Mapping[str, Any]], c: str, v: str, m: str, key: str) -> str:
-    flag = "fitted" if key == "steps_to_fit" else "reached_" + key[len("steps_to_"):]
-    vals = [r for r in runs if (r["config"], r["variant"], r["method"]) == (c, v, m)]
-    if not vals:
-        return "–"
-    steps = sorted(math.inf if r.get(key) is None or r.get(flag) is False else int(r[key]) for r in vals)
-    n = len(steps)
-    med = steps[n // 2] if n % 2 else (steps[n // 2 - 1] + steps[n // 2]) / 2
-    show = lambda x: "never" if math.isinf(x) else f"{x:g}"
-    return f"{show(med)} [{show(steps[0])}, {show(steps[-1])}]"
+    return format_steps(step_counts(runs, c, v, m, key))
 
 
 def steps_table_markdown(runs: Sequence[Mapping[str, Any]], *, configs: Sequence[str], variants: Sequence[str],
