@@ -605,7 +605,7 @@ class Trainer:
 
     def _train_epoch(self, bar_batches: bool) -> Dict[str, Any]:
         cfg, dev = self.cfg, self.device
-        net, model, head = self.network, self.model, self.head
+        net = self.network
         net.train()
         sampler = self.train_loader.batch_sampler
         sampler.set_epoch(self.epoch)
@@ -633,26 +633,8 @@ class Trainer:
             step = self.global_step
             x = x.to(dev, non_blocking=True)
             y = y.to(dev, non_blocking=True)
-            timer.start("step")
-            try:
-                with self._autocast():
-                    logits, features = model(x, y)
-                loss = F.cross_entropy(logits.float(), y)
-            except NonFiniteInputError as exc:
-                self._raise_nonfinite(step, f"non-finite values ({exc})")
-            finite = torch.isfinite(loss) & _all_finite(features.detach())
+            loss, logits, finite = self.train_step(x, y)
             bad_step = torch.where((bad_step < 0) & ~finite, torch.full_like(bad_step, step), bad_step)
-            timer.start("backward")
-            self.scaler.scale(loss).backward()
-            timer.stop("backward")
-            timer.start("optimizer")
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            head.after_step()
-            timer.stop("optimizer")
-            timer.stop("step")
             ld = loss.detach()
             loss_sum += ld.double() * y.numel()
             count += y.numel()
@@ -691,6 +673,36 @@ class Trainer:
         row["time_epoch_s"] = time.perf_counter() - epoch_t0
         row.update(self.timer.collect(self.steps_per_epoch))
         return row
+
+    def train_step(self, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """One optimiser step on the batch ``(x, y)`` (already on the device): forward, loss,
+        backward, update, and the head's after-step hook, timed by the step timer.
+
+        Returns ``(loss, logits, finite)``: the batch loss before the update, its logits, and a
+        device flag that the loss and the features were finite (no host sync).  The training loop
+        and the per-step benchmarks (``python -m guiding_nc.bench overhead``) both call this.
+        """
+        timer, head = self.timer, self.head
+        timer.start("step")
+        try:
+            with self._autocast():
+                logits, features = self.model(x, y)
+            loss = F.cross_entropy(logits.float(), y)
+        except NonFiniteInputError as exc:
+            self._raise_nonfinite(self.global_step, f"non-finite values ({exc})")
+        finite = torch.isfinite(loss) & _all_finite(features.detach())
+        timer.start("backward")
+        self.scaler.scale(loss).backward()
+        timer.stop("backward")
+        timer.start("optimizer")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        head.after_step()
+        timer.stop("optimizer")
+        timer.stop("step")
+        return loss, logits, finite
 
     def _should_eval(self, epoch: int) -> bool:
         cfg = self.cfg
