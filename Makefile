@@ -5,7 +5,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env book browser test bench clean
+.PHONY: env book browser test bench reproduce clean
 
 env:
 	@bash scripts/setup_env.sh
@@ -27,6 +27,12 @@ browser:
 # The browser test opens every page of _build/html, so the book is built (cached) first.
 test: env browser book
 	$(PY) -m pytest
+
+# Reproduce the book's experiment pages through papermill: make reproduce [QUICK=1] [ONLY=ufm10,cost]
+# [DEVICE=cuda]. Full mode (the default) writes each page's executed notebook beside its results.
+reproduce: env
+	$(PY) -m guiding_nc.notebooks $(if $(filter 1 true True yes,$(QUICK)),--quick,--full) \
+	  $(if $(ONLY),--only $(ONLY)) $(if $(DEVICE),-p DEVICE=$(DEVICE))
 
 bench: env
 	$(PY) -m guiding_nc.bench etf --threads 1 --repeats 5 --tr-repeats 3 --tr-cap-s 120 --out data/bench/etf_cpu.json

@@ -12,7 +12,7 @@ LAYERS = {
     2: ["experiments", "bench"],
     3: ["curvature", "reduction", "forward_gradients", "experiments.reduction_mappings",
         "experiments.forward_gradients"],
-    4: ["gradient_checks", "manifold_checks", "paper_appendix", "explorer", "plotting"],
+    4: ["gradient_checks", "manifold_checks", "paper_appendix", "explorer", "plotting", "notebooks"],
 }
 # One concept per module; these pass 800 lines and say why in their docstring.
 LONG_OK = {"reduction", "trainer", "experiments.reproduce", "data", "explorer"}

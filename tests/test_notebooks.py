@@ -1,0 +1,47 @@
+"""Every experiment page runs through papermill in quick mode (what `make reproduce QUICK=1` does),
+with its parameters injected, without an error, and writes result files that parse."""
+import json
+
+import pytest
+
+from guiding_nc.config import ConfigError
+from guiding_nc.experiments.results import load_results
+from guiding_nc.notebooks import PAGES, page_parameters, run_page
+
+# Pages whose quick mode writes a grid experiment's files into OUT, and where.
+RESULT_DIRS = {"ufm10": "ufm10_quick/results", "ufm_scaling": "scaling_quick/results",
+               "real_offline": "real_quick/results", "ablations": "ablations_quick/results"}
+
+
+def _outputs(nb):
+    return [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_experiment_page_runs_through_papermill(tmp_path, page):
+    declared = page_parameters(page)
+    assert "QUICK" in declared
+    params = {"QUICK": True}
+    if "OUT" in declared:
+        params["OUT"] = str(tmp_path / "out")
+    nb_path = run_page(page, params, output=tmp_path / f"{page}.ipynb", progress=False)
+    nb = json.loads(nb_path.read_text())
+    tags = [c.get("metadata", {}).get("tags", []) for c in nb["cells"]]
+    assert any("injected-parameters" in t for t in tags)
+    errors = [o for o in _outputs(nb) if o.get("output_type") == "error"]
+    assert not errors, [f"{o['ename']}: {o['evalue']}" for o in errors]
+    text = nb_path.read_text()
+    assert str(tmp_path.parent.parent) not in text  # no local path of this machine in the notebook
+    if page in RESULT_DIRS:
+        res = load_results(tmp_path / "out" / RESULT_DIRS[page])
+        assert res["runs"] and {"config", "variant", "method", "seed", "train_top1", "wall_time_s"} <= set(res["runs"][0])
+        assert res["provenance"]["status"] == "completed"
+
+
+def test_a_parameter_the_page_does_not_declare_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="declares no parameter.*EPOCHS"):
+        run_page("ufm10", {"EPOCHS": 3}, output=tmp_path / "x.ipynb", progress=False)
+    assert not (tmp_path / "x.ipynb").exists()
+    with pytest.raises(ConfigError, match="unknown page"):
+        run_page("nosuch", {}, output=tmp_path / "y.ipynb")
