@@ -17,3 +17,11 @@ def in_git_checkout() -> bool:
     except OSError:
         return False
     return out.returncode == 0
+
+
+def pytest_sessionstart(session):
+    # Full-mode runs refuse a working tree whose code differs from its commit; the suite's runs
+    # write to temporary directories, and a developer runs it before committing.
+    import os
+
+    os.environ.setdefault("GUIDING_NC_ALLOW_DIRTY", "1")

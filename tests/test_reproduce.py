@@ -555,3 +555,38 @@ def test_the_head_start_free_comparison_uses_the_rates_its_rule_picks():
     for job in spec.jobs():  # same budget, thresholds and start for every method
         cfg = load_config(job["config"], job["overrides"])
         assert cfg.epochs == 300 and cfg.model_kwargs["init"] == "mean_free" and cfg.weight_decay == 0.0
+
+
+def test_a_full_run_refuses_a_tree_whose_code_differs_from_its_commit(tmp_path, monkeypatch):
+    import guiding_nc.provenance as prov
+
+    monkeypatch.delenv("GUIDING_NC_ALLOW_DIRTY", raising=False)
+    monkeypatch.setattr(prov, "git_info", lambda path=None: {"commit": "a" * 40, "dirty": True, "branch": "main"})
+    spec = rp.load_experiment(_write(tmp_path, QUICK))
+    with pytest.raises(ConfigError, match="commit first, or pass --allow-dirty"):
+        rp.run_experiment(spec, out=tmp_path / "o", work_dir=tmp_path / "w", progress=False)
+    assert not (tmp_path / "o").exists()
+    rp.run_experiment(spec, out=tmp_path / "o", work_dir=tmp_path / "w", progress=False, seeds=[0], allow_dirty=True)
+    assert rp.load_results(tmp_path / "o")["provenance"]["git"]["dirty"] is True  # recorded
+    rp.run_experiment(spec, quick=True, out=tmp_path / "q", work_dir=tmp_path / "wq", progress=False)  # quick: no check
+
+
+def test_only_source_and_config_changes_make_a_tree_dirty(tmp_path):
+    import subprocess
+
+    from guiding_nc.provenance import git_info
+
+    run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, capture_output=True, check=True)
+    run("init", "-q")
+    for f in ("src/m.py", "book/p.md", "data/results/x.csv", "pyproject.toml"):
+        (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f).write_text("a\n")
+    run("add", "-A")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    assert git_info(tmp_path)["dirty"] is False
+    (tmp_path / "book/p.md").write_text("b\n")
+    (tmp_path / "data/results/x.csv").write_text("b\n")
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert git_info(tmp_path)["dirty"] is False  # the book, results and stray files do not count
+    (tmp_path / "src/m.py").write_text("b\n")
+    assert git_info(tmp_path)["dirty"] is True

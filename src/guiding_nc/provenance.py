@@ -106,20 +106,21 @@ def atomic_torch_save(obj: Any, path: PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-# Untracked files here can change what runs; elsewhere (results, notebooks' outputs) they cannot.
+# What can change what a run computes: the package's source and its configs (tracked or not) and the
+# dependency pins.  Nothing else makes a tree "dirty": results, the book's pages, notebooks' outputs.
 _CODE_DIRS = ("src/", "configs/")
-_RESULTS_DIR = "data/results/"  # outputs: a modified result file does not make the code dirty
+_CODE_FILES = ("pyproject.toml", "constraints.txt")
 
 
 def git_info(path: Optional[PathLike] = None) -> Dict[str, Any]:
     """``{"commit": sha or None, "dirty": bool or None, "branch": name or None}`` of the repo at ``path``.
 
     ``commit`` is ``None`` outside a git checkout or before the first commit.  ``dirty`` is True
-    when a tracked file outside ``data/results/`` differs from the commit, or when an untracked
-    (and not ignored) file lies under ``src/`` or ``configs/``: what could make the code that ran
-    differ from ``commit``.  Results do not count, tracked or not (``data/results/``, or an
-    untracked folder an earlier run just wrote): nothing that trains reads them, and a grid
-    writing its committed result files after every run must not mark its own later runs dirty.
+    when a file under ``src/`` or ``configs/`` (tracked or not, not ignored), ``pyproject.toml`` or
+    ``constraints.txt`` differs from the commit: what could make the code that ran differ from
+    ``commit``.  Nothing else counts -- results, the book's pages, notebooks' outputs: nothing that
+    trains reads them, and a grid writing its committed result files after every run must not
+    mark its own later runs dirty.
     """
     cwd = str(path) if path is not None else str(Path(__file__).resolve().parent)
 
@@ -141,7 +142,7 @@ def git_info(path: Optional[PathLike] = None) -> Dict[str, Any]:
 
         def code(ln: str) -> bool:
             path = ln[3:].split(" -> ")[-1].strip('"')
-            return path.startswith(_CODE_DIRS) if ln.startswith("??") else not path.startswith(_RESULTS_DIR)
+            return path.startswith(_CODE_DIRS) or path in _CODE_FILES
 
         dirty = any(code(ln) for ln in lines)
     return {"commit": commit, "dirty": dirty, "branch": branch}

@@ -47,6 +47,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -395,7 +396,7 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
                    configs: Optional[Sequence[str]] = None, variants: Optional[Sequence[str]] = None,
                    methods: Optional[Sequence[str]] = None, overrides: Optional[Dict[str, Any]] = None,
                    num_threads: Optional[int] = None, progress: bool = True, replace: bool = False,
-                   argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+                   allow_dirty: bool = False, argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run (or continue) an experiment; returns ``{"records": [...], "summary": {...}, "out": path}``.
 
     ``seeds``/``configs``/``variants``/``methods`` restrict the grid; ``overrides`` apply to every
@@ -405,6 +406,9 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
     ``runs/experiments/<name>[-quick]/work``.  Runs that ``out`` already holds with other settings
     than this call's stop it before any run (:class:`ConfigError`) unless ``replace``: then they
     are dropped from the rewritten files (their earlier version stays in the history of git).
+    A full-mode run refuses a working tree whose code or configs differ from its commit (a result
+    must name the code that made it) unless ``allow_dirty`` (or the environment variable
+    ``GUIDING_NC_ALLOW_DIRTY=1``, which the test suite sets); the provenance records the state.
     """
     from tqdm.auto import tqdm
 
@@ -434,6 +438,13 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
         spec.cli_overrides = dict(overrides)
         grid.cli_overrides = dict(overrides)
     mode = "quick" if quick else "full"
+    allow_dirty = allow_dirty or os.environ.get("GUIDING_NC_ALLOW_DIRTY") == "1"
+    if not quick and not allow_dirty:
+        from ..provenance import git_info
+
+        if git_info().get("dirty"):
+            raise ConfigError("the source or configs differ from the last commit, so a full-mode result could not "
+                              "name the code that made it: commit first, or pass --allow-dirty (recorded)")
     tag = spec.name + ("-quick" if quick else "")
     out = Path(out) if out is not None else (results_dir(spec.name) if not quick
                                              else REPO_ROOT / "runs" / "experiments" / tag)
@@ -846,6 +857,8 @@ def _main(argv=None) -> int:
     parser.add_argument("--out", default=None)
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="run full mode although src/ or configs/ differ from the last commit (recorded)")
     parser.add_argument("--replace", action="store_true",
                         help="drop the runs --out holds with other settings than this command's (git keeps them)")
     parser.add_argument("overrides", nargs="*", default=[], help="key=value applied to every run")
@@ -866,7 +879,7 @@ def _main(argv=None) -> int:
     res = run_experiment(args.experiment, quick=args.quick, out=args.out, work_dir=args.work_dir, device=args.device,
                          seeds=args.seeds, configs=args.configs, variants=args.variants, methods=args.methods,
                          overrides=parse_overrides(items), num_threads=args.threads, progress=not args.no_progress,
-                         replace=args.replace, argv=["python", "-m", MODULE, *(sys.argv[1:] if argv is None else argv)])
+                         replace=args.replace, allow_dirty=args.allow_dirty, argv=["python", "-m", MODULE, *(sys.argv[1:] if argv is None else argv)])
     print(format_summary(res["summary"], ("train_top1", "test_top1", "steps_to_fit", "train_nc1", "wall_time_s")))
     print(f"saved {res['out']}")
     if res["status"] == "partial":
