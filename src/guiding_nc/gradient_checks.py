@@ -267,7 +267,7 @@ def memory_rows(bench_json: Optional[str] = None) -> list:
                 "name": name,
                 "d": d,
                 "C": C,
-                "kkt_need_gb": ddn.kkt_memory_bytes(d, C, 8) / 1e9,
+                "kkt_need_gb": ddn.kkt_memory_bytes(d, C, 8) / 2 ** 30,  # GiB, as every memory figure here
                 "cf_mb_float32": b.get("cf_peak_mb_float32"),
                 "cf_mb_float64": b.get("cf_peak_mb_float64"),
                 "kkt_mb_measured": b.get("kkt_peak_mb_float64"),

@@ -116,7 +116,11 @@ def run(configs: Sequence[str] = DEFAULT_CONFIGS, *, steps: int = 6, device: str
     jobs = [(c, v) for c in configs for v in VARIANTS]
     rows: List[Dict] = []
     start = time.time()
-    argv = list(argv) if argv is not None else [Path(sys.executable).name, "-m", MODULE] + sys.argv[1:]
+    if argv is None:  # called from Python (a notebook): record the equivalent command line
+        argv = ["python", "-m", MODULE, "--configs", *configs, "--steps", str(steps), "--device", device,
+                "--kkt-cap-gb", f"{kkt_cap_gb:g}"] + (["--quick"] if quick else []) + \
+               (["--threads", str(threads)] if threads is not None else []) + (["--out", str(out)] if out else [])
+    argv = list(argv)
     bar = tqdm(jobs, desc="cost", disable=not progress, dynamic_ncols=True)
     used_device = device
     for config, (label, method, ddn) in bar:
