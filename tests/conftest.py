@@ -25,3 +25,4 @@ def pytest_sessionstart(session):
     import os
 
     os.environ.setdefault("GUIDING_NC_ALLOW_DIRTY", "1")
+

@@ -1,0 +1,70 @@
+"""How every figure of the book is laid out so it reads at the book's column width.
+
+The rendered book shows a figure at most :data:`COLUMN_PX` pixels wide; a wider figure is scaled
+down, and its text with it.  A figure whose width is at most :data:`MAX_WIDTH_IN` inches keeps
+every text of 7 points or more at :data:`MIN_TEXT_PX` pixels or more.  :func:`panel_grid` lays
+several panels out in at most two columns within that width, and :func:`legibility_problems`
+measures a finished figure (the test suite applies it to every figure the plotting functions
+make).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+from matplotlib.figure import Figure
+
+__all__ = ["COLUMN_PX", "MIN_TEXT_PX", "MAX_WIDTH_IN", "SCREEN_DPI", "panel_grid", "displayed_text_px",
+           "legibility_problems"]
+
+#: Width of the book's text column in CSS pixels (jupyter-book's default theme).
+COLUMN_PX = 784
+#: The smallest text the book shows, in displayed pixels.
+MIN_TEXT_PX = 9.0
+#: The widest a figure should be, in inches: 7-point text then displays at 9.5 pixels.
+MAX_WIDTH_IN = 8.0
+#: The resolution notebooks render figures at (matplotlib's inline default).
+SCREEN_DPI = 100.0
+
+
+def panel_grid(n: int, *, ncols: int = 2, width: float = MAX_WIDTH_IN, panel_height: float = 3.0,
+               extra_height: float = 0.0, **subplots_kw) -> Tuple[Figure, List]:
+    """A figure of ``n`` panels in ``min(n, ncols)`` columns, ``width`` inches wide, each row
+    ``panel_height`` high; returns ``(fig, axes)`` with ``axes`` a flat list of the ``n`` panels
+    (unused cells of the last row are removed)."""
+    if n < 1:
+        raise ValueError(f"a figure needs at least one panel, got {n}")
+    cols = min(n, ncols)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(min(width, MAX_WIDTH_IN), panel_height * rows + extra_height), layout="constrained")
+    grid = fig.subplots(rows, cols, squeeze=False, **subplots_kw)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, axes[:n]
+
+
+def displayed_text_px(fontsize_pt: float, fig: Figure, column_px: float = COLUMN_PX,
+                      dpi: float = SCREEN_DPI) -> float:
+    """The height in displayed pixels of text of ``fontsize_pt`` points in ``fig`` as the book
+    shows it: rendered at ``dpi``, scaled down to ``column_px`` when wider."""
+    width_px = fig.get_figwidth() * dpi
+    scale = min(1.0, column_px / width_px)
+    return fontsize_pt * dpi / 72.0 * scale
+
+
+def legibility_problems(fig: Figure, *, min_px: float = MIN_TEXT_PX, column_px: float = COLUMN_PX,
+                        dpi: float = SCREEN_DPI) -> List[str]:
+    """Every visible, non-empty text of ``fig`` (titles, labels, tick labels, legends, annotations)
+    that displays smaller than ``min_px`` pixels at the book's column width."""
+    out = []
+    for text in fig.findobj(match=lambda a: hasattr(a, "get_fontsize") and hasattr(a, "get_text")):
+        if not text.get_visible() or not str(text.get_text()).strip():
+            continue
+        axes = getattr(text, "axes", None)
+        if axes is not None and not axes.get_visible():
+            continue
+        px = displayed_text_px(text.get_fontsize(), fig, column_px, dpi)
+        if px < min_px - 1e-9:
+            out.append(f"{str(text.get_text())[:40]!r}: {text.get_fontsize():.1f} pt -> {px:.1f} px")
+    return out
