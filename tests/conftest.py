@@ -26,3 +26,34 @@ def pytest_sessionstart(session):
 
     os.environ.setdefault("GUIDING_NC_ALLOW_DIRTY", "1")
 
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _every_figure_reads_at_the_book_column_width(request, monkeypatch):
+    """In the plotting tests, every figure made must keep its text at 9 px or more at the book's
+    column width (guiding_nc.plotting.style)."""
+    if not request.module.__name__.split(".")[-1].startswith(("test_plotting", "test_explorer")):
+        yield
+        return
+    from matplotlib.figure import Figure
+
+    from guiding_nc.plotting.style import legibility_problems
+
+    made = []
+    original = Figure.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(Figure, "__init__", recording_init)
+    yield
+    problems = {}
+    for fig in made:
+        if fig.axes:
+            bad = legibility_problems(fig)
+            if bad:
+                problems[f"figure {fig.get_figwidth():.1f}x{fig.get_figheight():.1f} in"] = bad[:5]
+    assert not problems, problems

@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .. import methods
+from .style import MAX_WIDTH_IN, panel_grid
 
 __all__ = [
     "span_coordinates",
@@ -83,7 +84,7 @@ def plot_simplex_etfs(etf_plane: Any, etf_space: Any) -> Figure:
     S = span_coordinates(etf_space, 3)
     if P.shape[1] != 3 or S.shape[1] != 4:
         raise ValueError(f"expected a 3-vertex and a 4-vertex ETF, got {P.shape[1]} and {S.shape[1]} columns")
-    fig = Figure(figsize=(11, 5.2), layout="constrained")
+    fig = Figure(figsize=(MAX_WIDTH_IN, 4.9), layout="constrained")
     ax = fig.add_subplot(1, 2, 1)
     colors = _class_colors(4)
     r = float(np.linalg.norm(P[:, 0]))
@@ -97,15 +98,15 @@ def plot_simplex_etfs(etf_plane: Any, etf_space: Any) -> Figure:
     cos01 = float(P[:, 0] @ P[:, 1] / (np.linalg.norm(P[:, 0]) * np.linalg.norm(P[:, 1])))
     ax.scatter([0], [0], marker="+", color="k", s=80, zorder=3, label="centroid (origin)")
     ax.text(0.02, 0.02, f"pairwise cosine = {cos01:.4f}\nangle = {np.degrees(np.arccos(cos01)):.1f}°",
-            transform=ax.transAxes, fontsize=10, va="bottom")
+            transform=ax.transAxes, fontsize=9, va="bottom")
     lim = 1.25 * r
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     ax.set_aspect("equal")
-    ax.set_xlabel("coordinate 1 in the span of the ETF")
-    ax.set_ylabel("coordinate 2 in the span of the ETF")
-    ax.set_title("$C = 3$: simplex ETF in its plane (rank $C-1 = 2$)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.set_xlabel("coordinate 1 in the ETF's span")
+    ax.set_ylabel("coordinate 2 in the ETF's span")
+    ax.set_title("$C = 3$: in its plane\n(rank $C-1 = 2$)", fontsize=10)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=7.5)
     ax.grid(alpha=0.3)
 
     ax3 = fig.add_subplot(1, 2, 2, projection="3d")
@@ -119,7 +120,8 @@ def plot_simplex_etfs(etf_plane: Any, etf_space: Any) -> Figure:
     ax3.scatter([0], [0], [0], marker="+", color="k", s=80, label="centroid (origin)")
     cos_s = (S / np.linalg.norm(S, axis=0)).T @ (S / np.linalg.norm(S, axis=0))
     off = cos_s[~np.eye(4, dtype=bool)]
-    ax3.set_title(f"$C = 4$: regular tetrahedron in 3-D\n(pairwise cosines in [{off.min():.4f}, {off.max():.4f}])")
+    ax3.set_title(f"$C = 4$: regular tetrahedron in 3-D\n(cosines in [{off.min():.4f}, {off.max():.4f}])",
+                  fontsize=10)
     ax3.set_xlabel("coord. 1")
     ax3.set_ylabel("coord. 2")
     ax3.set_zlabel("coord. 3")
@@ -129,8 +131,8 @@ def plot_simplex_etfs(etf_plane: Any, etf_space: Any) -> Figure:
     ax3.set_zlim(-m, m)
     ax3.set_box_aspect((1, 1, 1))
     ax3.view_init(elev=20, azim=35)
-    ax3.legend(loc="upper left", fontsize=8)
-    fig.suptitle("Simplex equiangular tight frames: equal norms, equal and maximal angles")
+    ax3.legend(loc="upper center", bbox_to_anchor=(0.5, -0.04), ncol=2, fontsize=7.5)
+    fig.suptitle("Simplex ETFs: equal norms, equal and maximal angles", fontsize=11)
     return fig
 
 
@@ -186,12 +188,9 @@ def plot_nc_metric_histories(
     that is an ETF by construction) are drawn at ``floor``.  The cosine-margin panel shows the
     simplex-ETF maximum ``C/(C-1)``.
     """
-    ncols = 3
-    nrows = int(np.ceil(len(panels) / ncols))
-    fig = Figure(figsize=(4.6 * ncols, 3.6 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
+    fig, axes = panel_grid(len(panels), panel_height=2.9, extra_height=0.4)
     for k, (key, title, ylabel, log) in enumerate(panels):
-        ax = axes.flat[k]
+        ax = axes[k]
         clipped = False
         for i, (method, rows) in enumerate(histories.items()):
             pts = [(r[x], r[key]) for r in rows if key in r and r[key] is not None and np.isfinite(r[key])]
@@ -213,10 +212,9 @@ def plot_nc_metric_histories(
         ax.set_xlabel("training step" if x == "step" else x)
         ax.set_ylabel(ylabel, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
-    fig.suptitle(f"Neural-collapse metrics on the training set during UFM training ($C = {num_classes}$)")
+        ax.legend(fontsize=7.5)
+    fig.suptitle(f"Neural-collapse metrics on the training set during UFM training ($C = {num_classes}$)",
+                 fontsize=11)
     return fig
 
 
@@ -252,7 +250,9 @@ def plot_feature_collapse(
     colors = _class_colors(C)
     methods = list(snapshots)
     ncols = max(len(v) for v in snapshots.values())
-    fig = Figure(figsize=(3.2 * ncols + 0.6, 3.3 * len(methods) + 0.6), layout="constrained")
+    # Square panels filling the column width; the shared legend and title take the extra height.
+    side = (MAX_WIDTH_IN - 0.5) / max(ncols, 2)
+    fig = Figure(figsize=(MAX_WIDTH_IN, side * len(methods) + 1.3), layout="constrained")
     axes = fig.subplots(len(methods), ncols, squeeze=False)
     rng = np.random.default_rng(0)
     keep = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:max_points_per_class] for c in range(C)])
@@ -290,15 +290,16 @@ def plot_feature_collapse(
             ax.axhline(0, color="0.85", lw=0.8, zorder=0)
             ax.axvline(0, color="0.85", lw=0.8, zorder=0)
             lim = max(lim, float(np.abs(P).max()), float(np.abs(Pw).max()))
-            ax.set_title(f"{method}, step {step}", fontsize=10)
-            ax.set_xlabel("principal direction 1")
-            ax.set_ylabel(f"{method}\nprincipal direction 2" if j == 0 else "principal direction 2")
+            ax.set_title(f"{method}, step {step}", fontsize=9)
+            ax.set_xlabel("direction 1", fontsize=8)
+            ax.set_ylabel(f"{method}\ndirection 2" if j == 0 else "direction 2", fontsize=8)
+            ax.tick_params(labelsize=7)
             ax.set_aspect("equal")
         for j in range(len(snaps)):
             axes[r, j].set_xlim(-1.1 * lim, 1.1 * lim)
             axes[r, j].set_ylim(-1.1 * lim, 1.1 * lim)
     handles, names = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, names, loc="outside lower center", ncol=len(names), fontsize=9, markerscale=1.2)
-    fig.suptitle("Features collapsing onto their class means (projection onto the plane of the final class means; "
-                 "unit-sphere feature coordinates)", fontsize=11)
+    fig.legend(handles, names, loc="outside lower center", ncol=min(len(names), 3), fontsize=8, markerscale=1.2)
+    fig.suptitle("Features collapsing onto their class means\n(plane of the final class means; "
+                 "unit-sphere feature coordinates)", fontsize=10)
     return fig

@@ -17,6 +17,8 @@ from typing import Dict, Mapping, Optional, Sequence
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from .style import MAX_WIDTH_IN, panel_grid
+
 __all__ = ["METHOD_STYLE", "plot_trajectory_panels", "plot_reduction_vs_full", "plot_collapse_spectra",
            "plot_kappa_vs_steps"]
 
@@ -65,7 +67,7 @@ def plot_trajectory_panels(rows: Sequence[Mapping], convergence: Mapping[str, Ma
     if not mine:
         raise ValueError(f"no rows for configuration {config!r}; have {sorted({r['config'] for r in rows})}")
     seeds = sorted({r["seed"] for r in mine})
-    fig, axes = plt.subplots(2, 3, figsize=(13.0, 7.0))
+    fig, axes = panel_grid(6, panel_height=2.7, extra_height=0.7)
     r0 = mine[0]
     for m in methods:
         color, label = METHOD_STYLE[m]
@@ -76,19 +78,18 @@ def plot_trajectory_panels(rows: Sequence[Mapping], convergence: Mapping[str, Ma
             if c is not None:
                 pts = [(t, g) for t, g in enumerate(c["gap"]) if _finite(g) and g > 0]
                 if pts:
-                    axes[0, 0].plot(*zip(*pts), **kw)
-            for ax, key in ((axes[0, 1], "lambda_max"), (axes[0, 2], "lambda_min"), (axes[1, 0], "pl"),
-                            (axes[1, 1], "kappa"), (axes[1, 2], "lr")):
+                    axes[0].plot(*zip(*pts), **kw)
+            for ax, key in zip(axes[1:], ("lambda_max", "lambda_min", "pl", "kappa", "lr")):
                 x, y = _series(mine, config, m, s, key)
                 if x:
                     ax.plot(x, y, marker="o", ms=2.5, **kw)
-    titles = [("objective gap $F - f^\\star$ (nats)", "log", "convergence"),
+    titles = [("$F - f^\\star$ (nats)", "log", "objective gap"),
               (f"$\\lambda_{{\\max}}(\\nabla^2 F)$ ({_CURV_UNIT})", "log", "smoothness (top eigenvalue)"),
               (f"$\\lambda_{{\\min}}(\\nabla^2 F)$ ({_CURV_UNIT})", "symlog", "bottom eigenvalue"),
-              (f"PL ratio $\\|\\nabla F\\|^2 / 2(F-f^\\star)$ ({_CURV_UNIT})", "log", "PL ratio"),
-              ("$\\kappa = \\lambda_{\\max}$ / PL ratio (dimensionless)", "log", "condition-number proxy"),
-              (f"step size $1/\\lambda_{{\\max}}$ (unit² / nat)", "log", "step size used")]
-    for ax, (ylabel, scale, title) in zip(axes.flat, titles):
+              (f"$\\|\\nabla F\\|^2 / 2(F-f^\\star)$\n({_CURV_UNIT})", "log", "PL ratio"),
+              ("$\\lambda_{\\max}$ / PL ratio (dimensionless)", "log", "condition-number proxy $\\kappa$"),
+              ("$1/\\lambda_{\\max}$ (unit² / nat)", "log", "step size used")]
+    for ax, (ylabel, scale, title) in zip(axes, titles):
         if scale == "symlog":
             ax.set_yscale("symlog", linthresh=1e-6)
         else:
@@ -97,10 +98,9 @@ def plot_trajectory_panels(rows: Sequence[Mapping], convergence: Mapping[str, Ma
         ax.set_ylabel(ylabel, fontsize=8.5)
         ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)
-    axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"{config}: C = {r0['num_classes']}, n = {r0['n_per_class']} per class, d = {r0['dim']} "
+    axes[0].legend(fontsize=7.5)
+    fig.suptitle(f"{config}: C = {r0['num_classes']}, n = {r0['n_per_class']} per class, d = {r0['dim']}\n"
                  f"({r0['measure']} Hessians; {len(seeds)} seed(s), first solid)", fontsize=11)
-    fig.tight_layout()
     return fig
 
 
@@ -116,7 +116,7 @@ def plot_reduction_vs_full(rows: Sequence[Mapping]) -> Figure:
     exact = [r for r in rows if _finite(r.get("pb_lambda_max")) and _finite(r.get("base_lambda_max"))]
     if not exact:
         raise ValueError("no rows with exact (pullback-metric) Hessian measurements")
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11.0, 4.0))
+    fig, (a1, a2) = panel_grid(2, ncols=1, panel_height=3.0, extra_height=1.4)
     configs = sorted({r["config"] for r in exact}, key=lambda c: [r["num_classes"] for r in exact if r["config"] == c][0])
     styles = ["-", "--", ":", "-."]
     for m in ("fixed", "affine", "implicit"):
@@ -139,17 +139,17 @@ def plot_reduction_vs_full(rows: Sequence[Mapping]) -> Figure:
     a1.text(0.01, 1.0, " equal smoothness", transform=a1.get_yaxis_transform(), va="bottom", fontsize=8)
     a1.set_yscale("log")
     a1.set_xlabel("gradient step")
-    a1.set_ylabel("$\\lambda_{\\max}$ reduced (pullback metric)\n/ $\\lambda_{\\max}$ full at $\\Phi(H)$ (dimensionless)",
+    a1.set_ylabel("$\\lambda_{\\max}$ reduced (pullback)\n/ $\\lambda_{\\max}$ full at $\\Phi(H)$",
                   fontsize=9)
     a1.set_title("Smoothness of each reduction relative to the full problem", fontsize=10)
     a2.set_yscale("log")
     a2.set_xlabel("gradient step")
-    a2.set_ylabel("$\\|\\nabla^2F - J^\\top\\nabla^2 f J\\|_2 / \\lambda_{\\max}(\\nabla^2 F)$ (dimensionless)", fontsize=9)
+    a2.set_ylabel("$\\|\\nabla^2F - J^\\top\\nabla^2 f J\\|_2$\n$/ \\lambda_{\\max}(\\nabla^2 F)$", fontsize=9)
     a2.set_title("Second-order correction term of the reduction", fontsize=10)
     for a in (a1, a2):
         a.grid(True, alpha=0.3)
-    a2.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    fig.tight_layout()
+    handles, names = a1.get_legend_handles_labels()
+    fig.legend(handles, names, loc="outside lower center", ncol=2, fontsize=7.5)
     return fig
 
 
@@ -163,7 +163,7 @@ def plot_collapse_spectra(spectra: Mapping[str, Mapping], *, rel_tol: float = 1e
     """
     if not isinstance(spectra, Mapping) or not spectra:
         raise ValueError("spectra must be a non-empty dict {method: {'euclidean': [...], 'pullback': [...]}}")
-    fig, ax = plt.subplots(figsize=(9.0, 5.6))
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, 5.4))
     for m, e in spectra.items():
         if m not in METHOD_STYLE:
             raise ValueError(f"unknown method {m!r} in spectra")
@@ -223,6 +223,6 @@ def plot_kappa_vs_steps(runs: Sequence[Mapping], *, tolerance: float = 1e-8) -> 
     ax.set_ylabel("late-phase $\\kappa$ = median $\\lambda_{\\max}$ / PL (dimensionless)")
     ax.set_title("Better conditioning, fewer steps?", fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=6.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from ..experiments.results import is_finite_number, provenance_caption, seed_bands  # noqa: F401 (the chapters read them here)
 from ..methods import METHODS
 from .collapse import method_style
+from .style import panel_grid
 
 __all__ = [
     "seed_bands",
@@ -60,9 +61,8 @@ def plot_ufm_dynamics(results: Mapping[str, Any], *, num_classes: int, loss_boun
         ("train_nc3", "NC3: self-duality", r"$\|W/\|W\| - \bar H^\top/\|\bar H\|\|_F$", True),
         ("train_equinorm", r"$W$–$\bar H$ equinorm", "|CV(W) − CV(H̄)|", True),
     ]
-    fig = Figure(figsize=(14.5, 7.6), layout="constrained")
-    axes = fig.subplots(2, 3)
-    for ax, (key, title, ylabel, log) in zip(axes.flat, panels):
+    fig, axes = panel_grid(6, panel_height=2.9, extra_height=0.4)
+    for ax, (key, title, ylabel, log) in zip(axes, panels):
         bands = seed_bands(curves, key, where=where)
         for i, ((_, _, method), (xs, med, lo, hi)) in enumerate(bands.items()):
             _band(ax, xs, med, lo, hi, label=METHOD_LABELS.get(method, method), style=method_style(method, i),
@@ -80,7 +80,7 @@ def plot_ufm_dynamics(results: Mapping[str, Any], *, num_classes: int, loss_boun
         ax.set_ylabel(ylabel, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    ax = axes.flat[5]
+    ax = axes[5]
     margins = results.get("margins") or {}
     per_method: Dict[str, List[float]] = defaultdict(list)
     for key, vals in margins.items():
@@ -101,7 +101,7 @@ def plot_ufm_dynamics(results: Mapping[str, Any], *, num_classes: int, loss_boun
     ax.set_xlabel("cosine margin")
     ax.set_ylabel("number of samples")
     ax.grid(alpha=0.3)
-    fig.suptitle(f"UFM with $C = {num_classes}$: median over seeds, band = min–max")
+    fig.suptitle(f"UFM with $C = {num_classes}$: median over seeds, band = min–max", fontsize=11)
     return fig
 
 
@@ -126,8 +126,7 @@ def plot_step_accuracy(step_accuracy: Mapping[str, Sequence[float]], *, configs:
     ``step_accuracy``: ``{"config/variant/method/seed": [accuracy after 0, 1, ... steps]}``.
     """
     bands = _step_accuracy_bands(step_accuracy)
-    fig = Figure(figsize=(4.2 * len(configs), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(configs), squeeze=False)[0]
+    fig, axes = panel_grid(len(configs), panel_height=3.2, extra_height=0.4)
     for ax, cfg in zip(axes, configs):
         i = 0
         for (c, method), (xs, med, lo, hi, n) in bands.items():
@@ -141,12 +140,12 @@ def plot_step_accuracy(step_accuracy: Mapping[str, Sequence[float]], *, configs:
             i += 1
         ax.set_xscale("log")
         ax.set_title((titles or {}).get(cfg, cfg), fontsize=10)
-        ax.set_xlabel("training step + 1 (full batch, log scale)")
+        ax.set_xlabel("training step + 1 (full batch)")
         ax.set_ylabel("train top-1 accuracy (%)")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle("Train accuracy against optimisation steps: median over seeds, band = min–max")
+    fig.suptitle("Train accuracy against optimisation steps: median over seeds, band = min–max", fontsize=11)
     return fig
 
 
@@ -154,11 +153,11 @@ def plot_accuracy_curves(results: Mapping[str, Any], *, configs: Sequence[str],
                          titles: Optional[Mapping[str, str]] = None) -> Figure:
     """Train and test top-1 against epoch, one column per config (the paper's Fig. 4 / Figs. 6-11)."""
     curves = results["curves"]
-    fig = Figure(figsize=(4.3 * len(configs), 7.0), layout="constrained")
-    axes = fig.subplots(2, len(configs), squeeze=False)
+    # One row per config: its train and its test accuracy side by side.
+    fig, flat = panel_grid(2 * len(configs), panel_height=3.0, extra_height=0.4)
     for j, cfg in enumerate(configs):
         for i, split in enumerate(("train", "test")):
-            ax = axes[i, j]
+            ax = flat[2 * j + i]
             bands = seed_bands(curves, f"{split}_top1", x="epoch", where={"config": cfg})
             for k, ((_, _, method), (xs, med, lo, hi)) in enumerate(bands.items()):
                 _band(ax, xs, 100 * med, 100 * lo, 100 * hi, label=METHOD_LABELS.get(method, method),
@@ -168,7 +167,7 @@ def plot_accuracy_curves(results: Mapping[str, Any], *, configs: Sequence[str],
             ax.set_ylabel(f"{split} top-1 accuracy (%)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle("Top-1 accuracy: median over seeds, band = min–max")
+    fig.suptitle("Top-1 accuracy: median over seeds, band = min–max", fontsize=11)
     return fig
 
 
@@ -180,8 +179,7 @@ def plot_method_curves(results: Mapping[str, Any], *, config: str,
     ``metrics`` lists ``(column of curves.csv, axis label, log scale)``; accuracies (``*_top1``)
     are drawn in percent.  Median over seeds, band = min-max.
     """
-    fig = Figure(figsize=(3.9 * len(metrics), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    fig, axes = panel_grid(len(metrics), panel_height=3.0, extra_height=0.4)
     for ax, (y, ylabel, log) in zip(axes, metrics):
         bands = seed_bands(results["curves"], y, x=x, where={"config": config, "variant": variant})
         scale = 100.0 if y.endswith("top1") else 1.0
@@ -233,11 +231,10 @@ def plot_delta_sensitivity(summary: Mapping[str, Any], *, configs: Sequence[str]
     ``deltas``: ``{variant name: delta}``; ``metrics``: ``(summary key, y label, log y)``.
     Points are medians over seeds, error bars min-max.
     """
-    fig = Figure(figsize=(4.4 * len(metrics), 3.5 * len(configs)), layout="constrained")
-    axes = fig.subplots(len(configs), len(metrics), squeeze=False)
+    fig, flat = panel_grid(len(configs) * len(metrics), panel_height=2.9, extra_height=0.4)
     for i, cfg in enumerate(configs):
         for j, (key, ylabel, log) in enumerate(metrics):
-            ax = axes[i, j]
+            ax = flat[i * len(metrics) + j]
             pts = []
             for v, dlt in deltas.items():
                 cell = summary.get(f"{cfg}/{v}/implicit", {}).get(key)
@@ -255,7 +252,7 @@ def plot_delta_sensitivity(summary: Mapping[str, Any], *, configs: Sequence[str]
             ax.set_ylabel(ylabel)
             ax.set_title(f"{(titles or {}).get(cfg, cfg)}", fontsize=10)
             ax.grid(alpha=0.3)
-    fig.suptitle(r"Implicit ETF against $\delta$: median over seeds, bars = min–max")
+    fig.suptitle(r"Implicit ETF against $\delta$: median over seeds, bars = min–max", fontsize=11)
     return fig
 
 
@@ -265,8 +262,7 @@ def plot_cost(rows: Sequence[Mapping[str, Any]], *, configs: Sequence[str]) -> F
     for r in rows:
         if r["variant"] not in variants:
             variants.append(r["variant"])
-    fig = Figure(figsize=(13.5, 4.6), layout="constrained")
-    ax_t, ax_m = fig.subplots(1, 2)
+    fig, (ax_t, ax_m) = panel_grid(2, ncols=1, panel_height=3.6)
     width = 0.8 / len(variants)
     parts = (("time_backbone_ms", "backbone + loss (fwd + bwd)", "tab:blue"),
              ("time_etf_forward_ms", "nearest-ETF forward", "tab:orange"),
@@ -277,7 +273,7 @@ def plot_cost(rows: Sequence[Mapping[str, Any]], *, configs: Sequence[str]) -> F
             r = next((r for r in rows if r["config"] == cfg and r["variant"] == v), None)
             x = i + (j - (len(variants) - 1) / 2) * width
             if r is None or not is_finite_number(r.get("time_step_ms")):
-                ax_t.text(x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
+                ax_t.text(x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=8)
                 if r is not None and is_finite_number(r.get("kkt_need_gb")):
                     ax_m.bar(x, r["kkt_need_gb"], width, color="none", edgecolor="tab:red", ls="--", lw=1.2)
                 continue
@@ -301,7 +297,7 @@ def plot_cost(rows: Sequence[Mapping[str, Any]], *, configs: Sequence[str]) -> F
     ax_t.set_title("time split per step; bar order within a group = variant order\n(" +
                    "; ".join(f"{k + 1}: {v}" for k, v in enumerate(variants)) + ")", fontsize=8)
     ax_t.legend(fontsize=8, loc="upper left")
-    ax_m.set_ylabel("peak memory above model + data (GB, log scale)")
+    ax_m.set_ylabel("peak memory above\nmodel + data (GiB, log scale)")
     ax_m.set_title("peak memory per step (dashed outline: what the dense KKT gradient would need)", fontsize=9)
     ax_m.legend(fontsize=8, loc="upper left")
     return fig

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..methods import METHODS, colour
+from .style import MAX_WIDTH_IN
 
 __all__ = [
     "METHOD_COLORS",
@@ -100,9 +101,10 @@ def plot_curves(results, *, panels: Sequence[str] = tuple(p[0] for p in CURVE_PA
     if unknown:
         raise ValueError(f"unknown panel(s) {unknown}; choose from {list(spec)}")
     n = len(panels)
-    ncols = 2 if n in (2, 4) else min(3, n)
+    ncols = min(2, n)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.3 * nrows), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(MAX_WIDTH_IN, 3.0 * nrows + 0.5), squeeze=False,
+                             constrained_layout=True)
     labels = _labels(results)
     for ax, key in zip(axes.flat, panels):
         _, ttl, ylab, logy = spec[key]
@@ -212,10 +214,15 @@ def plot_projection_panels(frames_list, *, step: Optional[int] = None, title: Op
     n = len(frames_list)
     if n == 0:
         raise ValueError("plot_projection_panels needs at least one ProjectionFrames")
-    fig, axes = plt.subplots(1, n, figsize=(4.3 * n, 4.8), squeeze=False, constrained_layout=True)
+    ncols = min(2, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(MAX_WIDTH_IN if n > 1 else 4.8, 3.9 * nrows + 1.1),
+                             squeeze=False, constrained_layout=True)
     for ax, fr in zip(axes.flat, frames_list):
         plot_projection(fr, step=step, ax=ax, legend=False)
-    fig.legend(handles=_legend_handles(True, True), loc="outside lower center", ncol=5, fontsize=8,
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.legend(handles=_legend_handles(True, True), loc="outside lower center", ncol=3, fontsize=8,
                title="colour = class", title_fontsize=8)
     fr0 = frames_list[0]
     i = fr0.index_of(-1 if step is None else int(step))
@@ -231,7 +238,9 @@ def plot_projection_grid(frames_list, steps: Sequence[int], *, title: Optional[s
     if not frames_list or not len(steps):
         raise ValueError("plot_projection_grid needs at least one run and one step")
     nr, nc = len(frames_list), len(steps)
-    fig, axes = plt.subplots(nr, nc, figsize=(2.9 * nc, 3.0 * nr + 0.6), squeeze=False, constrained_layout=True)
+    side = min(3.4, (MAX_WIDTH_IN - 0.4) / nc)
+    fig, axes = plt.subplots(nr, nc, figsize=(min(MAX_WIDTH_IN, side * nc + 0.4), (side + 0.5) * nr + 1.4),
+                             squeeze=False, constrained_layout=True)
     for r, fr in enumerate(frames_list):
         lim = _limit(fr, len(fr.steps) - 1)
         lim = max(lim, max(_limit(fr, fr.index_of(int(s))) for s in steps))
@@ -240,6 +249,7 @@ def plot_projection_grid(frames_list, steps: Sequence[int], *, title: Optional[s
             i = fr.index_of(int(s))
             plot_projection(fr, step=int(fr.steps[i]), ax=ax, legend=False,
                             title=f"{fr.label or fr.method}\nstep {int(fr.steps[i])}")
+            ax.title.set_fontsize(9)
             ax.set_xlim(-lim, lim)
             ax.set_ylim(-lim, lim)
             ax.tick_params(labelsize=7)
@@ -247,9 +257,9 @@ def plot_projection_grid(frames_list, steps: Sequence[int], *, title: Optional[s
                 ax.set_ylabel("")
             if r < nr - 1:
                 ax.set_xlabel("")
-    fig.legend(handles=_legend_handles(True, True), loc="outside lower center", ncol=5, fontsize=8,
+    fig.legend(handles=_legend_handles(True, True), loc="outside lower center", ncol=3, fontsize=8,
                title="colour = class", title_fontsize=8)
-    fig.suptitle(title or "Class means moving towards a simplex ETF (one fixed basis per run)", fontsize=11)
+    fig.suptitle(title or "Class means moving towards a simplex ETF\n(one fixed basis per run)", fontsize=11)
     return fig
 
 
@@ -286,7 +296,7 @@ def plot_projection_3d(frames, *, step: Optional[int] = None, ax=None, trails: b
     ax.set_xlabel("ETF axis 1", fontsize=8)
     ax.set_ylabel("ETF axis 2", fontsize=8)
     ax.set_zlabel("ETF axis 3", fontsize=8)
-    ax.tick_params(labelsize=6)
+    ax.tick_params(labelsize=7)
     ax.set_title(title if title is not None else f"{frames.label or frames.method}: step {int(frames.steps[i])}",
                  fontsize=10)
     if legend:
@@ -302,11 +312,13 @@ def plot_projection_3d_panels(frames_list, *, step: Optional[int] = None, title:
     n = len(frames_list)
     if n == 0:
         raise ValueError("plot_projection_3d_panels needs at least one ProjectionFrames")
-    fig = plt.figure(figsize=(4.4 * n, 4.9), constrained_layout=True)
+    ncols = min(2, n)
+    nrows = -(-n // ncols)
+    fig = plt.figure(figsize=(MAX_WIDTH_IN if n > 1 else 5.0, 4.2 * nrows + 1.1), constrained_layout=True)
     for k, fr in enumerate(frames_list):
-        ax = fig.add_subplot(1, n, k + 1, projection="3d")
+        ax = fig.add_subplot(nrows, ncols, k + 1, projection="3d")
         plot_projection_3d(fr, step=step, ax=ax, legend=False)
-    fig.legend(handles=_legend_handles(True, True), loc="outside lower center", ncol=5, fontsize=8,
+    fig.legend(handles=_legend_handles(True, True), loc="outside lower center", ncol=3, fontsize=8,
                title="colour = class", title_fontsize=8)
     fr0 = frames_list[0]
     i = fr0.index_of(-1 if step is None else int(step))

@@ -14,6 +14,8 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from .style import panel_grid
+
 __all__ = [
     "plot_running_mean_error",
     "plot_gradient_spectra",
@@ -89,22 +91,21 @@ def plot_gradient_spectra(spectra: Sequence[Mapping], *, dataset: Optional[str] 
     if not recs:
         raise ValueError(f"no spectra for dataset {dataset!r}")
     stages = list(dict.fromkeys(r["stage"] for r in recs))
-    fig, axes = plt.subplots(1, len(stages), figsize=(5.2 * len(stages), 4.0), squeeze=False, sharey=True)
-    for ax, st in zip(axes[0], stages):
+    fig, axes = panel_grid(len(stages), panel_height=3.6, sharey=True)
+    for ax, st in zip(axes, stages):
         for r in (r for r in recs if r["stage"] == st):
             s = r["singular_values"]
             s1 = s[0] if s and s[0] > 0 else 1.0
             ax.plot(range(1, len(s) + 1), [max(v / s1, 1e-12) for v in s], marker=".", ms=3,
-                    label=f"layer {r['layer']} ({r['shape'][0]}x{r['shape'][1]}), 90% energy in {r['energy_rank']}")
+                    label=f"layer {r['layer']} ({r['shape'][0]}x{r['shape'][1]}),\n90% energy in {r['energy_rank']}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_ylim(1e-8, 2)
         ax.set_xlabel("singular value index i")
-        ax.set_title(f"{recs[0]['dataset'] if dataset is None else dataset}: {st}")
+        ax.set_title(f"{recs[0]['dataset'] if dataset is None else dataset}: {st}", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
-    axes[0][0].set_ylabel(r"$s_i / s_1$ of $\partial F/\partial W_l$")
-    fig.tight_layout()
+    axes[0].set_ylabel(r"$s_i / s_1$ of $\partial F/\partial W_l$")
     return fig
 
 
@@ -118,8 +119,8 @@ def plot_subspace_energy(energy: Sequence[Mapping], *, dataset: Optional[str] = 
     if not recs:
         raise ValueError(f"no energy records for dataset {dataset!r}")
     stages = list(dict.fromkeys(r["stage"] for r in recs))
-    fig, axes = plt.subplots(1, len(stages), figsize=(5.2 * len(stages), 3.8), squeeze=False, sharey=True)
-    for ax, st in zip(axes[0], stages):
+    fig, axes = panel_grid(len(stages), panel_height=3.4, sharey=True)
+    for ax, st in zip(axes, stages):
         layers = sorted({r["layer"] for r in recs if r["stage"] == st})
         for i, l in enumerate(layers):
             rs = sorted((r for r in recs if r["stage"] == st and r["layer"] == l), key=lambda r: r["k"])
@@ -129,11 +130,10 @@ def plot_subspace_energy(energy: Sequence[Mapping], *, dataset: Optional[str] = 
         ax.set_xscale("log", base=2)
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("subspace dimension k")
-        ax.set_title(f"{recs[0]['dataset'] if dataset is None else dataset}: {st}")
+        ax.set_title(f"{recs[0]['dataset'] if dataset is None else dataset}: {st}", fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel(r"mean $\|P_k g_{l,b}\|^2 / \|g_{l,b}\|^2$")
-    fig.tight_layout()
+    axes[0].set_ylabel(r"mean $\|P_k g_{l,b}\|^2 / \|g_{l,b}\|^2$")
     return fig
 
 
@@ -158,7 +158,7 @@ def plot_quality_vs_width(quality: Sequence[Mapping], *, layers: Optional[Sequen
         kvals = sorted({r["k"] for r in recs if r["k"] is not None})
         k = kvals[len(kvals) // 2] if kvals else None
     methods = sorted({r["method"] for r in recs}, key=_method_key)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.0))
+    fig, axes = panel_grid(3, panel_height=3.2, extra_height=0.5)
     for m in methods:
         rs = [r for r in recs if r["method"] == m and (r["k"] is None or r["k"] == k)]
         widths = sorted({r["width"] for r in rs})
@@ -176,9 +176,10 @@ def plot_quality_vs_width(quality: Sequence[Mapping], *, layers: Optional[Sequen
         ax.set_xscale("log", base=2)
         ax.set_xlabel("hidden width")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"Single-guess estimator quality, averaged over layers {layers} (He init, one real batch)")
-    fig.tight_layout()
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower left", bbox_to_anchor=(0.55, 0.05), fontsize=8)
+    fig.suptitle(f"Single-guess estimator quality, averaged over layers {layers}\n(He init, one real batch)",
+                 fontsize=11)
     return fig
 
 
@@ -190,7 +191,7 @@ def plot_quality_vs_k(quality: Sequence[Mapping], *, width: int, layer: int = 0)
     recs = [r for r in _nonempty(quality, "quality") if r["width"] == width and r["layer"] == layer]
     if not recs:
         raise ValueError(f"no quality records for width={width}, layer={layer}")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
+    fig, axes = panel_grid(2, panel_height=3.4, extra_height=0.3)
     for m in sorted({r["method"] for r in recs}, key=_method_key):
         rs = sorted((r for r in recs if r["method"] == m), key=lambda r: (r["k"] or 0))
         for ax, key in zip(axes, ("mean_cosine", "relative_mse")):
@@ -206,8 +207,7 @@ def plot_quality_vs_k(quality: Sequence[Mapping], *, width: int, layer: int = 0)
         ax.set_xlabel("subspace dimension k")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"Choice of k: width {width}, layer {layer}")
-    fig.tight_layout()
+    fig.suptitle(f"Choice of k: width {width}, layer {layer}", fontsize=11)
     return fig
 
 
@@ -222,8 +222,8 @@ def plot_training_curves(curves: Mapping[str, Mapping], runs: Sequence[Mapping],
     if not runs:
         raise ValueError(f"no runs at width {width}")
     datasets = list(dict.fromkeys(r["dataset"] for r in runs))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.2 * len(datasets), 4.2), squeeze=False, sharey=True)
-    for ax, ds in zip(axes[0], datasets):
+    fig, axes = panel_grid(len(datasets), panel_height=3.6, sharey=True)
+    for ax, ds in zip(axes, datasets):
         labels = sorted({(r["method"], r["label"], r["k"]) for r in runs if r["dataset"] == ds},
                         key=lambda t: _method_key(t[0]))
         for m, lab, k in labels:
@@ -236,11 +236,10 @@ def plot_training_curves(curves: Mapping[str, Mapping], runs: Sequence[Mapping],
             if len(recs) > 1:
                 ax.fill_between(steps, [min(a) for a in accs], [max(a) for a in accs], color=_COLORS.get(m), alpha=0.15)
         ax.set_xlabel("optimiser step (batch 64, Adam)")
-        ax.set_title(f"{ds}, width {width}")
+        ax.set_title(f"{ds}, width {width}", fontsize=10)
         ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    axes[0].set_ylabel("test accuracy")
+    axes[-1].legend(fontsize=7, loc="lower right")
     return fig
 
 
@@ -251,8 +250,8 @@ def plot_width_scaling(summary: Sequence[Mapping]) -> Figure:
     """
     rows = _nonempty(summary, "summary")
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.0 * len(datasets), 4.0), squeeze=False, sharey=True)
-    for ax, ds in zip(axes[0], datasets):
+    fig, axes = panel_grid(len(datasets), panel_height=3.4, sharey=True)
+    for ax, ds in zip(axes, datasets):
         for lab in sorted({r["label"] for r in rows if r["dataset"] == ds},
                           key=lambda s: _method_key(s.split(" ")[0])):
             rs = sorted((r for r in rows if r["dataset"] == ds and r["label"] == lab), key=lambda r: r["width"])
@@ -263,11 +262,10 @@ def plot_width_scaling(summary: Sequence[Mapping]) -> Figure:
                         marker="o", ms=4, capsize=3, color=_COLORS.get(m), label=lab)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("hidden width")
-        ax.set_title(ds)
+        ax.set_title(ds, fontsize=10)
         ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("final test accuracy")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    axes[0].set_ylabel("final test accuracy")
+    axes[-1].legend(fontsize=7)
     return fig
 
 
@@ -275,7 +273,8 @@ def plot_benchmark(rows: Sequence[Mapping]) -> Figure:
     """Peak tensor memory and time per gradient vs width, per method; one row of panels per batch size."""
     rows = _nonempty(rows, "rows")
     batches = sorted({r["batch_size"] for r in rows})
-    fig, axes = plt.subplots(len(batches), 2, figsize=(12, 3.8 * len(batches)), squeeze=False)
+    fig, flat = panel_grid(2 * len(batches), panel_height=3.1)
+    axes = [flat[2 * i: 2 * i + 2] for i in range(len(batches))]
     for i, bs in enumerate(batches):
         for lab in sorted({r["label"] for r in rows}, key=lambda s: _method_key(s.split(" ")[0])):
             rs = sorted((r for r in rows if r["batch_size"] == bs and r["label"] == lab and r["ms"] is not None),
@@ -298,5 +297,4 @@ def plot_benchmark(rows: Sequence[Mapping]) -> Figure:
             ax.set_xlabel("hidden width")
             ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
     return fig

@@ -12,6 +12,8 @@ from typing import Mapping, Optional, Sequence
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from .style import MAX_WIDTH_IN
+
 __all__ = ["plot_collapse_gradient_error", "plot_delta_conditioning", "plot_memory_vs_classes"]
 
 _COLLAPSE_SERIES = (
@@ -30,7 +32,7 @@ def plot_collapse_gradient_error(sweep: Mapping[str, Sequence[float]], *, cap: f
     gradients), as returned by :func:`guiding_nc.gradient_checks.collapse_sweep`.
     Non-finite gradients are drawn as crosses at ``cap`` on a shaded band.
     """
-    fig, ax = plt.subplots(figsize=(9.0, 4.2))
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, 4.2))
     x = list(sweep["distance"])
     for key, label, color, ls, marker in _COLLAPSE_SERIES:
         if key not in sweep:
@@ -52,7 +54,7 @@ def plot_collapse_gradient_error(sweep: Mapping[str, Sequence[float]], *, cap: f
     ax.set_ylim(top=cap * 4)
     ax.set_xlabel(r"distance from collapse $\|\tilde H - \tilde H_{\mathrm{ETF}}\|_F$ (unit-norm means)")
     ax.set_ylabel("relative error of $\\partial L/\\partial \\tilde H$\nvs central differences")
-    ax.set_title("Gradient through the nearest ETF near neural collapse")
+    ax.set_title("Gradient through the nearest ETF near neural collapse", fontsize=11)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
@@ -67,7 +69,7 @@ def plot_delta_conditioning(sweep: Mapping[str, Sequence[float]]) -> Figure:
     closed-form ``dL/dH``.  ``sweep`` as returned by
     :func:`guiding_nc.gradient_checks.delta_sweep`.
     """
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.8))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(MAX_WIDTH_IN, 3.8))
     x = list(sweep["delta"])
     ax1.plot(x, sweep["g_min"], "o-", ms=4, color="C2", label=r"smallest eigenvalue of $\mathbf{G}$")
     ax1.plot(x, sweep["grad_H_norm"], "s-", ms=4, color="C0", label=r"$\|\partial L/\partial \tilde H\|_F$")
@@ -76,7 +78,7 @@ def plot_delta_conditioning(sweep: Mapping[str, Sequence[float]]) -> Figure:
     ax1.set_yscale("log")
     ax1.set_xlabel(r"proximal coefficient $\delta$")
     ax1.set_ylabel("value (dimensionless)")
-    ax1.set_title(r"$\mathbf{G}$ becomes singular, the gradient does not")
+    ax1.set_title(r"$\mathbf{G}$ becomes singular," "\n" r"the gradient does not", fontsize=10)
     ax1.grid(True, alpha=0.3)
     ax1.legend(fontsize=8)
     ax2.plot(x, sweep["kkt_vs_closed"], "o-", ms=4, color="C3", label="dense KKT vs closed form")
@@ -84,7 +86,7 @@ def plot_delta_conditioning(sweep: Mapping[str, Sequence[float]]) -> Figure:
     ax2.set_yscale("log")
     ax2.set_xlabel(r"proximal coefficient $\delta$")
     ax2.set_ylabel(r"relative difference of $\partial L/\partial \tilde H$")
-    ax2.set_title("Accuracy of the dense solve")
+    ax2.set_title("Accuracy of the dense solve", fontsize=10)
     ax2.grid(True, alpha=0.3)
     ax2.legend(fontsize=8)
     fig.tight_layout()

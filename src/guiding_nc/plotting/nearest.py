@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from .style import MAX_WIDTH_IN, panel_grid
+
 __all__ = [
     "plot_null_space_family",
     "plot_delta_path",
@@ -44,22 +46,22 @@ def plot_null_space_family(
     ``prox_distance[i] = ||U(theta_i) - U_prox||_F^2 / 2``.
     """
     th = np.asarray(thetas, dtype=float)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(MAX_WIDTH_IN, 4.2))
     a.semilogy(th, _floor(objective_change), "o-", ms=3, label=r"$|f_6(U(\theta)) - f_6(U(0))|$")
     a.semilogy(th, _floor(orthonormality), "s--", ms=3, label=r"$\max|U(\theta)^\top U(\theta) - I|$")
-    a.axhline(np.finfo(float).eps, color="grey", lw=0.8, ls=":", label="float64 machine epsilon (exact zeros drawn at 1e-17)")
+    a.axhline(np.finfo(float).eps, color="grey", lw=0.8, ls=":", label="float64 machine epsilon\n(exact zeros drawn at 1e-17)")
     a.set_xlabel(r"rotation angle $\theta$ (rad)")
     a.set_ylabel("absolute value (log scale)")
     a.set_ylim(1e-18, 1e-10)
-    a.set_title("Eq. 6 is flat along the family")
-    a.legend(fontsize=8, loc="upper right")
+    a.set_title("Eq. 6 is flat along the family", fontsize=10)
+    a.legend(fontsize=7.5, loc="upper right")
     b.plot(th, prox_distance, "-", color="C2", label=r"$\frac{1}{2}\|U(\theta) - U_{\mathrm{prox}}\|_F^2$")
     if theta_closest is not None and math.isfinite(theta_closest):
         b.axvline(theta_closest, color="C3", ls="--", label=r"member picked as $\delta \to 0$")
     b.set_xlabel(r"rotation angle $\theta$ (rad)")
     b.set_ylabel("proximal term (dimensionless)")
-    b.set_title("the proximal term picks one member")
-    b.legend(fontsize=8)
+    b.set_title("the proximal term picks one member", fontsize=10)
+    b.legend(fontsize=7.5)
     fig.tight_layout()
     return fig
 
@@ -83,7 +85,7 @@ def plot_delta_path(deltas: Sequence[float], to_limit: Sequence[float], to_prox:
 
 def plot_convergence(histories: Mapping[str, Sequence[float]], optimum: float) -> Figure:
     """Objective value per iteration (left) and its gap to the closed-form optimum (right, log scale)."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(MAX_WIDTH_IN, 3.8))
     for k, (name, hist) in enumerate(histories.items()):
         it = np.arange(len(hist))
         a.plot(it, hist, "-", color=f"C{k}", label=name)
@@ -93,14 +95,14 @@ def plot_convergence(histories: Mapping[str, Sequence[float]], optimum: float) -
     a.set_xlim(left=0)
     a.set_xlabel("iteration")
     a.set_ylabel("objective of Eq. 7")
-    a.set_title("objective value")
+    a.set_title("objective value", fontsize=10)
     a.legend(fontsize=8)
     b.axhline(np.finfo(float).eps * max(abs(optimum), 1.0), color="grey", ls=":", lw=0.8, label="machine precision")
     b.set_xscale("symlog", linthresh=10)
     b.set_xlim(left=0)
     b.set_xlabel("iteration")
-    b.set_ylabel(r"$f(U_k) - f(U^\star_{\mathrm{closed}})$ (log scale)")
-    b.set_title("gap to the closed-form optimum")
+    b.set_ylabel(r"$f(U_k) - f(U^\star_{\mathrm{closed}})$")
+    b.set_title("gap to the closed-form optimum", fontsize=10)
     b.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -204,8 +206,8 @@ def plot_taylor_remainders(ts: Sequence[float], panels: Mapping[str, Mapping[str
     slope 2 and 3 are drawn in every panel.
     """
     t = np.asarray(ts, dtype=float)
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
-    for ax, (title, curves) in zip(axes[0], panels.items()):
+    fig, axes = panel_grid(len(panels), panel_height=3.6)
+    for ax, (title, curves) in zip(axes, panels.items()):
         markers = "os^vD"
         for k, (label, r) in enumerate(curves.items()):
             ax.loglog(t, _floor(r, 1e-18), markers[k % len(markers)] + "-", ms=3, label=label)
@@ -214,8 +216,7 @@ def plot_taylor_remainders(ts: Sequence[float], panels: Mapping[str, Mapping[str
             ax.loglog(t, 1e-1 * (t / tm) ** slope * tm**slope, style, color="grey", lw=1, label=f"slope {slope}")
         ax.set_ylim(1e-18, 10)
         ax.set_xlabel("step $t$ along the retraction curve")
-        ax.set_ylabel("Taylor remainder (absolute, log scale)")
+        ax.set_ylabel("Taylor remainder (absolute)")
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
     return fig
