@@ -12,7 +12,7 @@ nats per squared unit of those entries; the condition-number proxy is dimensionl
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure

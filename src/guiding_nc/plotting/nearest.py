@@ -6,7 +6,7 @@ title or legend; it computes nothing about the problem itself, only draws the nu
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
