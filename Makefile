@@ -14,8 +14,16 @@ env:
 # kept in _build/.jupyter_cache), so an unchanged rebuild takes seconds. Sphinx does not re-read
 # unchanged pages, so after a failed build the next one would pass without repeating the
 # warnings: on failure the Sphinx environment (_build/.doctrees) is dropped, and the next build
-# re-reads every page (from the execution cache, without re-running it).
+# re-reads every page (from the execution cache, without re-running it). The cache is keyed by a
+# page's code only, so when the package, the committed results or the pins change (their hash in
+# _build/.inputs_hash) the cache is dropped and every page runs again: no page shows a stale output.
 book: env
+	@key=$$(find src data pyproject.toml constraints.txt -type f -not -path '*/__pycache__/*' -print0 \
+	  | LC_ALL=C sort -z | xargs -0 cat | sha256sum | cut -d' ' -f1); \
+	if [ -d _build/.jupyter_cache ] && [ "$$(cat _build/.inputs_hash 2>/dev/null)" != "$$key" ]; then \
+	  echo "src/, data/ or the pins changed since the last build: every page runs again"; \
+	  rm -rf _build/.jupyter_cache _build/.doctrees; fi; \
+	mkdir -p _build && echo "$$key" > _build/.inputs_hash
 	$(VENV)/bin/jupyter-book build . -W --keep-going || { rm -rf _build/.doctrees; \
 	  echo "error: the book build failed (warnings are errors); see the messages above" >&2; exit 1; }
 	@echo "Book built: file://$(CURDIR)/_build/html/index.html"

@@ -197,7 +197,7 @@ def plot_kappa_vs_steps(runs: Sequence[Mapping], *, tolerance: float = 1e-8) -> 
     the tolerance sit on the right edge (open markers); runs without a late-phase kappa sit on the top edge.
     """
     _check_rows(runs, "runs")
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(7.0, 4.5))
     reached = [r["steps_to_tol"] for r in runs if r.get("steps_to_tol") is not None]
     budget = max([r.get("steps_budget") or 0 for r in runs] + reached + [1])
     kappas = [r["late_kappa"] for r in runs if _finite(r.get("late_kappa"))]

@@ -28,7 +28,7 @@ def plot_fixed_etf_diagnosis(runs: Sequence[Mapping[str, Any]], *, variants: Seq
     median marked, and the share of the classifier's squared weight on dead units."""
     labels = dict(labels or {})
     configs = [c for c in _DATASET_STYLE if any(r["config"] == c for r in runs)]
-    fig = Figure(figsize=(8.0, 6.4), layout="constrained")
+    fig = Figure(figsize=(7.0, 6.2), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
     x = np.arange(len(variants))
     width = 0.24

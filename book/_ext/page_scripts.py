@@ -1,0 +1,39 @@
+"""Sphinx extension of the book: every page lists each of its scripts once.
+
+sphinx-thebe registers its inline configuration (``const THEBE_JS_URL = ...``) and
+sphinx-togglebutton its selector each time the environment re-reads documents, so an incremental
+build can list the same inline script twice; the second ``const`` then throws a SyntaxError in
+the browser.  This extension drops exact repeats (same file, same attributes, same body) from
+each page's scripts, keeping the first, after every other extension has added its own.
+"""
+from __future__ import annotations
+
+
+def _key(script) -> tuple:
+    filename = getattr(script, "filename", None)
+    attributes = getattr(script, "attributes", None) or {}
+    if filename is None and not attributes:
+        return ("text", str(script))
+    return (filename, tuple(sorted((str(k), str(v)) for k, v in attributes.items())))
+
+
+def unique_scripts(scripts) -> list:
+    """``scripts`` without repeats, first occurrence kept, order preserved."""
+    seen, out = set(), []
+    for script in scripts:
+        key = _key(script)
+        if key not in seen:
+            seen.add(key)
+            out.append(script)
+    return out
+
+
+def _drop_repeated_scripts(app, pagename, templatename, context, doctree):
+    if "script_files" in context:
+        context["script_files"] = unique_scripts(context["script_files"])
+
+
+def setup(app):
+    # A late priority: run after the theme and the other extensions have added their scripts.
+    app.connect("html-page-context", _drop_repeated_scripts, priority=900)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
