@@ -5,7 +5,9 @@ The pages are the ones listed in ``_toc.yml`` (parsed here, never hard-coded); t
 loads with a title, that MathJax (the local copy under ``_static/mathjax``; the browser has no
 network) typeset every math node with no TeX error and its fonts loaded, that no raw ``$$``,
 ``\\begin{``, inline TeX or Markdown table is left in the visible text, that every image of the
-main content loaded, and that the page requested nothing over the network. It saves a full-page
+main content loaded, that the page requested nothing over the network and threw no JavaScript
+error, that every figure a code cell drew shows its smallest text (7 pt) at 9 px or more, and that
+no code line is clipped at the column width. It saves a full-page
 screenshot of each chapter to ``artifacts/screenshots/<page>.png``.
 
 Needs the Debian packages ``chromium`` and ``chromium-driver`` (``make test`` installs them when
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from guiding_nc.plotting.style import MIN_FONT_PT, MIN_TEXT_PX, SCREEN_DPI
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML_DIR = ROOT / "_build" / "html"
@@ -167,7 +171,7 @@ def browser(tmp_path_factory):
     for arg in CHROMIUM_ARGS:
         options.add_argument(arg)
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     driver.set_page_load_timeout(60)
     driver.set_script_timeout(90)
@@ -209,6 +213,16 @@ const timeout = (ms) => new Promise((resolve) => setTimeout(() => resolve("timeo
   report.images = imgs.length;
   report.brokenImages = imgs.filter((img) => !(img.complete && img.naturalWidth > 0))
                             .map((img) => img.getAttribute("src"));
+  // Figures: natural and displayed width of every image a code cell drew.
+  report.figures = [...main.querySelectorAll(".cell_output img")]
+                   .map((img) => ({src: (img.getAttribute("src") || "").split("/").pop(),
+                                   natural: img.naturalWidth, shown: img.clientWidth}));
+  // Code (inputs, outputs, shell blocks) whose lines run past the column behind a scroll bar.
+  report.clipped = [...main.querySelectorAll("pre")]
+                   .filter((pre) => pre.scrollWidth > pre.clientWidth + 1)
+                   .map((pre) => pre.textContent.split("\n")
+                                    .reduce((a, b) => (b.length > a.length ? b : a), "")
+                                    .slice(0, 90));
   const clone = main.cloneNode(true);
   clone.querySelectorAll("pre, code, script, style, mjx-container, .highlight")
        .forEach((n) => n.remove());
@@ -273,10 +287,12 @@ def test_chapter_renders_offline(page, request, screenshot_dir):
     browser = request.getfixturevalue("browser")
 
     network_requests(browser)  # drain whatever came before this page
+    browser.get_log("browser")
     browser.get(html_path.as_uri())
     report = browser.execute_async_script(PAGE_REPORT_JS)
     full_page_screenshot(browser, screenshot_dir / screenshot_name(page))
     requested = network_requests(browser)
+    script_errors = [e["message"][:200] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
 
     assert "error" not in report, report.get("error")
     problems = []
@@ -309,4 +325,18 @@ def test_chapter_renders_offline(page, request, screenshot_dir):
         problems.append(f"images that did not load: {report['brokenImages']}")
     if requested:
         problems.append(f"the page tried to use the network: {requested[:5]}")
+    if script_errors:
+        problems.append(f"JavaScript errors: {script_errors[:3]}")
+    small = [f"{f['src']} ({f['natural']} px shown at {f['shown']} px: {smallest_text_px(f):.1f} px)"
+             for f in report["figures"] if f["natural"] and smallest_text_px(f) < MIN_TEXT_PX - 1e-9]
+    if small:
+        problems.append(f"figures whose {MIN_FONT_PT:g}-pt text displays under {MIN_TEXT_PX:g} px: {small[:4]}")
+    if report["clipped"]:
+        problems.append(f"code lines clipped at the column width: {report['clipped'][:3]}")
     assert not problems, f"{page}: " + "; ".join(problems)
+
+
+def smallest_text_px(figure: dict) -> float:
+    """Displayed height of the smallest text the plotting functions use, in an image of a figure:
+    drawn at ``SCREEN_DPI`` (the notebook's inline resolution), scaled by the page to ``shown``."""
+    return MIN_FONT_PT * SCREEN_DPI / 72.0 * figure["shown"] / figure["natural"]

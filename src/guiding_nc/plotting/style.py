@@ -14,7 +14,7 @@ from typing import List, Tuple
 
 from matplotlib.figure import Figure
 
-__all__ = ["COLUMN_PX", "MIN_TEXT_PX", "MAX_WIDTH_IN", "SCREEN_DPI", "panel_grid", "displayed_text_px",
+__all__ = ["COLUMN_PX", "MIN_TEXT_PX", "MIN_FONT_PT", "MAX_WIDTH_IN", "SCREEN_DPI", "panel_grid", "displayed_text_px",
            "legibility_problems"]
 
 #: Width of the book's text column in CSS pixels (jupyter-book's default theme in a 1280-px wide
@@ -22,6 +22,8 @@ __all__ = ["COLUMN_PX", "MIN_TEXT_PX", "MAX_WIDTH_IN", "SCREEN_DPI", "panel_grid
 COLUMN_PX = 688
 #: The smallest text the book shows, in displayed pixels.
 MIN_TEXT_PX = 9.0
+#: The smallest font size the plotting functions use, in points.
+MIN_FONT_PT = 7.0
 #: The widest a figure should be, in inches: 7-point text then displays at 9.5 pixels.
 MAX_WIDTH_IN = 7.0
 #: The resolution notebooks render figures at (matplotlib's inline default).
