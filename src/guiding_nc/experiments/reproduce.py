@@ -65,7 +65,7 @@ from .measures import first_fit_step, steps_to_thresholds
 from .results import csv_text, group_key, load_results, results_dir, run_key
 
 __all__ = ["ExperimentSpec", "EXPERIMENT_DIR", "results_dir", "list_experiments", "load_experiment", "run_experiment",
-           "load_results", "summarize_records", "main"]
+           "load_results", "summarize_records", "stale_runs", "main"]
 
 MODULE = "guiding_nc.experiments.reproduce"
 EXPERIMENT_DIR = CONFIG_DIR / "experiments"
@@ -703,6 +703,27 @@ def _read_results(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, de
                       "margins": (old.get("margins") or {}).get(k)}
         metas[k] = meta
     return records, metas, refused
+
+
+def stale_runs(out: Path) -> List[str]:
+    """The runs held by the result files in ``out`` (a ``data/results/<name>`` folder written by
+    :func:`run_experiment`) that the experiment as defined now would not keep: made with other
+    settings than its config asks for today (a changed hyper-parameter or a revised method), or no
+    longer in its grid.  An empty list: every committed run is what a rerun would compute.
+    """
+    out = Path(out)
+    prov_path = out / "provenance.json"
+    if not prov_path.is_file():
+        raise ConfigError(f"{out} holds no provenance.json: not a folder of experiment results")
+    prov = json.loads(prov_path.read_text())
+    if not prov.get("experiment"):
+        raise ConfigError(f"{prov_path} names no experiment: not written by run_experiment")
+    spec = load_experiment(prov["experiment"])
+    mode = prov.get("mode", "full")
+    grid = spec.quick_spec() if mode == "quick" else spec
+    device = str(prov.get("device") or "cpu")
+    _, _, refused = _read_results(out, grid, mode, out / "work", device, prov.get("num_threads"))
+    return refused
 
 
 def _same_spec(then: Optional[Dict[str, Any]], now: Dict[str, Any]) -> bool:
