@@ -129,3 +129,28 @@ def test_method_curves_figure(quick):
     labels = {t.get_text() for t in ax_acc.get_legend().get_texts()}
     assert len(labels) == 3  # one band per method
     assert max(max(line.get_ydata()) for line in ax_acc.get_lines()) > 1.0  # percent, not a fraction
+
+
+def test_paper_comparison_puts_each_setting_beside_the_papers_row():
+    from guiding_nc.experiments import paper
+    from guiding_nc.plotting.experiments import paper_comparison_markdown
+
+    def cell(v):
+        return {"median": v, "min": v, "max": v, "n": 1}
+
+    summary = {
+        f"{cfg}/default/{m}": {"train_top1@50": cell(v), "train_top1@200": cell(v + 0.01)}
+        for cfg in ("cifar10_resnet18", "digits_mlp")
+        for m, v in (("standard", 0.80), ("fixed", 0.81), ("implicit", 0.85))
+    }
+    md = paper_comparison_markdown(summary, paper.TABLE1, metric="train_top1",
+                                   configs=["cifar10_resnet18", "digits_mlp"],
+                                   paper_row_of=paper.PAPER_ROW_OF_CONFIG, titles={"digits_mlp": "digits"})
+    lines = md.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith("| CIFAR10 ResNet18 | paper"))
+    # the book's row for the same setting comes right after the paper's, with its gap in points
+    assert lines[i + 1].startswith("|  | this book |")
+    assert lines[i + 1].rstrip(" |").endswith("+5.00 | +5.00")
+    assert "87.42" in lines[i] and "+1.29" in lines[i]
+    assert lines[-1].startswith("| digits | this book; no row in the paper |")
+    assert len(lines) == 2 + len(paper.TABLE1) + 2

@@ -51,3 +51,14 @@ TABLE3 = {
     "ResNet50-ImageNet": (27.5, 27.2, 27.8, None),
 }
 TABLE3 = {k: dict(zip(TABLE3_VARIANTS, v)) for k, v in TABLE3.items()}
+
+#: The config of this package that trains the setting of each row of Tables 1-2.
+PAPER_ROW_OF_CONFIG = {
+    "cifar10_resnet18": "CIFAR10 ResNet18",
+    "cifar10_vgg13": "CIFAR10 VGG13",
+    "cifar100_resnet50": "CIFAR100 ResNet50",
+    "cifar100_vgg13": "CIFAR100 VGG13",
+    "stl10_resnet50": "STL10 ResNet50",
+    "stl10_vgg13": "STL10 VGG13",
+    "imagenet_resnet50": "ImageNet ResNet50",
+}

@@ -30,6 +30,7 @@ __all__ = [
     "summary_table_markdown",
     "steps_to_fit_markdown",
     "paper_table_markdown",
+    "paper_comparison_markdown",
     "cost_table_markdown",
     "provenance_caption",
 ]
@@ -371,6 +372,55 @@ def paper_table_markdown(table: Mapping[str, Mapping[str, Sequence[float]]], *, 
     lines = [head, "|---|" + "---:|" * (len(methods) * len(epochs))]
     for exp, row in table.items():
         lines.append(f"| {exp} | " + " | ".join(f"{v:.2f}" for m in methods for v in row[m]) + " |")
+    return "\n".join(lines)
+
+
+def paper_comparison_markdown(summary: Mapping[str, Any], table: Mapping[str, Mapping[str, Sequence[float]]], *,
+                              metric: str, configs: Sequence[str], paper_row_of: Mapping[str, str],
+                              titles: Optional[Mapping[str, str]] = None, epochs: Sequence[int] = (50, 200),
+                              methods: Sequence[str] = ("standard", "fixed", "implicit"),
+                              variant: str = "default", seeds: Optional[int] = None) -> str:
+    """The paper's rows of one of its Tables 1-2 and this package's medians side by side.
+
+    One column per (method, epoch) and two for *implicit minus standard*, in percentage points.
+    Each of the paper's rows (``table[row][method] = (value at epochs[0], at epochs[1])``, quoted)
+    is followed by the row of the config that trains the same setting (``paper_row_of[config] =
+    row``) when ``summary`` holds it; configs with no row in the paper come last, marked so.
+    ``metric``: ``"train_top1"`` or ``"test_top1"`` (the summary keys are ``metric@epoch``).
+    """
+    cols = [(m, e) for m in methods for e in epochs]
+    head = ("| setting | numbers from | " + " | ".join(f"{METHOD_LABELS.get(m, m)} @{e}" for m, e in cols)
+            + " | " + " | ".join(f"implicit − standard @{e}" for e in epochs) + " |")
+    lines = [head, "|---|---|" + "---:|" * (len(cols) + len(epochs))]
+    who = "this book" + (f" ({seeds} seeds)" if seeds else "")
+
+    def ours(cfg):
+        vals = {}
+        for m, e in cols:
+            c = summary.get(f"{cfg}/{variant}/{m}", {}).get(f"{metric}@{e}")
+            vals[(m, e)] = 100.0 * c["median"] if c and is_finite_number(c.get("median")) else None
+        return vals
+
+    def row(setting, source, vals):
+        cells = [f"{vals[k]:.2f}" if vals.get(k) is not None else "–" for k in cols]
+        gaps = [f"{vals[('implicit', e)] - vals[('standard', e)]:+.2f}"
+                if vals.get(("implicit", e)) is not None and vals.get(("standard", e)) is not None else "–"
+                for e in epochs]
+        return f"| {setting} | {source} | " + " | ".join(cells + gaps) + " |"
+
+    config_of = {r: c for c, r in paper_row_of.items()}
+    for name, paper_row in table.items():
+        vals = {(m, e): float(paper_row[m][i]) for m in methods for i, e in enumerate(epochs)}
+        lines.append(row(name, "paper (quoted)", vals))
+        cfg = config_of.get(name)
+        if cfg in configs and any(v is not None for v in ours(cfg).values()):
+            lines.append(row("", who, ours(cfg)))
+    for cfg in configs:
+        if cfg in paper_row_of:
+            continue
+        vals = ours(cfg)
+        if any(v is not None for v in vals.values()):
+            lines.append(row((titles or {}).get(cfg, cfg), f"{who}; no row in the paper", vals))
     return "\n".join(lines)
 
 
