@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from ..experiments.results import is_finite_number, provenance_caption, seed_bands  # noqa: F401 (the chapters read them here)
 from ..methods import METHODS
 from .collapse import method_style
-from .style import panel_grid
+from .style import panel_grid, tidy_log_x
 
 __all__ = [
     "seed_bands",
@@ -103,7 +103,7 @@ def plot_ufm_dynamics(results: Mapping[str, Any], *, num_classes: int, loss_boun
     ax.set_ylabel("number of samples")
     ax.grid(alpha=0.3)
     fig.suptitle(f"UFM with $C = {num_classes}$: median over seeds, band = min–max", fontsize=11)
-    return fig
+    return tidy_log_x(fig)
 
 
 def _step_accuracy_bands(step_accuracy: Mapping[str, Sequence[float]]):
@@ -147,7 +147,7 @@ def plot_step_accuracy(step_accuracy: Mapping[str, Sequence[float]], *, configs:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle("Train accuracy against optimisation steps: median over seeds, band = min–max", fontsize=11)
-    return fig
+    return tidy_log_x(fig)
 
 
 def plot_accuracy_curves(results: Mapping[str, Any], *, configs: Sequence[str],
@@ -169,7 +169,7 @@ def plot_accuracy_curves(results: Mapping[str, Any], *, configs: Sequence[str],
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8, loc="lower right")
     fig.suptitle("Top-1 accuracy: median over seeds, band = min–max", fontsize=11)
-    return fig
+    return tidy_log_x(fig)
 
 
 def plot_method_curves(results: Mapping[str, Any], *, config: str,
@@ -194,7 +194,7 @@ def plot_method_curves(results: Mapping[str, Any], *, config: str,
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title or f"{config}: median over seeds, band = min–max", fontsize=10)
-    return fig
+    return tidy_log_x(fig)
 
 
 def plot_variant_curves(results: Mapping[str, Any], *, config: str, variants: Sequence[str], y: str,
@@ -222,7 +222,7 @@ def plot_variant_curves(results: Mapping[str, Any], *, config: str, variants: Se
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return fig if fig is not None else ax.figure
+    return tidy_log_x(fig if fig is not None else ax.figure)
 
 
 def plot_delta_sensitivity(summary: Mapping[str, Any], *, configs: Sequence[str], deltas: Mapping[str, float],
@@ -254,7 +254,7 @@ def plot_delta_sensitivity(summary: Mapping[str, Any], *, configs: Sequence[str]
             ax.set_title(f"{(titles or {}).get(cfg, cfg)}", fontsize=10)
             ax.grid(alpha=0.3)
     fig.suptitle(r"Implicit ETF against $\delta$: median over seeds, bars = min–max", fontsize=11)
-    return fig
+    return tidy_log_x(fig)
 
 
 def plot_cost(rows: Sequence[Mapping[str, Any]], *, configs: Sequence[str]) -> Figure:
@@ -301,7 +301,7 @@ def plot_cost(rows: Sequence[Mapping[str, Any]], *, configs: Sequence[str]) -> F
     ax_m.set_ylabel("peak memory above\nmodel + data (GiB, log scale)")
     ax_m.set_title("peak memory per step (dashed outline: what the dense KKT gradient would need)", fontsize=9)
     ax_m.legend(fontsize=8, loc="upper left")
-    return fig
+    return tidy_log_x(fig)
 
 
 def _cell(summary: Mapping[str, Any], group: str, key: str, scale: float = 100.0, digits: int = 2,

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from .. import methods
 from ..experiments.measures import format_steps, step_counts
 from ..metrics import cross_entropy_lower_bound
+from .style import tidy_log_x
 
 __all__ = ["plot_loss_gap_grid", "steps_table_markdown", "head_start_table_markdown"]
 
@@ -74,7 +75,7 @@ def plot_loss_gap_grid(step_loss: Mapping[str, Sequence[float]], *, configs: Seq
     axes[0][0].legend(fontsize=8, loc="lower left")
     fig.suptitle(r"$(L_t - L^\ast)/(\log C - L^\ast)$ from the mean-free start; dotted: the threshold",
                  fontsize=10)
-    return fig
+    return tidy_log_x(fig)
 
 
 def _cell(runs: Sequence[Mapping[str, Any]], c: str, v: str, m: str, key: str) -> str:

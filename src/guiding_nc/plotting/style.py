@@ -14,7 +14,8 @@ from typing import List, Tuple
 
 from matplotlib.figure import Figure
 
-__all__ = ["COLUMN_PX", "MIN_TEXT_PX", "MIN_FONT_PT", "MAX_WIDTH_IN", "SCREEN_DPI", "panel_grid", "displayed_text_px",
+__all__ = ["COLUMN_PX", "MIN_TEXT_PX", "MIN_FONT_PT", "MAX_WIDTH_IN", "SCREEN_DPI", "panel_grid", "tidy_log_x",
+           "displayed_text_px",
            "legibility_problems"]
 
 #: Width of the book's text column in CSS pixels (jupyter-book's default theme in a 1280-px wide
@@ -71,3 +72,26 @@ def legibility_problems(fig: Figure, *, min_px: float = MIN_TEXT_PX, column_px: 
         if px < min_px - 1e-9:
             out.append(f"{str(text.get_text())[:40]!r}: {text.get_fontsize():.1f} pt -> {px:.1f} px")
     return out
+
+
+def tidy_log_x(fig: Figure) -> Figure:
+    """Readable tick labels on every logarithmic x axis of ``fig`` (call once its data is drawn).
+
+    Matplotlib labels the minor ticks of a log axis that spans less than about a decade, and the
+    labels (``2×10¹ 3×10¹ 4×10¹ ...``) then overlap; here the labels are plain numbers at 1, 2 and 5
+    times each power of ten when the axis spans under 2.5 decades, at the powers of ten otherwise,
+    and the minor ticks carry no label.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for ax in fig.axes:
+        if ax.get_xscale() != "log":
+            continue
+        lo, hi = ax.get_xlim()
+        if not (lo > 0 and hi > lo):
+            continue
+        subs = (1.0, 2.0, 5.0) if math.log10(hi / lo) < 2.5 else (1.0,)
+        ax.xaxis.set_major_locator(LogLocator(base=10.0, subs=subs))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    return fig
