@@ -5,7 +5,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env book browser test bench reproduce clean
+.PHONY: env book browser test bench reproduce explore gpu-check clean
 
 env:
 	@bash scripts/setup_env.sh
@@ -45,6 +45,28 @@ reproduce: env
 bench: env
 	$(PY) -m guiding_nc.bench etf --threads 1 --repeats 5 --tr-repeats 3 --tr-cap-s 120 --out data/bench/etf_cpu.json
 	$(PY) -m guiding_nc.bench etf --threads 2 --repeats 5 --tr-repeats 3 --tr-cap-s 120 --out data/bench/etf_cpu_2threads.json
+
+# The checks that need a CUDA device, about 8 minutes on one H200 (stages: python -m guiding_nc.gpu_check
+# --dry-run): the cuda-marked tests, bench etf and overhead, the cost table and the UFM scaling
+# experiment, into data/bench/*_cuda.json and data/results/*_cuda/. No virtual environment needed
+# (PYTHON=python3 on a GPU machine); refuses without CUDA. Options: GPU_CHECK_ARGS="--seeds 0 1 --archive x.tgz".
+gpu-check:
+	@bash scripts/gpu_check.sh $(GPU_CHECK_ARGS)
+
+# The live UFM explorer (book/06_ufm_explorer.md) in JupyterLab: the page as a notebook in runs/explore/
+# (scratch, ignored by git; remade when the page changes), then a JupyterLab server on it (Ctrl-C stops it).
+# JUPYTER_ARGS passes options, e.g. make explore JUPYTER_ARGS="--no-browser --port 8899" (as root,
+# e.g. in a container, --allow-root is added).
+EXPLORE_NB := runs/explore/06_ufm_explorer.ipynb
+
+$(EXPLORE_NB): book/06_ufm_explorer.md
+	@mkdir -p $(dir $@)
+	$(VENV)/bin/jupytext --to ipynb $< -o $@
+
+explore: env $(EXPLORE_NB)
+	@$(VENV)/bin/jupyter-lab --version >/dev/null 2>&1 || \
+	  $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[book]"
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(JUPYTER_ARGS) $(EXPLORE_NB)
 
 clean:
 	rm -rf _build artifacts .pytest_cache .hypothesis

@@ -4,6 +4,7 @@
 def pytest_configure(config):
     # pyproject.toml runs with --strict-markers; the browser test carries this marker.
     config.addinivalue_line("markers", "browser: opens the built book in headless Chromium")
+    config.addinivalue_line("markers", "cuda: needs a CUDA device, skipped without one (`pytest -m cuda` runs only these)")
 
 
 def in_git_checkout() -> bool:
@@ -28,6 +29,22 @@ def pytest_sessionstart(session):
 
 
 import pytest  # noqa: E402
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+#: Marks a test that runs only on CUDA: selected by ``-m cuda``, skipped with the reason elsewhere.
+requires_cuda = [pytest.mark.cuda, pytest.mark.skipif(not cuda_available(), reason="needs a CUDA device")]
+
+
+def device_params():
+    """``pytest.mark.parametrize("device", device_params())``: the CPU always, CUDA marked ``cuda``
+    (skipped with the reason where there is none)."""
+    return [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=requires_cuda)]
 
 
 @pytest.fixture(autouse=True)

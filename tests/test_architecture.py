@@ -6,13 +6,14 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "src" / "guiding_nc"
 
 LAYERS = {
-    0: ["etf", "nearest", "ddn", "trust_region", "heads", "methods", "metrics", "errors", "memory", "distributed",
-        "__init__"],
+    0: ["etf", "polar", "nearest", "ddn", "trust_region", "heads", "methods", "metrics", "errors", "memory",
+        "distributed", "__init__"],
     1: ["config", "data", "models", "optim", "trainer", "checkpoints", "timing", "sweeps", "provenance", "cli", "train"],
-    2: ["experiments", "bench"],
+    2: ["experiments", "bench", "gpu_check"],
     3: ["curvature", "reduction", "forward_gradients", "experiments.reduction_mappings",
         "experiments.forward_gradients"],
-    4: ["gradient_checks", "manifold_checks", "paper_appendix", "explorer", "plotting", "notebooks"],
+    4: ["gradient_checks", "manifold_checks", "paper_appendix", "explorer", "plotting", "notebooks",
+        "explorer_html", "experiments.explorer_grid"],
 }
 # One concept per module; these pass 800 lines and say why in their docstring.
 LONG_OK = {"reduction", "trainer", "experiments.reproduce", "data", "explorer"}

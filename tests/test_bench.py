@@ -61,3 +61,14 @@ def test_bench_records_the_polar_route_and_every_trust_region_run():
         assert len(row["tr_runs_ms"]) == 2 and row["cf_svd_forward_ms"] > 0 and row["checks_ms"] > 0
         assert abs(row["objective_gap"]) < 1e-9
     assert result["provenance"]["tr_repeats"] == 2
+
+
+def test_bench_without_the_trust_region_reports_float32_accuracy(tmp_path):
+    out = tmp_path / "etf.json"
+    assert bench.main(["etf", "--sizes", "40x8", "--repeats", "1", "--no-trust-region", "--no-memory",
+                       "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert row["tr_forward_ms"] is None and row["objective_gap"] is None and result["provenance"]["pymanopt"] is None
+    assert row["f32_route"] == "svd" and row["f32_orth_err"] < 1e-5 and row["f32_grad_rel_err"] < 1e-4
+    assert "f32 orth" in bench.format_table(result)

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from conftest import device_params
 
 from guiding_nc.etf import canonical_point, etf_classifier
 from guiding_nc.heads import (
@@ -121,17 +122,19 @@ def test_ema_gradient_reaches_features():
 
 
 # ------------------------------------------------------------------------------ heads
-def test_implicit_head_weight_bias_and_logits():
+@pytest.mark.parametrize("device", device_params())
+def test_implicit_head_weight_bias_and_logits(device):
     d, C, tau = 12, 5, 5.0
-    head = ImplicitETFHead(d, C, tau=tau)
+    head = ImplicitETFHead(d, C, tau=tau).to(device)
     head.train()
     f, y = _batch(20, d, C, seed=3)
+    f, y = f.to(device), y.to(device)
     logits = head(f, y)
     W, b = head.weight, head.bias
     assert W.shape == (C, d) and b.shape == (C,)
-    assert torch.allclose(W.norm(dim=1), torch.ones(C), atol=1e-5)
+    assert torch.allclose(W.norm(dim=1), torch.ones(C, device=device), atol=1e-5)
     G = W @ W.T
-    off = G[~torch.eye(C, dtype=torch.bool)]
+    off = G[~torch.eye(C, dtype=torch.bool, device=device)]
     assert torch.allclose(off, torch.full_like(off, -1 / (C - 1)), atol=1e-5)
     h = normalize_features(f)
     assert torch.allclose(logits, tau * (h @ W.T + b), atol=1e-5)
@@ -145,12 +148,14 @@ def test_implicit_head_weight_bias_and_logits():
         assert torch.equal(v, state[k])
 
 
-def test_implicit_head_ddn_gradient_switch():
+@pytest.mark.parametrize("device", device_params())
+def test_implicit_head_ddn_gradient_switch(device):
     d, C = 10, 4
     f, y = _batch(16, d, C, seed=4)
+    f, y = f.to(device), y.to(device)
     grads = {}
     for mode in ("closed_form", "kkt", "none"):
-        head = ImplicitETFHead(d, C, backward=mode, solve_dtype=torch.float64)
+        head = ImplicitETFHead(d, C, backward=mode, solve_dtype=torch.float64).to(device)
         ff = f.clone().double().requires_grad_(True)
         torch.nn.functional.cross_entropy(head(ff, y), y).backward()
         grads[mode] = ff.grad

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import guiding_nc as gnc
+from conftest import device_params
 from guiding_nc.ddn import kkt_jacobian
 from guiding_nc.nearest import _canonical_limit
 
@@ -272,13 +273,14 @@ def test_autograd_through_svd_fails_at_collapse_but_ours_does_not():
     assert bool(wrong)
 
 
-def test_backward_none_and_dtype_device_preserved():
+@pytest.mark.parametrize("device", device_params())
+def test_backward_none_and_dtype_device_preserved(device):
     d, C = 6, 3
-    H = class_means(d, C, 14, dtype=torch.float32).requires_grad_()
+    H = class_means(d, C, 14, dtype=torch.float32).to(device).requires_grad_()
     U = gnc.nearest_etf(H, backward="none")
     assert not U.requires_grad and U.dtype == torch.float32 and U.device == H.device
     U = gnc.nearest_etf(H)
-    assert U.requires_grad and U.dtype == torch.float32
+    assert U.requires_grad and U.dtype == torch.float32 and U.device == H.device
 
 
 def test_delta_zero_refuses_to_differentiate():
@@ -290,17 +292,18 @@ def test_delta_zero_refuses_to_differentiate():
 
 
 # -------------------------------------------------------------------- the module
-def test_module_carries_the_proximal_state():
+@pytest.mark.parametrize("device", device_params())
+def test_module_carries_the_proximal_state(device):
     d, C = 9, 4
-    layer = gnc.NearestETF(d, C, delta=1e-3).double()
-    H1, H2 = class_means(d, C, 16), class_means(d, C, 17)
+    layer = gnc.NearestETF(d, C, delta=1e-3).double().to(device)
+    H1, H2 = class_means(d, C, 16).to(device), class_means(d, C, 17).to(device)
     U1 = layer(H1)
     assert torch.allclose(U1, gnc.nearest_etf(H1, None, 1e-3))
     assert bool(layer.initialized)
     U2 = layer(H2)
     assert torch.allclose(U2, gnc.nearest_etf(H2, U1, 1e-3))
     state = layer.state_dict()
-    clone = gnc.NearestETF(d, C, delta=1e-3).double()
+    clone = gnc.NearestETF(d, C, delta=1e-3).double().to(device)
     clone.load_state_dict(state)
     assert torch.allclose(clone(H1), layer(H1))
     layer.reset()
@@ -308,13 +311,14 @@ def test_module_carries_the_proximal_state():
     assert torch.allclose(layer(H1), U1)
 
 
-def test_module_gradient_flows_and_rejects_bad_shapes():
-    layer = gnc.NearestETF(8, 3)
-    H = class_means(8, 3, 18, dtype=torch.float32).requires_grad_()
+@pytest.mark.parametrize("device", device_params())
+def test_module_gradient_flows_and_rejects_bad_shapes(device):
+    layer = gnc.NearestETF(8, 3).to(device)
+    H = class_means(8, 3, 18, dtype=torch.float32).to(device).requires_grad_()
     layer(H).sum().backward()
     assert H.grad is not None and torch.isfinite(H.grad).all()
     with pytest.raises(ValueError, match=r"shape \(8, 3\)"):
-        layer(torch.zeros(8, 4))
+        layer(torch.zeros(8, 4, device=device))
     with pytest.raises(ValueError, match="delta > 0"):
         gnc.NearestETF(8, 3, delta=0.0)
     with pytest.raises(ValueError, match="dim >= num_classes"):

@@ -5,9 +5,14 @@
 
 * forward time of the exact closed form vs pymanopt's Riemannian trust-region
   (the paper's solver; float64, warm-started at the previous solution as in
-  training; skipped past a time cap), and the objective gap between them.  Both
-  solvers are timed without input checks, which are timed on their own; the closed
-  form is timed on the route ``polar="auto"`` picks and on the SVD route;
+  training; skipped past a time cap, or altogether with ``--no-trust-region``), and
+  the objective gap between them.  Both solvers are timed without input checks,
+  which are timed on their own; the closed form is timed on the route
+  ``polar="auto"`` picks (as a layer in training calls it: on the Newton–Schulz
+  route with its memory of the last iteration count), on the SVD route and, on
+  CUDA, on the gesvda route;
+* the accuracy of the float32 factor the default route gives (``max |U^T U - I|``,
+  distance to the float64 factor) and of its gradient (relative to float64);
 * forward + backward time and extra peak memory of the closed-form adjoint vs
   the paper's dense implicit-function (KKT) gradient (skipped past a memory cap,
   with the memory it would need printed instead).
@@ -35,7 +40,9 @@ import torch
 
 from . import ddn
 from .memory import process_memory_bytes, reset_peak_rss
+from .etf import orthonormality_error
 from .nearest import check_inputs, nearest_etf, nearest_etf_objective, polar_factor, procrustes_matrix
+from .polar import NewtonSchulzState
 from .provenance import git_info, device_name
 
 DEFAULT_SIZES = ((512, 10), (1024, 100), (1024, 200), (1024, 1000), (2048, 1000))
@@ -138,9 +145,13 @@ def limit_threads(n: int) -> None:
     """
     # Load NumPy's and SciPy's BLAS first (pymanopt pulls both in): the limit reaches only loaded pools.
     import numpy  # noqa: F401
-    import pymanopt  # noqa: F401
     import scipy.linalg  # noqa: F401
     from threadpoolctl import threadpool_limits
+
+    try:
+        import pymanopt  # noqa: F401
+    except ImportError:  # the trust-region reference is optional (--no-trust-region)
+        pass
 
     torch.set_num_threads(n)
     os.environ["OMP_NUM_THREADS"] = str(n)  # the peak-memory subprocesses inherit it
@@ -171,10 +182,15 @@ def bench_etf(
     tr_cap_s: float = 60.0,
     kkt_cap_gb: float = 4.0,
     memory: bool = True,
+    trust_region: bool = True,
     progress=print,
 ) -> dict:
-    """Run the nearest-ETF benchmark and return ``{"rows": [...], "provenance": {...}}``."""
-    import pymanopt  # noqa: F401  (fail early if the reference solver is missing)
+    """Run the nearest-ETF benchmark and return ``{"rows": [...], "provenance": {...}}``.
+
+    ``trust_region=False`` skips the paper's solver (and needs no pymanopt): its columns are ``None``.
+    """
+    if trust_region:
+        import pymanopt  # noqa: F401  (fail early if the reference solver is missing)
 
     rows = []
     start = time.time()
@@ -184,37 +200,49 @@ def bench_etf(
         # input checks (the trust-region call has none); the checks are their own column.
         H, P = _problem(d, C, torch.float64, device)
         row["cf_polar_route"] = polar_factor(procrustes_matrix(H, P, 1e-3), return_route=True)[3]
-        row["cf_forward_ms"] = 1e3 * _time(lambda: nearest_etf(H, P, 1e-3, check=False), device, repeats)
+        state = NewtonSchulzState()  # a layer's memory of its iteration count (used on the Newton–Schulz route)
+        row["cf_forward_ms"] = 1e3 * _time(lambda: nearest_etf(H, P, 1e-3, check=False, polar_state=state),
+                                           device, repeats)
         row["cf_svd_forward_ms"] = 1e3 * _time(lambda: nearest_etf(H, P, 1e-3, polar="svd", check=False), device, repeats)
+        if torch.device(device).type == "cuda":
+            row["cf_gesvda_forward_ms"] = 1e3 * _time(
+                lambda: nearest_etf(H, P, 1e-3, polar="gesvda", check=False), device, repeats)
         row["checks_ms"] = 1e3 * _time(
             lambda: check_inputs(H, P, 1e-3, "closed_form", "closed_form", check=True), device, repeats
         )
         U_cf = nearest_etf(H, P, 1e-3)
         f_cf = float(nearest_etf_objective(U_cf, H, P, 1e-3))
-        from .trust_region import trust_region_solve
+        if trust_region:
+            from .trust_region import trust_region_solve
 
-        # Median of a few runs: one trust-region solve varies by tens of percent between runs.
-        tr_times = []
-        for _ in range(tr_repeats):
-            t = time.perf_counter()
-            U_tr, res = trust_region_solve(H, P, 1e-3, max_iterations=30, max_time=tr_cap_s, return_result=True)
-            tr_times.append(time.perf_counter() - t)
-            if tr_times[-1] >= tr_cap_s:
-                break  # capped: another run would only repeat the cap
-        tr_s = statistics.median(tr_times)
-        f_tr = float(nearest_etf_objective(U_tr, H, P, 1e-3))
-        row.update(
-            tr_forward_ms=1e3 * tr_s,
-            tr_runs_ms=[1e3 * x for x in tr_times],
-            tr_iterations=int(res.iterations),
-            tr_stopped_by_time=bool(tr_s >= tr_cap_s),
-            tr_stopping_criterion=str(res.stopping_criterion),
-            speedup=tr_s / (row["cf_forward_ms"] / 1e3),
-            objective_cf=f_cf,
-            objective_tr=f_tr,
-            objective_gap=f_tr - f_cf,
-        )
-        progress(f"  (d={d}, C={C}) forward: closed form {row['cf_forward_ms']:.2f} ms, trust-region {1e3 * tr_s:.0f} ms")
+            # Median of a few runs: one trust-region solve varies by tens of percent between runs.
+            tr_times = []
+            for _ in range(tr_repeats):
+                t = time.perf_counter()
+                U_tr, res = trust_region_solve(H, P, 1e-3, max_iterations=30, max_time=tr_cap_s, return_result=True)
+                tr_times.append(time.perf_counter() - t)
+                if tr_times[-1] >= tr_cap_s:
+                    break  # capped: another run would only repeat the cap
+            tr_s = statistics.median(tr_times)
+            f_tr = float(nearest_etf_objective(U_tr, H, P, 1e-3))
+            row.update(
+                tr_forward_ms=1e3 * tr_s,
+                tr_runs_ms=[1e3 * x for x in tr_times],
+                tr_iterations=int(res.iterations),
+                tr_stopped_by_time=bool(tr_s >= tr_cap_s),
+                tr_stopping_criterion=str(res.stopping_criterion),
+                speedup=tr_s / (row["cf_forward_ms"] / 1e3),
+                objective_cf=f_cf,
+                objective_tr=f_tr,
+                objective_gap=f_tr - f_cf,
+            )
+            progress(f"  (d={d}, C={C}) forward: closed form {row['cf_forward_ms']:.2f} ms, trust-region {1e3 * tr_s:.0f} ms")
+        else:
+            row.update(tr_forward_ms=None, tr_runs_ms=[], tr_iterations=None, tr_stopped_by_time=None,
+                       tr_stopping_criterion=None, speedup=None, objective_cf=f_cf, objective_tr=None,
+                       objective_gap=None)
+            progress(f"  (d={d}, C={C}) forward: closed form {row['cf_forward_ms']:.2f} ms ({row['cf_polar_route']})")
+        row.update(float32_accuracy(d, C, device))
         # Forward + backward, float32 (the training dtype) and float64.
         for dtype in (torch.float32, torch.float64):
             name = str(dtype).replace("torch.", "")
@@ -239,7 +267,7 @@ def bench_etf(
         rows.append(row)
     provenance = {
         **_provenance(device),
-        "pymanopt": __import__("pymanopt").__version__,
+        "pymanopt": __import__("pymanopt").__version__ if trust_region else None,
         "repeats": repeats,
         "tr_repeats": tr_repeats,
         "tr_cap_s": tr_cap_s,
@@ -250,6 +278,8 @@ def bench_etf(
             "(checks_ms: the finiteness and orthonormality checks nearest_etf runs by default); closed form via the "
             "route polar='auto' picks (cf_polar_route) and via the SVD (cf_svd_forward_ms); "
             "fwd+bwd (default call, checks included) in float32 and float64; "
+            "f32_*: the float32 factor of the default route (f32_route) against the float64 one on the CPU "
+            "(orthonormality, max entry error, gradient relative error for a fixed random upstream gradient); "
             "median over repeats after a warm-up; trust-region: median of tr_repeats runs (tr_runs_ms), warm-started at "
             "the previous solution, "
             "30 iterations max; peak memory: extra resident memory of one fwd+bwd in a fresh subprocess (CPU) "
@@ -257,6 +287,32 @@ def bench_etf(
         ),
     }
     return {"rows": rows, "provenance": provenance}
+
+
+def float32_accuracy(d: int, C: int, device="cpu") -> dict:
+    """The float32 factor the default route gives on ``device`` against float64 on the CPU: its
+    orthonormality ``max |U^T U - I|``, ``max |U32 - U64|`` and the relative error of its gradient
+    (one fixed random upstream gradient, the closed-form adjoint of each route)."""
+    H, P = _problem(d, C, torch.float64, "cpu")
+    G = torch.randn(d, C, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def grad(H, P, G):
+        Hr = H.clone().requires_grad_()
+        U = nearest_etf(Hr, P, 1e-3, check=False)
+        (U * G).sum().backward()
+        return U.detach(), Hr.grad
+
+    U64, g64 = grad(H, P, G)
+    dev = torch.device(device)
+    U32, g32 = grad(H.to(dev, torch.float32), P.to(dev, torch.float32), G.to(dev, torch.float32))
+    route = polar_factor(procrustes_matrix(H, P, 1e-3).to(dev, torch.float32), return_route=True)[3]
+    U32, g32 = U32.double().cpu(), g32.double().cpu()
+    return {
+        "f32_route": route,
+        "f32_orth_err": orthonormality_error(U32),
+        "f32_u_err": float((U32 - U64).abs().max()),
+        "f32_grad_rel_err": float((g32 - g64).norm() / g64.norm()),
+    }
 
 
 OVERHEAD_CASES = {
@@ -336,25 +392,36 @@ def bench_overhead(cases=DEFAULT_OVERHEAD_CASES, *, device: str = "cpu", steps: 
 
 
 def format_overhead(result: dict) -> str:
-    lines = [f"{'case':<10} {'variant':<18} {'step ms':>9} {'x standard':>11}", "-" * 51]
+    width = max([10] + [len(r["case"]) for r in result["rows"]])
+    lines = [f"{'case':<{width}} {'variant':<18} {'step ms':>9} {'x standard':>11}", "-" * (width + 41)]
     for r in result["rows"]:
-        lines.append(f"{r['case']:<10} {r['variant']:<18} {r['step_ms']:>9.2f} {r['ratio_to_standard']:>10.2f}x")
+        lines.append(f"{r['case']:<{width}} {r['variant']:<18} {r['step_ms']:>9.2f} {r['ratio_to_standard']:>10.2f}x")
     p = result["provenance"]
     lines.append("")
     lines.append(f"device: {p['device']}; torch {p['torch']}; commit {p['git_commit']}; {p['date']}")
     return "\n".join(lines)
 
 
+_ROUTE_LABELS = {"newton_schulz": "NS", "gesvda": "gesvda", "gram": "gram", "svd": "svd"}
+
+
 def format_table(result: dict) -> str:
     """The benchmark as a plain-text table."""
     head = (
-        f"{'d':>5} {'C':>5} | {'CF fwd ms':>9} {'route':>5} {'SVD ms':>8} {'checks':>7} {'TR fwd ms':>10} {'speedup':>8} {'obj gap':>9} | "
+        f"{'d':>5} {'C':>5} | {'CF fwd ms':>9} {'route':>6} {'SVD ms':>8} {'checks':>7} {'TR fwd ms':>10} {'speedup':>8} {'obj gap':>9} | "
         f"{'CF f+b ms f32':>13} {'CF MB f32':>9} | {'CF f+b ms f64':>13} {'CF MB f64':>9} | "
-        f"{'KKT f+b ms':>10} {'KKT MB':>9} {'KKT rel err':>11}"
+        f"{'KKT f+b ms':>10} {'KKT MB':>9} {'KKT rel err':>11} | {'f32 orth':>8} {'f32 grad':>8}"
     )
     lines = [head, "-" * len(head)]
+
+    def num(value, fmt, missing="-"):
+        return missing if value is None else format(value, fmt)
+
     for r in result["rows"]:
-        tr = f"{r['tr_forward_ms']:.0f}" + ("*" if r["tr_stopped_by_time"] else "")
+        if r.get("tr_forward_ms") is None:
+            tr = "-"
+        else:
+            tr = f"{r['tr_forward_ms']:.0f}" + ("*" if r["tr_stopped_by_time"] else "")
         kkt_ms = f"{r['kkt_fwd_bwd_ms_float64']:.1f}" if r["kkt_fwd_bwd_ms_float64"] is not None else "skipped"
         if r.get("kkt_peak_mb_float64") is not None:
             kkt_mb = f"{r['kkt_peak_mb_float64']:.1f}"
@@ -363,18 +430,26 @@ def format_table(result: dict) -> str:
         err = f"{r['kkt_vs_cf_rel_err']:.1e}" if r["kkt_vs_cf_rel_err"] is not None else "-"
         mb32 = f"{r['cf_peak_mb_float32']:.1f}" if "cf_peak_mb_float32" in r else "-"
         mb64 = f"{r['cf_peak_mb_float64']:.1f}" if "cf_peak_mb_float64" in r else "-"
+        route = _ROUTE_LABELS.get(r.get("cf_polar_route", "svd"), r.get("cf_polar_route"))
+        speedup = "-" if r.get("speedup") is None else f"{r['speedup']:.0f}x"
         lines.append(
-            f"{r['d']:>5} {r['C']:>5} | {r['cf_forward_ms']:>9.2f} {r.get('cf_polar_route', 'svd'):>5} "
+            f"{r['d']:>5} {r['C']:>5} | {r['cf_forward_ms']:>9.2f} {route:>6} "
             f"{r.get('cf_svd_forward_ms', float('nan')):>8.2f} {r.get('checks_ms', float('nan')):>7.2f} "
-            f"{tr:>10} {r['speedup']:>7.0f}x {r['objective_gap']:>9.1e} | "
+            f"{tr:>10} {speedup:>8} {num(r.get('objective_gap'), '>9.1e'):>9} | "
             f"{r['cf_fwd_bwd_ms_float32']:>13.1f} {mb32:>9} | {r['cf_fwd_bwd_ms_float64']:>13.1f} {mb64:>9} | "
-            f"{kkt_ms:>10} {kkt_mb:>9} {err:>11}"
+            f"{kkt_ms:>10} {kkt_mb:>9} {err:>11} | {num(r.get('f32_orth_err'), '.1e'):>8} "
+            f"{num(r.get('f32_grad_rel_err'), '.1e'):>8}"
         )
     p = result["provenance"]
     lines.append("")
     lines.append("* trust-region stopped by the time cap before converging.  obj gap = f(TR) - f(closed form).")
-    lines.append("CF fwd: closed form by the route polar='auto' picks (gram: eigh of A^T A; svd: thin SVD), SVD ms: "
-                 "forced SVD route; checks: nearest_etf's input checks (not in either solver's time).")
+    lines.append("CF fwd: closed form by the route polar='auto' picks (gram: eigh of A^T A; svd: thin SVD; NS: Newton-Schulz), "
+                 "SVD ms: forced SVD route; checks: nearest_etf's input checks (not in either solver's time).")
+    lines.append("f32 orth: max |U^T U - I| of the float32 factor by the default route; f32 grad: its gradient's error "
+                 "relative to float64.")
+    if any("cf_gesvda_forward_ms" in r for r in result["rows"]):
+        lines.append("gesvda ms (CUDA): " + ", ".join(f"{r['d']}x{r['C']} {r['cf_gesvda_forward_ms']:.2f}"
+                                                     for r in result["rows"] if "cf_gesvda_forward_ms" in r))
     lines.append(f"device: {p['device']}; torch {p['torch']}; commit {p['git_commit']}; {p['date']}")
     return "\n".join(lines)
 
@@ -395,6 +470,8 @@ def main(argv=None) -> int:
     p.add_argument("--tr-repeats", type=int, default=3, help="trust-region runs per size; the median is reported")
     p.add_argument("--kkt-cap-gb", type=float, default=4.0, help="skip the dense KKT gradient above this memory (GB)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--no-trust-region", action="store_true",
+                   help="skip the paper's trust-region solver (it runs on the CPU through pymanopt, which this needs)")
     p.add_argument("--threads", type=int, default=None, help="threads for torch and for NumPy's BLAS alike (default: each library's choice)")
     p.add_argument("--out", default=None, help="write the table as JSON here (e.g. data/bench/etf_cpu.json)")
     q = sub.add_parser("overhead", help="per-step time of implicit over standard (small CNN, UFM-100; ResNets on request)")
@@ -431,10 +508,15 @@ def main(argv=None) -> int:
         assert all(len(s) == 2 and s[0] >= s[1] >= 2 for s in sizes)
     except (ValueError, AssertionError):
         parser.error(f"--sizes must look like 512x10,1024x100 with d >= C >= 2, got {args.sizes!r}")
+    if not args.no_trust_region:
+        import importlib.util
+
+        if importlib.util.find_spec("pymanopt") is None:
+            parser.error("pymanopt is not installed: the trust-region reference needs it; pass --no-trust-region to skip it")
     print(f"nearest-ETF benchmark on {_device_name(args.device)}", flush=True)
     result = bench_etf(
         sizes, device=args.device, repeats=args.repeats, tr_repeats=args.tr_repeats, tr_cap_s=args.tr_cap_s,
-        kkt_cap_gb=args.kkt_cap_gb, memory=not args.no_memory,
+        kkt_cap_gb=args.kkt_cap_gb, memory=not args.no_memory, trust_region=not args.no_trust_region,
         progress=lambda s: print(s, flush=True),
     )
     print()

@@ -498,13 +498,31 @@ class ImplicitETFHead(_Head):
 
     ``backward`` selects the DDN gradient through ``U*``: ``"closed_form"`` (polar adjoint),
     ``"kkt"`` (the paper's dense formula) or ``"none"`` (gradient off, as for ImageNet).
+    ``polar`` is the route of the polar factor (:func:`guiding_nc.polar.polar_factor`; ``"auto"``:
+    Newton–Schulz on CUDA, the SVD or the Gram matrix on the CPU).
     In eval mode (or without labels) the last ``W``/``h_G`` are used and nothing changes.
     The ``last_timing`` attribute, if a timer is attached via ``timer``, is filled by the trainer.
+
+    Mixed precision: whatever the feature dtype or autocast dtype (bfloat16, float16), the class
+    means, the nearest ETF and ``W`` are computed in ``solve_dtype`` with autocast off; the logits
+    then follow the surrounding autocast like every head's.
+
+    Host syncs in a training step (CUDA, ``polar="auto"``), audited: the class-mean update reads
+    nothing back (a membership-mask product instead of ``bincount``, the EMA factors as tensors);
+    the layer's input checks, which read values, run on the CPU only (:class:`NearestETF`
+    ``check=None``); no ``.item()``, ``float()``, ``bool()`` or branch on a device value.  That leaves
+    one read: the Newton–Schulz convergence check (one transfer of its residual bounds; two on a
+    step that needs more iterations than the last ones did), which also catches non-finite class
+    means (``NonFiniteInputError``).  Its backward (:func:`~guiding_nc.polar.polar_vjp_newton_schulz`)
+    reads nothing.  The first step (the two-stage initialisation) and a fallback to the exact SVD
+    route (warned) read more.  Non-finite features or losses are flagged on the device by the
+    trainer and checked every ``nonfinite_check_every`` steps; :meth:`epoch_metrics` (read once per
+    epoch) reports the route's iterations, fallbacks and reads per call.
     """
 
     def __init__(self, feature_dim: int, num_classes: int, *, tau: float = 5.0, delta: float = 1e-3,
                  backward: str = "closed_form", solver: str = "closed_form", ema_floor: float = 1e-4,
-                 solve_dtype: torch.dtype = torch.float32, max_iterations: int = 30):
+                 solve_dtype: torch.dtype = torch.float32, max_iterations: int = 30, polar: str = "auto"):
         super().__init__(feature_dim, num_classes, tau, True)
         if backward not in BACKWARDS:
             raise ValueError(f"unknown DDN backward {backward!r}; choose one of {BACKWARDS}")
@@ -515,13 +533,14 @@ class ImplicitETFHead(_Head):
         self.backward_mode = backward
         self.ema = ClassMeanEMA(feature_dim, num_classes, floor=ema_floor, dtype=solve_dtype)
         self.nearest = NearestETF(feature_dim, num_classes, delta=delta, method=solver, backward=backward,
-                                  max_iterations=max_iterations)
+                                  max_iterations=max_iterations, polar=polar)
         W0 = etf_classifier(canonical_point(feature_dim, num_classes, dtype=torch.float64))
         self.register_buffer("W", W0.to(solve_dtype))
 
     def epoch_metrics(self) -> Dict[str, float]:
-        """The EMA's current smoothing factor ``alpha_t`` (Eq. 9)."""
-        return {"ema_alpha": float(ema_alpha(int(self.ema.step), self.ema.floor))}
+        """The EMA's current smoothing factor ``alpha_t`` (Eq. 9), and what the Newton–Schulz
+        route did once it has run (:meth:`guiding_nc.polar.NewtonSchulzState.metrics`)."""
+        return {"ema_alpha": float(ema_alpha(int(self.ema.step), self.ema.floor)), **self.nearest.polar_state.metrics()}
 
     @property
     def weight(self) -> Tensor:

@@ -35,6 +35,9 @@ neural-collapse regime, exactly where differentiating ``torch.linalg.svd``
 returns NaN.  It costs O(d C^2) time and O(d C) memory.  The paper's dense
 implicit-function (KKT) formula is kept as a reference in
 :mod:`guiding_nc.ddn`.
+
+The polar factor's routes (SVD, Gram matrix, cuSOLVER's gesvda, Newton–Schulz) and its adjoint live
+in :mod:`guiding_nc.polar`; their public names are importable from here too.
 """
 from __future__ import annotations
 
@@ -54,6 +57,18 @@ from .etf import (
     mul_simplex_etf,
     orthonormality_error,
     sym,
+)
+from .polar import (  # noqa: F401  (the polar-factor routes; their public names stay importable from here)
+    POLAR_METHODS,
+    NewtonSchulzRun,
+    NewtonSchulzState,
+    check_polar_method,
+    polar_factor,
+    polar_route,
+    polar_solve,
+    polar_spectrum,
+    polar_vjp,
+    polar_vjp_newton_schulz,
 )
 
 __all__ = [
@@ -135,70 +150,9 @@ def nearest_etf_objective(U: Tensor, H: Tensor, prox: Optional[Tensor] = None, d
     return value
 
 
-# ------------------------------------------------------------------- polar factor
-POLAR_METHODS = ("auto", "svd", "gram")
-
-# The Gram route loses accuracy like eps * kappa(A)^2; it is used only while that
-# bound stays below this (about 1e-11 of the polar factor's entries).
-_GRAM_ERROR_BOUND = 1e-11
-
-
-def _polar_svd(A: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """Polar factor by the thin SVD, verified: the factor returned is orthonormal or an error is raised.
-
-    At collapse ``A = 2 H M + delta P`` has ``C - 1`` (nearly) equal singular values, and LAPACK's
-    float32 divide-and-conquer SVD is unreliable on such a matrix: a UFM-1000 run met it both
-    failing to converge (``LinAlgError``) and, a few dozen steps later, returning singular vectors
-    so inaccurate that ``max |U^T U - I| = 0.26`` (and later NaN ones). So the factor is checked
-    (one ``C x d x C`` product, about a tenth of the SVD's cost; on an accelerator a host sync)
-    against the tolerance the layer's own proximal-point check uses, and on failure recomputed in
-    float64, then from the float64 eigendecomposition of ``A^T A`` (which clustered eigenvalues do
-    not trouble, and which the small ``kappa(A)`` at collapse makes accurate).
-    Results are rounded back to ``A``'s dtype.
-    """
-    tol = orthonormality_tolerance(A.dtype)
-    tries = [A] if A.dtype == torch.float64 else [A, A.to(torch.float64)]
-    problems = []
-    for X in tries:
-        try:
-            Y, s, Vh = torch.linalg.svd(X, full_matrices=False)
-        except torch.linalg.LinAlgError as err:
-            problems.append(f"did not converge on the {X.dtype} matrix ({err})")
-        else:
-            U = Y @ Vh
-            err = orthonormality_error(U)
-            if err <= tol:
-                return U.to(A.dtype), s.to(A.dtype), Vh.transpose(-1, -2).to(A.dtype)
-            problems.append(f"returned non-orthonormal singular vectors for the {X.dtype} matrix "
-                            f"(max |U^T U - I| = {err:.2g})")
-        warnings.warn(
-            f"torch.linalg.svd {problems[-1]} of shape {tuple(A.shape)} (clustered singular values, as at "
-            f"neural collapse); retrying {'in float64' if X.dtype != torch.float64 else 'by the Gram matrix'}",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-    # Last resort, judged by the same orthonormality check rather than the Gram route's own
-    # conditioning bound: only a factor that fails the check is refused.
-    gram = _polar_gram(A.to(torch.float64), error_bound=None)
-    if gram is None:
-        raise torch.linalg.LinAlgError(
-            f"the polar factor of a {tuple(A.shape)} matrix is undefined: the SVD failed ({'; '.join(problems)}) and "
-            "A is rank-deficient (A^T A has an eigenvalue <= 0); with delta > 0 this means non-finite or "
-            "degenerate class means"
-        )
-    U, s64, V = gram
-    err = orthonormality_error(U)
-    if not err <= tol:
-        raise torch.linalg.LinAlgError(
-            f"no accurate polar factor for a {tuple(A.shape)} matrix: the SVD failed ({'; '.join(problems)}) and the "
-            f"Gram route gives max |U^T U - I| = {err:.2g} (A is too ill-conditioned)"
-        )
-    return U.to(A.dtype), s64.to(A.dtype), V.to(A.dtype)
-
-
 def _thin_svd(A: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """``torch.linalg.svd(A, full_matrices=False)``, retried in float64 (and rounded back) if it
-    does not converge; see :func:`_polar_svd`."""
+    does not converge (as the SVD route of :mod:`guiding_nc.polar` does)."""
     try:
         return torch.linalg.svd(A, full_matrices=False)
     except torch.linalg.LinAlgError as err:
@@ -208,128 +162,6 @@ def _thin_svd(A: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
                       "retrying in float64", RuntimeWarning, stacklevel=3)
     Y, s, Vh = torch.linalg.svd(A.to(torch.float64), full_matrices=False)
     return Y.to(A.dtype), s.to(A.dtype), Vh.to(A.dtype)
-
-
-def _polar_gram(A: Tensor, error_bound: Optional[float] = _GRAM_ERROR_BOUND) -> Optional[Tuple[Tensor, Tensor, Tensor]]:
-    """Polar factor from the eigendecomposition of ``A^T A``; ``None`` if ``A`` is rank-deficient
-    or, unless ``error_bound`` is ``None``, too ill-conditioned (``eps * kappa^2 > error_bound``)."""
-    lam, V = torch.linalg.eigh(A.transpose(-1, -2) @ A)
-    lam, V = lam.flip(-1), V.flip(-1)  # descending, as the SVD returns them
-    lam_max, lam_min = float(lam[0]), float(lam[-1])
-    if not lam_min > 0:
-        return None
-    if error_bound is not None and torch.finfo(A.dtype).eps * (lam_max / lam_min) > error_bound:
-        return None
-    s = lam.sqrt()
-    # U = A V diag(1/s) V^T; grouping V diag(1/s) V^T first costs C^3 instead of d C^2.
-    return A @ ((V / s) @ V.transpose(-1, -2)), s, V
-
-
-_GRAM_MIN_CLASSES = 32
-
-
-def _check_polar_method(method: str) -> None:
-    if method not in POLAR_METHODS:
-        raise ValueError(f"unknown polar method {method!r}; choose one of {POLAR_METHODS}")
-
-
-def polar_route(A: Tensor, method: str = "auto") -> str:
-    """Which algorithm :func:`polar_factor` tries first for ``A`` (before its conditioning is known).
-
-    ``"auto"`` tries the Gram route for float64 on the CPU with ``C >= 32`` columns, where
-    it is measured to be about 2x faster than the SVD (``python -m guiding_nc.bench etf``),
-    and uses the SVD otherwise: in float32 ``eps * kappa^2`` exceeds the error bound for every
-    ``kappa > 1``; below 32 columns the SVD costs well under a millisecond and the nearest-ETF
-    matrix is often too ill-conditioned for the Gram route anyway; on accelerators the
-    conditioning test would be a host sync (and the choice is not measured here).
-    """
-    _check_polar_method(method)
-    if method == "auto":
-        use_gram = A.dtype == torch.float64 and A.device.type == "cpu" and A.shape[-1] >= _GRAM_MIN_CLASSES
-        return "gram" if use_gram else "svd"
-    return method
-
-
-def polar_factor(A: Tensor, method: str = "auto", *, return_route: bool = False):
-    """Polar factor of a (d, C) matrix, with the spectrum the adjoint needs.
-
-    Returns ``(U, s, V)`` with ``U = Y V^T`` (the Stiefel point maximising
-    ``tr(U^T A)``), ``s`` the singular values (C,), descending, and ``V`` (C, C) the
-    right singular vectors, so that ``U^T A = V diag(s) V^T``.
-
-    Two routes give the same factor:
-
-    * ``"svd"``: one thin SVD ``A = Y diag(s) V^T``; backward stable in any dtype.
-    * ``"gram"``: the eigendecomposition ``A^T A = V diag(s^2) V^T`` and
-      ``U = A V diag(1/s) V^T``.  About half the flops of the SVD (one ``d x C x C``
-      product to form ``A^T A``, one to apply the result, and a ``C x C``
-      eigensolver), but squaring ``A`` squares its condition number: the entries of
-      ``U`` are accurate to about ``eps * kappa(A)^2``.  It is used only while that is
-      below 1e-11 (checked from the computed eigenvalues); otherwise the SVD is used
-      (``"auto"``) or a ``ValueError`` is raised (``"gram"``).
-
-    ``"auto"`` (default) picks the route by :func:`polar_route`.  In the nearest-ETF
-    problem ``A = 2 H M + delta P``, ``||M||_2 = 1/sqrt(C-1)`` and ``A 1 = delta P 1``, so
-    ``kappa(A) ~ 2 sigma_max(H) / (sqrt(C-1) delta)``; with collapsed unit-Frobenius means
-    (``sigma(H) = 1/sqrt(C-1)``) that is ``2 / ((C-1) delta)``: about 2 at ``C = 1000`` and
-    20 at ``C = 100`` for ``delta = 1e-3``, where the Gram route is exact to ~1e-14, but
-    over 200 at ``C = 10``, where the SVD takes over.
-
-    Parameters
-    ----------
-    A : Tensor, shape (d, C)
-    method : {"auto", "svd", "gram"}
-    return_route : bool
-        Also return the route actually taken, ``"gram"`` or ``"svd"`` (after any fallback).
-
-    Book: chapter 3, "Speed".
-    """
-    out = _polar(A, method)
-    return out if return_route else out[:3]
-
-
-def _polar(A: Tensor, method: str = "auto") -> Tuple[Tensor, Tensor, Tensor, str]:
-    """:func:`polar_factor` plus the route it actually took (``"gram"`` or ``"svd"``)."""
-    if polar_route(A, method) == "gram":
-        out = _polar_gram(A)
-        if out is not None:
-            return (*out, "gram")
-        if method == "gram":
-            raise ValueError(
-                "A is too ill-conditioned for the Gram route of the polar factor "
-                f"(eps * kappa(A)^2 > {_GRAM_ERROR_BOUND:g}); use method='svd' or 'auto'"
-            )
-    return (*_polar_svd(A), "svd")
-
-
-def polar_vjp(U: Tensor, s: Tensor, V: Tensor, grad_U: Tensor) -> Tensor:
-    """Adjoint of ``A -> polar(A)`` at ``U = polar(A)`` applied to ``grad_U``.
-
-    Valid at any stationary point of ``tr(U^T A)`` on ``St(d, C)``, where
-    ``U^T A = V diag(s) V^T``; needs ``s_i + s_j != 0`` and ``s > 0``.
-
-    Parameters
-    ----------
-    U : Tensor, shape (d, C)
-    s : Tensor, shape (C,)
-    V : Tensor, shape (C, C)
-    grad_U : Tensor, shape (d, C)
-
-    Returns
-    -------
-    grad_A : Tensor, shape (d, C)
-
-    Book: chapter 5, "The closed-form adjoint".
-    """
-    UtG = U.transpose(-1, -2) @ grad_U
-    B = V.transpose(-1, -2) @ UtG @ V
-    denom = s.unsqueeze(-1) + s.unsqueeze(-2)
-    skew = (B - B.transpose(-1, -2)) / denom
-    tangential = (U @ V) @ skew @ V.transpose(-1, -2)
-    # (I - U U^T) G S^{-1}, without ever forming a d x d matrix.
-    GVs = (grad_U @ V) / s
-    normal = GVs @ V.transpose(-1, -2) - U @ ((UtG @ V) / s) @ V.transpose(-1, -2)
-    return tangential + normal
 
 
 def _canonical_limit(HM: Tensor, E: Tensor) -> Tensor:
@@ -386,9 +218,12 @@ class _NearestETFFunction(torch.autograd.Function):
     """``(H, prox) -> U*`` with a custom backward; ``U*`` is computed outside."""
 
     @staticmethod
-    def forward(ctx, H, prox, U, s, V, delta, backward):
+    def forward(ctx, H, prox, U, s, V, delta, backward, newton_schulz=None):
         ctx.delta = delta
         ctx.backward_mode = backward
+        # Set when U came from the Newton–Schulz route: its adjoint needs the iteration's scale and
+        # count instead of (s, V) (host int and a 0-dim tensor outside the graph).
+        ctx.newton_schulz = newton_schulz
         ctx.save_for_backward(H, prox, U, s, V)
         return U.clone()
 
@@ -397,18 +232,23 @@ class _NearestETFFunction(torch.autograd.Function):
     def backward(ctx, grad_U):
         H, prox, U, s, V = ctx.saved_tensors
         delta = ctx.delta
+        ns = ctx.newton_schulz
         if ctx.backward_mode == "kkt":
             from .ddn import kkt_vjp
 
             grad_H, grad_P = kkt_vjp(H, U, prox, delta, grad_U)
         else:
-            grad_A = polar_vjp(U, s, V, grad_U)
+            if ns is not None:
+                grad_A = polar_vjp_newton_schulz(U, procrustes_matrix(H, prox, delta), grad_U,
+                                                 scale=ns.scale, iterations=ns.converged_at)
+            else:
+                grad_A = polar_vjp(U, s, V, grad_U)
             grad_H = 2.0 * mul_simplex_etf(grad_A)
             grad_P = delta * grad_A
         return (
             grad_H if ctx.needs_input_grad[0] else None,
             grad_P if ctx.needs_input_grad[1] else None,
-            None, None, None, None, None,
+            None, None, None, None, None, None,
         )
 
 
@@ -436,6 +276,7 @@ def nearest_etf(
     polar: str = "auto",
     return_prox: bool = False,
     check: bool = True,
+    polar_state: Optional[NewtonSchulzState] = None,
 ):
     """The nearest simplex ETF direction ``U*`` to the class means ``H`` (Eq. 7).
 
@@ -458,8 +299,9 @@ def nearest_etf(
         ``prox`` solves Eq. 6; it is not differentiable (the minimiser is not
         unique), so it needs ``backward="none"`` when ``H`` requires grad.
     method : {"closed_form", "trust_region"}
-        ``closed_form``: the polar factor of ``A = 2 H M + delta prox`` (one thin
-        SVD, or one eigendecomposition of ``A^T A``; the global minimiser).  ``trust_region``: pymanopt's Riemannian
+        ``closed_form``: the polar factor of ``A = 2 H M + delta prox`` (one thin SVD, one
+        eigendecomposition of ``A^T A`` or a Newton–Schulz iteration: ``polar``; the global
+        minimiser).  ``trust_region``: pymanopt's Riemannian
         trust-region on ``Stiefel(d, C)`` with the autograd backend, warm-started
         at ``prox`` and capped at ``max_iterations`` (the paper's solver).
     backward : {"closed_form", "kkt", "none"}
@@ -467,9 +309,12 @@ def nearest_etf(
         ``closed_form``: the polar-factor adjoint, O(d C^2).  ``kkt``: the paper's
         dense implicit-function formula (Prop. 1 with Eq. 49), memory ~ (dC)^2;
         small problems only.  ``none``: no gradient through the solve.
-    polar : {"auto", "svd", "gram"}
+    polar : {"auto", "svd", "gram", "newton_schulz", "gesvda"}
         How the closed form computes the polar factor of ``A`` (see :func:`polar_factor`):
-        the same minimiser either way; ``"auto"`` takes the faster route that stays accurate.
+        the same minimiser either way; ``"auto"`` takes the faster route that stays accurate
+        (Newton–Schulz on CUDA, the Gram matrix or the SVD on the CPU: :func:`polar_route`).
+        On the Newton–Schulz route the gradient is :func:`polar_vjp_newton_schulz`, matrix
+        products only; the route reads one bound back to the host per convergence check.
     return_prox : bool
         Also return the proximal point actually used (useful with ``prox=None``).
     check : bool
@@ -477,6 +322,9 @@ def nearest_etf(
         check reads a value back to the host; on a GPU inside a training loop, where the
         caller detects non-finite losses itself, ``check=False`` avoids those syncs.
         Shape, dtype and option checks always run (they cost nothing).
+    polar_state : NewtonSchulzState, optional
+        Memory of the Newton–Schulz route across calls (how many iterations to run before
+        its first convergence check); :class:`NearestETF` keeps one.
 
     Returns
     -------
@@ -490,12 +338,13 @@ def nearest_etf(
         if prox is not None and isinstance(prox, Tensor) and prox.dtype != H.dtype:
             raise ValueError(f"prox has dtype {prox.dtype} but H has dtype {H.dtype}; they must match")
         out = nearest_etf(H.float(), None if prox is None else prox.float(), delta, method, backward,
-                          max_iterations=max_iterations, polar=polar, return_prox=return_prox, check=check)
+                          max_iterations=max_iterations, polar=polar, return_prox=return_prox, check=check,
+                          polar_state=polar_state)
         if return_prox:
             return out[0].to(H.dtype), out[1].to(H.dtype)
         return out.to(H.dtype)
     check_inputs(H, prox, delta, method, backward, check)
-    _check_polar_method(polar)
+    check_polar_method(polar)
     d, C = H.shape
     needs_grad = torch.is_grad_enabled() and (H.requires_grad or (prox is not None and prox.requires_grad))
 
@@ -516,12 +365,14 @@ def nearest_etf(
 
     with torch.no_grad():
         Hd, Pd = H.detach(), prox.detach()
+        ns = None
         if method == "closed_form":
             if delta == 0:
                 U = _canonical_limit(mul_simplex_etf(Hd), Pd)
                 s = V = None
             else:
-                U, s, V = polar_factor(procrustes_matrix(Hd, Pd, delta), polar)
+                # The Newton–Schulz route leaves (s, V) out: its adjoint does not need them.
+                U, s, V, _, ns = polar_solve(procrustes_matrix(Hd, Pd, delta), polar, spectrum=False, state=polar_state)
         else:
             from .trust_region import trust_region_solve
 
@@ -534,7 +385,7 @@ def nearest_etf(
         if s is None:
             s = torch.empty(0, dtype=H.dtype, device=H.device)
             V = torch.empty(0, dtype=H.dtype, device=H.device)
-        out = _NearestETFFunction.apply(H, prox, U, s, V, float(delta), backward)
+        out = _NearestETFFunction.apply(H, prox, U, s, V, float(delta), backward, ns)
     else:
         out = U
     return (out, prox) if return_prox else out
@@ -561,6 +412,13 @@ class NearestETF(nn.Module):
         Input checks of :func:`nearest_etf`.  ``None`` (default) checks on the CPU and
         skips them on accelerators, where each check is a host sync; the proximal point
         is the layer's own previous solution and is never re-checked.
+    polar : str
+        Route of the polar factor (:func:`polar_factor`; default ``"auto"``).  On the
+        Newton–Schulz route the layer remembers how many iterations the last solves
+        needed (:attr:`polar_state`), so a step usually takes one convergence check.
+
+    Half-precision input (autocast) is solved in float32, the proximal point is kept in
+    float32, and ``U`` comes back in the input's dtype.
 
     Shapes: ``forward(H: (d, C)) -> U: (d, C)``.
     """
@@ -574,6 +432,7 @@ class NearestETF(nn.Module):
         backward: str = "closed_form",
         max_iterations: int = 30,
         check: Optional[bool] = None,
+        polar: str = "auto",
     ):
         super().__init__()
         C = check_num_classes(num_classes)
@@ -587,7 +446,9 @@ class NearestETF(nn.Module):
             raise ValueError(f"NearestETF needs delta > 0 (the proximal term makes U* unique), got {delta!r}")
         self.dim, self.num_classes = dim, C
         self.delta, self.method, self.backward, self.max_iterations = float(delta), method, backward, max_iterations
-        self.check = check
+        check_polar_method(polar)
+        self.check, self.polar = check, polar
+        self.polar_state = NewtonSchulzState()  # host-side only: not part of the state dict
         self.register_buffer("prox", torch.zeros(dim, C))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         # Host-side mirror of the buffer, so forward never reads a device value back.
@@ -608,17 +469,22 @@ class NearestETF(nn.Module):
             raise ValueError(
                 f"NearestETF expects class means of shape ({self.dim}, {self.num_classes}), got {tuple(H.shape)}"
             )
-        prox = self.prox.to(dtype=H.dtype) if self._initialized else None
+        # Half precision cannot hold a Stiefel point to the checks' tolerance: solve and keep the
+        # proximal point in float32 (the cast is differentiable), return the input's dtype.
+        work = torch.float32 if H.dtype in (torch.float16, torch.bfloat16) else H.dtype
+        Hw = H if H.dtype == work else H.to(work)
+        prox = self.prox.to(dtype=work) if self._initialized else None
         check = (H.device.type == "cpu") if self.check is None else self.check
-        U = nearest_etf(H, prox, self.delta, self.method, self.backward, max_iterations=self.max_iterations, check=check)
-        # Re-assigning (not copy_) keeps the proximal point in the caller's dtype.
+        U = nearest_etf(Hw, prox, self.delta, self.method, self.backward, max_iterations=self.max_iterations,
+                        check=check, polar=self.polar, polar_state=self.polar_state)
+        # Re-assigning (not copy_) keeps the proximal point in the solve's dtype.
         self.prox = U.detach().clone()
         self.initialized.fill_(True)
         self._initialized = True
-        return U
+        return U if U.dtype == H.dtype else U.to(H.dtype)
 
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_classes={self.num_classes}, delta={self.delta}, "
-            f"method={self.method!r}, backward={self.backward!r}"
+            f"method={self.method!r}, backward={self.backward!r}, polar={self.polar!r}"
         )

@@ -644,7 +644,9 @@ class Trainer:
                 # Accuracy of the batch at the parameters *before* this step; for a full-batch
                 # UFM this is the exact training accuracy at step - 1.
                 correct = (logits.detach().argmax(1) == y).sum().double()
-                step_correct.append(torch.stack([correct, torch.tensor(float(y.numel()), dtype=torch.float64, device=dev)]))
+                # torch.full, not torch.tensor: a fill on the device, not a host-to-device copy (a sync).
+                step_correct.append(torch.stack([correct, torch.full((), float(y.numel()), dtype=torch.float64,
+                                                                     device=dev)]))
             if step % cfg.nonfinite_check_every == 0:
                 self._check_finite(bad_step, "step")
             if pbar is not None:
