@@ -288,12 +288,19 @@ def test_git_info_dirty_means_code_not_results(tmp_path):
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "results")
     (tmp_path / "data" / "results" / "runs.csv").write_text("a\nb\n")
     assert git_info(tmp_path)["dirty"] is False
-    (tmp_path / "data" / "shipped.csv").write_text("z\n")  # tracked data outside results: dirty once changed
+    (tmp_path / "data" / "shipped.csv").write_text("z\n")  # other tracked files are not code
     git("add", "data/shipped.csv")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "data")
     (tmp_path / "data" / "shipped.csv").write_text("w\n")
-    assert git_info(tmp_path)["dirty"] is True
+    assert git_info(tmp_path)["dirty"] is False
     git("checkout", "-q", "data/shipped.csv")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "new.yaml").write_text("epochs: 3\n")  # a config: dirty
+    assert git_info(tmp_path)["dirty"] is True
+    (tmp_path / "configs" / "new.yaml").unlink()
+    (tmp_path / "pyproject.toml").write_text("[project]\n")  # the pins: dirty
+    assert git_info(tmp_path)["dirty"] is True
+    (tmp_path / "pyproject.toml").unlink()
     assert git_info(tmp_path)["dirty"] is False
     (tmp_path / "src" / "new.py").write_text("y = 2\n")  # untracked code: dirty
     assert git_info(tmp_path / "data")["dirty"] is True
