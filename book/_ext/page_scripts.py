@@ -10,7 +10,8 @@ from __future__ import annotations
 
 
 def _key(script) -> tuple:
-    filename = getattr(script, "filename", None)
+    # An inline script's filename is None or "" depending on who added it: the same script.
+    filename = getattr(script, "filename", None) or None
     attributes = getattr(script, "attributes", None) or {}
     if filename is None and not attributes:
         return ("text", str(script))
