@@ -309,6 +309,14 @@ def test_result_files_from_before_settings_hashes_are_kept_only_for_the_same_spe
         records, sources = rp._results_records(out, spec, "full", tmp_path / "work_b", "auto", None)
     assert set(records) == {"ufm10/default/implicit/1"} and all(m["settings_hash"] is None for m in sources.values())
     assert {m["command"] for m in sources.values()} == {legacy["command"]}
+    # Older still: no per-command record either. The files' own list of the commits that made
+    # their runs is kept, not lost to "unknown".
+    oldest = {k: v for k, v in legacy.items() if k != "invocations"}
+    prov_path.write_text(json.dumps(oldest))
+    with pytest.warns(UserWarning, match="2 run"):
+        _, sources = rp._results_records(out, spec, "full", tmp_path / "work_b", "auto", None)
+    assert {m["commit"] for m in sources.values()} == {" or ".join(legacy["run_commits"])}
+    prov_path.write_text(json.dumps(legacy))
     other = dict(legacy, config=dict(legacy["config"], spec=dict(legacy["config"]["spec"], overrides={"epochs": 99})))
     prov_path.write_text(json.dumps(other))
     with pytest.warns(UserWarning, match="not made with the settings"):

@@ -683,9 +683,7 @@ def _read_results(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, de
         if k not in jobs:
             refused.append(k)
             continue
-        meta = dict(sources.get(k) or legacy.get(k) or {"command": prov.get("command", "?"), "commit": "unknown",
-                                                         "device": "?", "num_threads": None, "first_date": None,
-                                                         "last_date": None, "settings_hash": None})
+        meta = dict(sources.get(k) or legacy.get(k) or _file_level_meta(prov))
         if meta.get("settings_hash"):
             ok = meta["settings_hash"] == _settings_hash(_run_config(grid, jobs[k], work_dir / k, device, num_threads,
                                                                      progress=False))
@@ -724,6 +722,19 @@ def stale_runs(out: Path) -> List[str]:
     device = str(prov.get("device") or "cpu")
     _, _, refused = _read_results(out, grid, mode, out / "work", device, prov.get("num_threads"))
     return refused
+
+
+def _file_level_meta(prov: Dict[str, Any]) -> Dict[str, Any]:
+    """Where a run came from when the files that hold it predate per-run provenance: what the
+    files say of all their runs together (their command, the commits that made their runs, their
+    device and date), so a rewrite keeps it rather than writing "unknown"."""
+    git = prov.get("git") or {}
+    commits = prov.get("run_commits") or ([(git.get("commit") or "unknown") + ("-dirty" if git.get("dirty") else "")]
+                                          if git else ["unknown"])
+    return {"command": prov.get("command", "?"), "commit": " or ".join(str(c) for c in commits),
+            "device": str(prov.get("device_name") or prov.get("device") or "?"),
+            "num_threads": prov.get("num_threads"), "first_date": None, "last_date": prov.get("date"),
+            "settings_hash": None}
 
 
 def _same_spec(then: Optional[Dict[str, Any]], now: Dict[str, Any]) -> bool:
