@@ -28,3 +28,13 @@ def test_provenance_names_paths_relative_to_the_project(tmp_path):
     assert prov["argv"][:4] == [".venv/bin/python", "-m", "x", "--out"] and prov["argv"][4] == "data/r"
     assert not any(w.startswith("/") or "=/" in w for w in prov["argv"]) and not prov["cwd"].startswith("/")
     assert prov["command"] == " ".join(prov["argv"])
+
+
+def test_recorded_commands_name_no_local_path():
+    from guiding_nc.config import project_root
+    from guiding_nc.provenance import local_command
+
+    root = str(project_root())
+    cmd = f"python -m x --work-dir {root}/runs/a --out={root}/data/r key={root}/b --seeds 0 1"
+    assert local_command(cmd) == "python -m x --work-dir runs/a --out=data/r key=b --seeds 0 1"
+    assert root not in local_command(f"{root}/.venv/bin/python -m y")

@@ -184,6 +184,11 @@ def _local_arg(arg: str) -> str:
     return local_path(arg) if os.path.isabs(arg) else arg
 
 
+def local_command(command: str) -> str:
+    """A recorded command line with every absolute path in it made local (see :func:`local_path`)."""
+    return " ".join(_local_arg(word) for word in command.split(" "))
+
+
 def collect_provenance(config: Dict[str, Any], *, seed: Optional[int] = None,
                        device: Optional[Union[str, torch.device]] = None,
                        argv: Optional[Sequence[str]] = None, world_size: int = 1,

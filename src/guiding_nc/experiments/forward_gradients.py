@@ -217,7 +217,7 @@ def run(*, quick: bool = False, out: Optional[Path] = None, progress: bool = Tru
     cfg.update(overrides or {})
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
-    argv = list(argv) if argv is not None else [sys.executable, "-m", __name__] + sys.argv[1:]
+    argv = list(argv) if argv is not None else ["python", "-m", __name__] + sys.argv[1:]
     result: Dict = {"config": cfg, "spectra": [], "energy": [], "quality": [],
                     "training": {"runs": [], "curves": {}}}
     start = time.time()
@@ -326,7 +326,7 @@ def run_benchmark(widths: Sequence[int] = (64, 128, 256, 512, 1024), *, batch_si
 
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
-    argv = list(argv) if argv is not None else [sys.executable, "-m", __name__] + sys.argv[1:]
+    argv = list(argv) if argv is not None else ["python", "-m", __name__] + sys.argv[1:]
     start = time.time()
     rows: List[Dict] = []
     jobs = [(bs, w, m, k) for bs in batch_sizes for w in widths for m, k in BENCH_METHODS]
@@ -409,7 +409,7 @@ def main(argv=None) -> int:
     parser.add_argument("--bench-widths", nargs="+", type=int, default=[64, 128, 256, 512, 1024])
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    full_argv = [sys.executable, "-m", "guiding_nc.experiments.forward_gradients"] + (
+    full_argv = ["python", "-m", "guiding_nc.experiments.forward_gradients"] + (
         list(argv) if argv is not None else sys.argv[1:])
     if args.bench:
         widths = args.bench_widths if not args.quick else [16, 32]

@@ -378,7 +378,7 @@ def run(configs: Optional[Dict[str, Dict]] = None, *, quick: bool = False, out: 
         raise ValueError("configs must be a non-empty dict {name: configuration}")
     for cfg in configs.values():
         _check_config(cfg)
-    argv = list(argv) if argv is not None else [sys.executable, "-m", _MODULE] + sys.argv[1:]
+    argv = list(argv) if argv is not None else ["python", "-m", _MODULE] + sys.argv[1:]
     start = time.time()
     curv_rows: List[Dict] = []
     convergence: Dict[str, Dict] = {}
@@ -499,7 +499,7 @@ def main(argv=None) -> int:
         if args.steps < 1:
             parser.error("--steps must be >= 1")
         configs = {k: dict(v, steps=args.steps) for k, v in configs.items()}
-    full_argv = [sys.executable, "-m", _MODULE] + (list(argv) if argv is not None else sys.argv[1:])
+    full_argv = ["python", "-m", _MODULE] + (list(argv) if argv is not None else sys.argv[1:])
     res = run(configs, quick=args.quick, out=Path(args.out), progress=not args.no_progress,
               num_threads=args.threads, argv=full_argv)
     for v in res["verdicts"]:

@@ -58,7 +58,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
-from ..provenance import atomic_write_json, atomic_write_text, collect_provenance, local_path, to_jsonable
+from ..provenance import (atomic_write_json, atomic_write_text, collect_provenance, local_command, local_path,
+                          to_jsonable)
 from ..config import CONFIG_DIR, ConfigError, load_config, project_root
 from ..trainer import train_run
 from .measures import first_fit_step, steps_to_thresholds
@@ -326,6 +327,12 @@ def _run_commits(sources: Dict[str, Dict[str, Any]]) -> List[str]:
     return seen
 
 
+def _local_commands(sources: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """``sources`` with every recorded command's absolute paths made local (commands kept from
+    older result files may name the machine that ran them)."""
+    return {k: dict(m, command=local_command(str(m.get("command", "?")))) for k, m in sources.items()}
+
+
 def _invocations(sources: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
     """The commands that produced the runs: one entry per (command, commit, device) with its runs,
     first and last date, in order of first use."""
@@ -336,8 +343,9 @@ def _invocations(sources: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
             commit = commit[:-len("-dirty")][:12] + "-dirty"
         else:
             commit = commit[:12]
-        g = groups.setdefault((str(meta["command"]), commit, meta["device"]),
-                              {"command": meta["command"], "commit": commit, "device": meta["device"],
+        g = groups.setdefault((local_command(str(meta["command"])), commit, meta["device"]),
+                              {"command": local_command(str(meta["command"])), "commit": commit,
+                               "device": meta["device"],
                                "num_threads": meta.get("num_threads"), "first_date": meta.get("first_date"),
                                "last_date": meta.get("last_date"), "runs": []})
         g["runs"].append(k)
@@ -385,7 +393,7 @@ def _write_outputs(out: Path, spec: ExperimentSpec, records: Dict[str, Dict[str,
                # e.g. committed results of runs whose work directory is on another machine.
                "runs_from_earlier_invocations": sorted(set(earlier) | set(kept)),
                "runs_kept_from_results": sorted(kept), "work_dir": local_path(work_dir),
-               "invocations": _invocations(sources), "run_sources": sources,
+               "invocations": _invocations(sources), "run_sources": _local_commands(sources),
                "seeds": list(spec.seeds), "configs": list(spec.configs), "notes": spec.notes},
     )
     atomic_write_json(out / "provenance.json", prov)
