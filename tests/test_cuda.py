@@ -10,6 +10,7 @@ import warnings
 import pytest
 import torch
 from conftest import requires_cuda
+from test_nearest import class_means
 
 import guiding_nc as gnc
 from guiding_nc import polar
@@ -20,13 +21,6 @@ pytestmark = requires_cuda
 
 F64 = torch.float64
 CUDA = "cuda"
-
-
-def class_means(d, C, seed):
-    g = torch.Generator().manual_seed(seed)
-    H = torch.randn(d, C, generator=g, dtype=F64)
-    H = H - H.mean(1, keepdim=True)
-    return H / H.norm()
 
 
 def collapsed_means(d, C, seed, noise=1e-4):
@@ -137,6 +131,22 @@ def test_half_precision_input(dtype):
     assert U.dtype == dtype and torch.isfinite(H.grad.float()).all()
 
 
+def host_syncs(fn):
+    """``(syncs, fn())``: the warnings of torch's sync debug mode raised while ``fn`` ran (one per
+    call that waited for the device)."""
+    torch.cuda.synchronize()
+    old = torch.cuda.get_sync_debug_mode()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            out = fn()
+            torch.cuda.set_sync_debug_mode(old)
+    finally:
+        torch.cuda.set_sync_debug_mode(old)
+    return [w for w in caught if "synchroniz" in str(w.message)], out
+
+
 def test_a_training_step_reads_the_device_once():
     """After warm-up, one forward + backward of the implicit head syncs with the host at most once:
     the Newton–Schulz convergence check (torch's sync debug mode reports every synchronising call)."""
@@ -153,17 +163,7 @@ def test_a_training_step_reads_the_device_once():
     for _ in range(4):
         step()
     reads = head.nearest.polar_state.host_reads
-    torch.cuda.synchronize()
-    old = torch.cuda.get_sync_debug_mode()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            step()
-            torch.cuda.set_sync_debug_mode(old)
-    finally:
-        torch.cuda.set_sync_debug_mode(old)
-    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    syncs, _ = host_syncs(step)
     assert len(syncs) <= 1, [str(w.message)[:200] for w in syncs]
     assert head.nearest.polar_state.host_reads == reads + 1
     assert head.epoch_metrics()["polar_ns_fallbacks"] == 0
@@ -217,16 +217,6 @@ def test_a_trainer_step_of_the_implicit_method_reads_the_device_once(tmp_path):
     x, y = x.to(trainer.device), y.to(trainer.device)
     for _ in range(4):
         trainer.train_step(x, y)
-    torch.cuda.synchronize()
-    old = torch.cuda.get_sync_debug_mode()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            torch.cuda.set_sync_debug_mode("warn")
-            loss, _, finite = trainer.train_step(x, y)
-            torch.cuda.set_sync_debug_mode(old)
-    finally:
-        torch.cuda.set_sync_debug_mode(old)
-    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    syncs, (loss, _, finite) = host_syncs(lambda: trainer.train_step(x, y))
     assert len(syncs) <= 1, [str(w.message)[:200] for w in syncs]
     assert bool(finite) and torch.isfinite(loss.detach())

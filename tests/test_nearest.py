@@ -168,13 +168,20 @@ def central_difference_grad(fn, H, eps=1e-6):
     return grad
 
 
-def test_three_gradients_agree():
-    """Closed-form adjoint, dense KKT (Prop. 1) and central finite differences."""
-    d, C, delta = 8, 5, 1e-2
+def gradient_problem(d=8, C=5, delta=1e-2):
+    """``(H, P, G, delta)``: means ``H`` near the ones whose solution is the proximal target ``P``,
+    and a fixed upstream gradient ``G``, shape (d, C) each; the setting of the gradient checks."""
     H = class_means(d, C, 7)
     P = gnc.nearest_etf(H, None, delta)
     H = H + 0.05 * class_means(d, C, 8)
     G = torch.randn(d, C, generator=torch.Generator().manual_seed(9), dtype=F64)
+    return H, P, G, delta
+
+
+def test_three_gradients_agree():
+    """Closed-form adjoint, dense KKT (Prop. 1) and central finite differences."""
+    H, P, G, delta = gradient_problem()
+    d, C = H.shape
 
     def loss(h, backward="closed_form"):
         return (gnc.nearest_etf(h, P, delta, backward=backward) * G).sum()

@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 from conftest import device_params
+from test_nearest import class_means, gradient_problem
 
 import guiding_nc as gnc
 from guiding_nc import polar
@@ -21,13 +22,6 @@ from guiding_nc.polar import (
 )
 
 F64 = torch.float64
-
-
-def class_means(d, C, seed, dtype=F64):
-    g = torch.Generator().manual_seed(seed)
-    H = torch.randn(d, C, generator=g, dtype=F64)
-    H = H - H.mean(1, keepdim=True)
-    return (H / H.norm()).to(dtype)
 
 
 def training_step_matrix(d, C, seed=0, delta=1e-3, collapsed=False):
@@ -170,11 +164,8 @@ def test_gradcheck_through_the_newton_schulz_route():
 
 
 def test_newton_schulz_gradient_agrees_with_svd_autograd_kkt_and_finite_differences():
-    d, C, delta = 8, 5, 1e-2
-    H = class_means(d, C, 7)
-    P = gnc.nearest_etf(H, None, delta)
-    H = H + 0.05 * class_means(d, C, 8)
-    G = torch.randn(d, C, generator=torch.Generator().manual_seed(9), dtype=F64)
+    H, P, G, delta = gradient_problem()
+    d, C = H.shape
     M = gnc.standard_simplex_etf(C, dtype=F64)
 
     def grad(fn):
