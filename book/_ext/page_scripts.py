@@ -5,6 +5,10 @@ sphinx-togglebutton its selector each time the environment re-reads documents, s
 build can list the same inline script twice; the second ``const`` then throws a SyntaxError in
 the browser.  This extension drops exact repeats (same file, same attributes, same body) from
 each page's scripts, keeping the first, after every other extension has added its own.
+
+It also gives the theme a colour mode to start from: pydata-sphinx-theme reads the mode from the
+browser's storage and otherwise from its ``default_mode`` option, which jupyter-book leaves
+empty, so a first visit logged "Got invalid theme mode" as a script error.
 """
 from __future__ import annotations
 
@@ -34,7 +38,14 @@ def _drop_repeated_scripts(app, pagename, templatename, context, doctree):
         context["script_files"] = unique_scripts(context["script_files"])
 
 
+def _default_colour_mode(app, config):
+    options = dict(config.html_theme_options or {})
+    options.setdefault("default_mode", "light")
+    config.html_theme_options = options
+
+
 def setup(app):
+    app.connect("config-inited", _default_colour_mode)
     # A late priority: run after the theme and the other extensions have added their scripts.
     app.connect("html-page-context", _drop_repeated_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
