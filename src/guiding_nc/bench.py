@@ -43,7 +43,7 @@ from .memory import process_memory_bytes, reset_peak_rss
 from .etf import orthonormality_error
 from .nearest import check_inputs, nearest_etf, nearest_etf_objective, polar_factor, procrustes_matrix
 from .polar import NewtonSchulzState
-from .provenance import git_info, device_name
+from .provenance import device_name, git_info, local_command
 
 DEFAULT_SIZES = ((512, 10), (1024, 100), (1024, 200), (1024, 1000), (2048, 1000))
 
@@ -163,7 +163,7 @@ def _provenance(device) -> dict:
     """What every benchmark table records about how it was produced."""
     return {
         "thread_pools": _blas_threads(),
-        "command": " ".join([Path(sys.executable).name, "-m", "guiding_nc.bench"] + sys.argv[1:]),
+        "command": local_command(" ".join(["python", "-m", "guiding_nc.bench"] + sys.argv[1:])),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
         "device": _device_name(device),
