@@ -57,6 +57,11 @@ def test_collapse_spectra():
     spectra = {"free": {"euclidean": [0.0, 1e-18, 0.1, 1.0], "pullback": None},
                "implicit": {"euclidean": [0.0, 0.1, 0.5], "pullback": [0.0, 0.1, 0.4]}}
     _labelled(pc.plot_collapse_spectra(spectra))
+    # Every parametrisation at a realistic size: the legend's long entries stay within the figure
+    # (the legibility check of conftest measures the rendered width).
+    full = {m: {"euclidean": [0.0] * 117 + [10.0 ** (-k / 100) for k in range(531)],
+                "pullback": [0.0] * 116 + [10.0 ** (-k / 90) for k in range(396)]} for m in pc.METHOD_STYLE}
+    _labelled(pc.plot_collapse_spectra(full, title="C8_d16: Hessian spectra at neural collapse"))
     with pytest.raises(ValueError, match="non-empty"):
         pc.plot_collapse_spectra({})
     with pytest.raises(ValueError, match="unknown method"):

@@ -7,8 +7,8 @@ the browser.  This extension drops exact repeats (same file, same attributes, sa
 each page's scripts, keeping the first, after every other extension has added its own.
 
 It also gives the theme a colour mode to start from: pydata-sphinx-theme reads the mode from the
-browser's storage and otherwise from its ``default_mode`` option, which jupyter-book leaves
-empty, so a first visit logged "Got invalid theme mode" as a script error.
+browser's storage and otherwise from the page's ``default_mode`` template variable, which
+jupyter-book leaves empty, so a first visit logged "Got invalid theme mode" as a script error.
 """
 from __future__ import annotations
 
@@ -33,19 +33,14 @@ def unique_scripts(scripts) -> list:
     return out
 
 
-def _drop_repeated_scripts(app, pagename, templatename, context, doctree):
+def _tidy_page(app, pagename, templatename, context, doctree):
+    if not context.get("default_mode"):
+        context["default_mode"] = "light"
     if "script_files" in context:
         context["script_files"] = unique_scripts(context["script_files"])
 
 
-def _default_colour_mode(app, config):
-    options = dict(config.html_theme_options or {})
-    options.setdefault("default_mode", "light")
-    config.html_theme_options = options
-
-
 def setup(app):
-    app.connect("config-inited", _default_colour_mode)
     # A late priority: run after the theme and the other extensions have added their scripts.
-    app.connect("html-page-context", _drop_repeated_scripts, priority=900)
+    app.connect("html-page-context", _tidy_page, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -145,7 +145,7 @@ def plot_equiangular_gram_spectrum(cosines: Any, smallest_eigenvalues: Mapping[i
     dotted verticals mark ``g = -1/(C-1)``.
     """
     g = _np(cosines)
-    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    fig = Figure(figsize=(MAX_WIDTH_IN, 4.5), layout="constrained")
     ax = fig.subplots()
     cmap = matplotlib.colormaps.get_cmap("viridis")
     n = max(len(smallest_eigenvalues) - 1, 1)

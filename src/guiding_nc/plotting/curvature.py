@@ -163,7 +163,7 @@ def plot_collapse_spectra(spectra: Mapping[str, Mapping], *, rel_tol: float = 1e
     """
     if not isinstance(spectra, Mapping) or not spectra:
         raise ValueError("spectra must be a non-empty dict {method: {'euclidean': [...], 'pullback': [...]}}")
-    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, 5.4))
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, 6.4), layout="constrained")
     for m, e in spectra.items():
         if m not in METHOD_STYLE:
             raise ValueError(f"unknown method {m!r} in spectra")
@@ -184,8 +184,8 @@ def plot_collapse_spectra(spectra: Mapping[str, Mapping], *, rel_tol: float = 1e
     ax.set_ylabel(f"Hessian eigenvalue at the minimiser ({_CURV_UNIT})")
     ax.set_title(title or "Spectra at neural collapse: top = smoothness, last = Morse–Bott constant", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)
-    fig.tight_layout()
+    # One column below the axes: the entries are long, and two columns ran past the figure's edge.
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=1, fontsize=7.5)
     return fig
 
 
@@ -197,7 +197,7 @@ def plot_kappa_vs_steps(runs: Sequence[Mapping], *, tolerance: float = 1e-8) -> 
     the tolerance sit on the right edge (open markers); runs without a late-phase kappa sit on the top edge.
     """
     _check_rows(runs, "runs")
-    fig, ax = plt.subplots(figsize=(7.0, 4.5))
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, 4.5))
     reached = [r["steps_to_tol"] for r in runs if r.get("steps_to_tol") is not None]
     budget = max([r.get("steps_budget") or 0 for r in runs] + reached + [1])
     kappas = [r["late_kappa"] for r in runs if _finite(r.get("late_kappa"))]

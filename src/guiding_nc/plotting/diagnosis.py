@@ -11,6 +11,8 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from .style import MAX_WIDTH_IN
+
 __all__ = ["plot_fixed_etf_diagnosis", "diagnosis_table_markdown"]
 
 _DATASET_STYLE = {"mnist5k_smallcnn": ("C3", "o", "MNIST 5k × small CNN"),
@@ -28,7 +30,7 @@ def plot_fixed_etf_diagnosis(runs: Sequence[Mapping[str, Any]], *, variants: Seq
     median marked, and the share of the classifier's squared weight on dead units."""
     labels = dict(labels or {})
     configs = [c for c in _DATASET_STYLE if any(r["config"] == c for r in runs)]
-    fig = Figure(figsize=(7.0, 6.2), layout="constrained")
+    fig = Figure(figsize=(MAX_WIDTH_IN, 6.2), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
     x = np.arange(len(variants))
     width = 0.24

@@ -107,7 +107,7 @@ def plot_memory_vs_classes(
     skipped.  ``budget_gb`` draws the memory of one accelerator as a
     horizontal line.
     """
-    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, 4.4))
     ax.set_xscale("log")
     ax.set_yscale("log")
     styles = ["-", "--", ":", "-."]

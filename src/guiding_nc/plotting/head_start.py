@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from .. import methods
 from ..experiments.measures import format_steps, step_counts
 from ..metrics import cross_entropy_lower_bound
-from .style import tidy_log_x
+from .style import MAX_WIDTH_IN, tidy_log_x
 
 __all__ = ["plot_loss_gap_grid", "steps_table_markdown", "head_start_table_markdown"]
 
@@ -47,7 +47,7 @@ def plot_loss_gap_grid(step_loss: Mapping[str, Sequence[float]], *, configs: Seq
     """Rows: UFM sizes; columns: optimisers.  Each panel: the full-batch training loss after each
     step as a fraction of its chance-level gap, ``(L_t - L*) / (log C - L*)``, median over seeds
     (band: min-max) for each method, with the threshold of the comparison."""
-    fig = Figure(figsize=(7.0, 2.5 * len(configs) + 0.6), layout="constrained")
+    fig = Figure(figsize=(MAX_WIDTH_IN, 2.5 * len(configs) + 0.6), layout="constrained")
     axes = fig.subplots(len(configs), len(variants), squeeze=False, sharey=True)
     for r, c in enumerate(configs):
         for k, v in enumerate(variants):

@@ -10,12 +10,12 @@ make).
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from matplotlib.figure import Figure
 
 __all__ = ["COLUMN_PX", "MIN_TEXT_PX", "MIN_FONT_PT", "MAX_WIDTH_IN", "SCREEN_DPI", "panel_grid", "tidy_log_x",
-           "displayed_text_px",
+           "displayed_text_px", "saved_width_px",
            "legibility_problems"]
 
 #: Width of the book's text column in CSS pixels (jupyter-book's default theme in a 1280-px wide
@@ -25,8 +25,9 @@ COLUMN_PX = 688
 MIN_TEXT_PX = 9.0
 #: The smallest font size the plotting functions use, in points.
 MIN_FONT_PT = 7.0
-#: The widest a figure should be, in inches: 7-point text then displays at 9.5 pixels.
-MAX_WIDTH_IN = 7.0
+#: The widest a figure should be, in inches: 7-point text then displays at 9.5 pixels, with room
+#: for a title or legend that reaches a little past the edge (a notebook crops to the content).
+MAX_WIDTH_IN = 6.8
 #: The resolution notebooks render figures at (matplotlib's inline default).
 SCREEN_DPI = 100.0
 
@@ -48,11 +49,25 @@ def panel_grid(n: int, *, ncols: int = 2, width: float = MAX_WIDTH_IN, panel_hei
     return fig, axes[:n]
 
 
+def saved_width_px(fig: Figure, dpi: float = SCREEN_DPI) -> float:
+    """The width in pixels of ``fig`` as a notebook shows it: saved at ``dpi`` with
+    ``bbox_inches="tight"`` (IPython's inline default), so a title or legend that reaches past the
+    figure's edge widens the picture, and the book then scales all of it down."""
+    import io
+    import struct
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return float(struct.unpack(">I", buf.getvalue()[16:20])[0])  # the PNG header's width field
+
+
 def displayed_text_px(fontsize_pt: float, fig: Figure, column_px: float = COLUMN_PX,
-                      dpi: float = SCREEN_DPI) -> float:
+                      dpi: float = SCREEN_DPI, width_px: Optional[float] = None) -> float:
     """The height in displayed pixels of text of ``fontsize_pt`` points in ``fig`` as the book
-    shows it: rendered at ``dpi``, scaled down to ``column_px`` when wider."""
-    width_px = fig.get_figwidth() * dpi
+    shows it: rendered at ``dpi``, scaled down to ``column_px`` when wider (``width_px``: the
+    rendered width, by default the figure's own; see :func:`saved_width_px`)."""
+    if width_px is None:
+        width_px = fig.get_figwidth() * dpi
     scale = min(1.0, column_px / width_px)
     return fontsize_pt * dpi / 72.0 * scale
 
@@ -60,7 +75,9 @@ def displayed_text_px(fontsize_pt: float, fig: Figure, column_px: float = COLUMN
 def legibility_problems(fig: Figure, *, min_px: float = MIN_TEXT_PX, column_px: float = COLUMN_PX,
                         dpi: float = SCREEN_DPI) -> List[str]:
     """Every visible, non-empty text of ``fig`` (titles, labels, tick labels, legends, annotations)
-    that displays smaller than ``min_px`` pixels at the book's column width."""
+    that displays smaller than ``min_px`` pixels at the book's column width, the figure rendered
+    as a notebook renders it (:func:`saved_width_px`)."""
+    width_px = saved_width_px(fig, dpi)
     out = []
     for text in fig.findobj(match=lambda a: hasattr(a, "get_fontsize") and hasattr(a, "get_text")):
         if not text.get_visible() or not str(text.get_text()).strip():
@@ -68,9 +85,10 @@ def legibility_problems(fig: Figure, *, min_px: float = MIN_TEXT_PX, column_px: 
         axes = getattr(text, "axes", None)
         if axes is not None and not axes.get_visible():
             continue
-        px = displayed_text_px(text.get_fontsize(), fig, column_px, dpi)
+        px = displayed_text_px(text.get_fontsize(), fig, column_px, dpi, width_px)
         if px < min_px - 1e-9:
-            out.append(f"{str(text.get_text())[:40]!r}: {text.get_fontsize():.1f} pt -> {px:.1f} px")
+            out.append(f"{str(text.get_text())[:40]!r}: {text.get_fontsize():.1f} pt -> {px:.1f} px "
+                       f"(rendered {width_px:.0f} px wide)")
     return out
 
 
