@@ -482,7 +482,19 @@ def main(argv=None) -> int:
     q.add_argument("--rounds", type=int, default=3)
     q.add_argument("--out", default=None, help="write the table as JSON here (e.g. data/bench/overhead_cpu.json)")
     q.add_argument("--threads", type=int, default=None, help="threads for torch and for NumPy's BLAS alike (default: each library's choice)")
+    r = sub.add_parser("compare", help="closed-form times of two sets of 'bench etf' tables, as ratios")
+    r.add_argument("--old", nargs="+", required=True, metavar="JSON", help="tables of the code compared against")
+    r.add_argument("--new", nargs="+", required=True, metavar="JSON", help="tables of the code under test")
+    r.add_argument("--out", default=None, help="write the comparison as JSON here")
     args = parser.parse_args(argv)
+    if args.which == "compare":
+        try:
+            result = compare_etf([_load_table(f) for f in args.old], [_load_table(f) for f in args.new])
+        except ValueError as err:
+            parser.error(str(err))
+        print(format_compare(result))
+        _save(result, args.out)
+        return 0
     if args.threads is not None:
         if args.threads < 1:
             parser.error("--threads must be >= 1")
@@ -523,6 +535,68 @@ def main(argv=None) -> int:
     print(format_table(result))
     _save(result, args.out)
     return 0
+
+
+COMPARED = ("cf_forward_ms", "cf_fwd_bwd_ms_float32", "cf_fwd_bwd_ms_float64")
+
+
+def _load_table(path) -> dict:
+    try:
+        table = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable JSON table ({err})") from None
+    if not isinstance(table, dict) or not isinstance(table.get("rows"), list):
+        raise ValueError(f"{path}: not a 'bench etf' table (no 'rows' list)")
+    table["_file"] = str(path)
+    return table
+
+
+def compare_etf(old: list, new: list) -> dict:
+    """Per size and closed-form time of :data:`COMPARED`: the median over the ``old`` tables, over
+    the ``new`` ones, and new / old.  Measure both sets alternately in one session (the machine's
+    load drifts; ratios of interleaved runs are what to compare, not absolute times)."""
+    def by_size(tables):
+        out = {}
+        for t in tables:
+            for row in t["rows"]:
+                for key in COMPARED:
+                    if row.get(key) is not None:
+                        out.setdefault((row["d"], row["C"]), {}).setdefault(key, []).append(float(row[key]))
+        return out
+
+    o, n = by_size(old), by_size(new)
+    sizes = sorted(set(o) & set(n))
+    if not sizes:
+        raise ValueError("the old and new tables share no (d, C) size")
+    rows = []
+    for size in sizes:
+        row = {"d": size[0], "C": size[1]}
+        for key in COMPARED:
+            if key in o[size] and key in n[size]:
+                mo, mn = statistics.median(o[size][key]), statistics.median(n[size][key])
+                row.update({f"{key}_old": mo, f"{key}_new": mn, f"{key}_ratio": mn / mo})
+        rows.append(row)
+    return {"rows": rows, "old": [t["_file"] for t in old], "new": [t["_file"] for t in new],
+            "old_provenance": [t.get("provenance") for t in old],
+            "new_provenance": [t.get("provenance") for t in new], "provenance": _provenance("cpu")}
+
+
+def format_compare(result: dict) -> str:
+    head = f"{'d':>5} {'C':>5} | " + " | ".join(f"{k:>28}" for k in ("forward ms old/new (ratio)",
+                                                                      "f+b f32 ms old/new (ratio)",
+                                                                      "f+b f64 ms old/new (ratio)"))
+    lines = [head, "-" * len(head)]
+    for row in result["rows"]:
+        cells = []
+        for key in COMPARED:
+            if f"{key}_ratio" in row:
+                cells.append(f"{row[key + '_old']:9.2f} /{row[key + '_new']:9.2f} ({row[key + '_ratio']:4.2f})")
+            else:
+                cells.append(f"{'-':>28}")
+        lines.append(f"{row['d']:>5} {row['C']:>5} | " + " | ".join(cells))
+    lines.append(f"ratio = new / old (below 1: the new code is faster); medians over {len(result['old'])} old "
+                 f"and {len(result['new'])} new tables")
+    return "\n".join(lines)
 
 
 def _save(result: dict, path) -> None:
