@@ -1,5 +1,6 @@
 """Every experiment page runs through papermill in quick mode (what `make reproduce QUICK=1` does),
 with its parameters injected, without an error, and writes result files that parse."""
+import sys
 import json
 
 import pytest
@@ -45,3 +46,20 @@ def test_a_parameter_the_page_does_not_declare_is_refused(tmp_path):
     assert not (tmp_path / "x.ipynb").exists()
     with pytest.raises(ConfigError, match="unknown page"):
         run_page("nosuch", {}, output=tmp_path / "y.ipynb")
+
+
+def test_committed_notebooks_name_no_local_path():
+    """A warning in a cell's output names the file that raised it (in the interpreter's packages);
+    the notebook written beside the results shows it without the machine's paths."""
+    import sysconfig
+    import tempfile
+
+    from guiding_nc.config import project_root
+    from guiding_nc.notebooks import _scrub, local_replacements
+
+    site = sysconfig.get_paths()["purelib"]
+    text = (f"{site}/torch/jit/_script.py:1491: FutureWarning\n{sys.prefix}/bin/python\n"
+            f"{project_root()}/data/results/x\n{tempfile.gettempdir()}/guiding_nc_nb_1/a.ipynb")
+    out = _scrub({"outputs": [{"text": [text]}]}, local_replacements())["outputs"][0]["text"][0]
+    assert out.splitlines() == ["<site-packages>/torch/jit/_script.py:1491: FutureWarning", "<venv>/bin/python",
+                                "data/results/x", "<tmp>/guiding_nc_nb_1/a.ipynb"]

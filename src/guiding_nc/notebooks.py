@@ -104,6 +104,22 @@ def _as_notebook(page: str, where: Path) -> Path:
     return path
 
 
+def local_replacements() -> List[tuple]:
+    """``(local path, what a committed notebook shows instead)``, most specific first: the
+    interpreter's packages (a warning names the file that raised it), its environment, the project
+    root and the temporary directory, each also as its resolved path."""
+    import sysconfig
+
+    pairs = []
+    for path, shown in ((sysconfig.get_paths()["purelib"], "<site-packages>"), (sys.prefix, "<venv>"),
+                        (str(project_root()), "."), (tempfile.gettempdir(), "<tmp>")):
+        for p in dict.fromkeys((path, os.path.realpath(path))):
+            if shown == ".":
+                pairs.append((p + os.sep, ""))
+            pairs.append((p, shown))
+    return pairs
+
+
 def _scrub(obj: Any, replacements: Sequence[tuple]) -> Any:
     """``obj`` with every local path (the project root, the temporary directory) replaced."""
     if isinstance(obj, str):
@@ -140,8 +156,7 @@ def run_page(page: str, parameters: Optional[Mapping[str, Any]] = None, *, outpu
         pm.execute_notebook(str(src), str(executed), parameters=parameters, kernel_name=kernel,
                             cwd=str(_book_dir()), progress_bar=progress, log_output=False)
         nb = json.loads(executed.read_text())
-    root = str(project_root())
-    nb = _scrub(nb, [(root + os.sep, ""), (root, "."), (tempfile.gettempdir(), "<tmp>")])
+    nb = _scrub(nb, local_replacements())
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(nb, indent=1) + "\n")
     return output
