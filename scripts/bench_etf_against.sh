@@ -17,7 +17,9 @@ tree=$(mktemp -d)
 trap 'git worktree remove --force "$tree" >/dev/null 2>&1 || rm -rf "$tree"' EXIT
 git worktree add --detach --quiet "$tree" "$short"
 mkdir -p runs/bench
-args=(etf --threads 1 --repeats 5 --no-trust-region --no-memory)
+# Flags both sides know (older code has no --no-trust-region): the trust-region reference capped
+# at 2 s, no peak-memory subprocesses; only the closed-form columns are compared.
+args=(etf --threads 1 --repeats 5 --tr-repeats 1 --tr-cap-s 2 --no-memory)
 olds=() news=()
 for i in $(seq 1 "$rounds"); do
   echo "=== round $i/$rounds: $short"
