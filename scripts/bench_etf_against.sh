@@ -3,7 +3,7 @@
 # session on one thread (old, new, old, new: the machine's load drifts, so only interleaved ratios
 # are compared), then the full table of this checkout (trust-region and memory included).
 #
-#   bash scripts/bench_etf_against.sh OLD_COMMIT [ROUNDS]
+#   bash scripts/bench_etf_against.sh OLD_COMMIT [ROUNDS]      (FULL=0: the comparison only)
 #
 # Writes data/bench/etf_cpu.json (the full table), data/bench/etf_cpu_vs_<old>.json (the ratios)
 # and keeps the per-round tables in runs/bench/. Needs the virtual environment (make env).
@@ -30,6 +30,7 @@ for i in $(seq 1 "$rounds"); do
   news+=("runs/bench/etf_new_$i.json")
 done
 PYTHONPATH=src "$py" -m guiding_nc.bench compare --old "${olds[@]}" --new "${news[@]}" --out "data/bench/etf_cpu_vs_${short}.json"
+[ "${FULL:-1}" = 0 ] && exit 0
 echo "=== the full table of this checkout"
 OMP_NUM_THREADS=1 PYTHONPATH=src "$py" -m guiding_nc.bench etf --threads 1 --repeats 5 --tr-repeats 3 --tr-cap-s 120 \
   --out data/bench/etf_cpu.json
