@@ -107,3 +107,23 @@ def test_bench_compare_bad_input_is_one_line(tmp_path, capsys):
             bench.main(["compare", *args])
         err = capsys.readouterr().err.strip().splitlines()
         assert says in err[-1]
+
+
+def test_bench_paired_against_a_second_copy_of_itself(capsys):
+    from pathlib import Path
+
+    import pytest
+
+    src = Path(bench.__file__).resolve().parents[1]
+    other = bench.load_package_from(str(src), "guiding_nc_second_copy")
+    assert other.nearest_etf is not bench.nearest_etf  # really a second import
+    cases = ((16, 4, "float64", True), (12, 3, "float32", False))
+    result = bench.bench_paired(other, cases=cases, calls=4, progress=lambda s: None)
+    assert [(r["d"], r["C"], r["dtype"]) for r in result["rows"]] == [(16, 4, "float64"), (12, 3, "float32")]
+    for r in result["rows"]:
+        assert r["identical_output"] and r["calls"] == 4
+        assert r["ratio_q1"] <= r["ratio_median"] <= r["ratio_q3"] and r["old_ms"] > 0 and r["new_ms"] > 0
+    assert "same output" in bench.format_paired(result)
+    with pytest.raises(SystemExit):
+        bench.main(["paired", "--other-src", str(src / "no_such_dir")])
+    assert "no guiding_nc package there" in capsys.readouterr().err

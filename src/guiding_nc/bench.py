@@ -43,7 +43,7 @@ from .memory import process_memory_bytes, reset_peak_rss
 from .etf import orthonormality_error
 from .nearest import check_inputs, nearest_etf, nearest_etf_objective, polar_factor, procrustes_matrix
 from .polar import NewtonSchulzState
-from .provenance import device_name, git_info, local_command
+from .provenance import device_name, git_info, local_command, local_path
 
 DEFAULT_SIZES = ((512, 10), (1024, 100), (1024, 200), (1024, 1000), (2048, 1000))
 
@@ -486,7 +486,29 @@ def main(argv=None) -> int:
     r.add_argument("--old", nargs="+", required=True, metavar="JSON", help="tables of the code compared against")
     r.add_argument("--new", nargs="+", required=True, metavar="JSON", help="tables of the code under test")
     r.add_argument("--out", default=None, help="write the comparison as JSON here")
+    a = sub.add_parser("paired", help="nearest_etf of this checkout against another's, call by call in one process")
+    a.add_argument("--other-src", required=True, help="the src/ folder of the other checkout (e.g. a git worktree)")
+    a.add_argument("--calls", type=int, default=20, help="paired calls per case (a quarter of it for C x d above 1e5)")
+    a.add_argument("--threads", type=int, default=None, help="threads for torch and for NumPy's BLAS alike")
+    a.add_argument("--out", default=None, help="write the table as JSON here")
     args = parser.parse_args(argv)
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        limit_threads(args.threads)
+    if args.which == "paired":
+        if args.calls < 4:
+            parser.error(f"--calls must be >= 4, got {args.calls}")
+        try:
+            other = load_package_from(args.other_src)
+        except ValueError as err:
+            parser.error(str(err))
+        result = bench_paired(other, calls=args.calls, progress=lambda s: print(s, flush=True))
+        result["other_src"] = local_path(args.other_src)
+        print()
+        print(format_paired(result))
+        _save(result, args.out)
+        return 0
     if args.which == "compare":
         try:
             result = compare_etf([_load_table(f) for f in args.old], [_load_table(f) for f in args.new])
@@ -495,10 +517,6 @@ def main(argv=None) -> int:
         print(format_compare(result))
         _save(result, args.out)
         return 0
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be >= 1")
-        limit_threads(args.threads)
     for name in ("repeats", "tr_repeats", "steps", "rounds"):
         if getattr(args, name, 1) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -535,6 +553,81 @@ def main(argv=None) -> int:
     print(format_table(result))
     _save(result, args.out)
     return 0
+
+
+PAIRED_CASES = ((512, 10, "float32", True), (1024, 100, "float32", False), (1024, 100, "float32", True),
+                (1024, 100, "float64", True), (1024, 200, "float64", True), (1024, 1000, "float32", False),
+                (1024, 1000, "float32", True), (2048, 1000, "float64", True))
+
+
+def load_package_from(src: str, name: str = "guiding_nc_other"):
+    """The ``guiding_nc`` package of another checkout (its ``src`` folder), imported under ``name``
+    beside this one, so two versions can be timed in one process."""
+    import importlib.util
+
+    init = Path(src) / "guiding_nc" / "__init__.py"
+    if not init.is_file():
+        raise ValueError(f"{src}: no guiding_nc package there (expected {init})")
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_paired(other, *, cases=PAIRED_CASES, calls: int = 20, delta: float = 1e-3, progress=print) -> dict:
+    """``nearest_etf`` of this package against ``other`` (see :func:`load_package_from`), call by
+    call in one process: each pair of calls runs back to back, in alternating order, so the
+    machine's load drifts out of the ratio.  Per case: both medians, the median and interquartile
+    range of the paired new/old ratios, and whether the two outputs are identical."""
+    from . import nearest_etf as this_etf
+
+    rows = []
+    for d, C, dtype_name, backward in cases:
+        dtype = getattr(torch, dtype_name)
+        gen = torch.Generator().manual_seed(0)
+        H = torch.randn(d, C, generator=gen, dtype=torch.float64)
+        H = (H - H.mean(1, keepdim=True)) / (H - H.mean(1, keepdim=True)).norm()
+        P = this_etf(H, None, delta).to(dtype)
+        H = H.to(dtype)
+
+        def call(fn):
+            h = H.clone().requires_grad_(backward)
+            t = time.perf_counter()
+            U = fn(h, P, delta)
+            if backward:
+                U.sum().backward()
+            return (time.perf_counter() - t) * 1e3
+
+        identical = bool(torch.equal(this_etf(H, P, delta), other.nearest_etf(H, P, delta)))
+        n = max(4, calls if d * C <= 10**5 else calls // 4)
+        call(this_etf), call(other.nearest_etf)  # warm-up
+        t_old, t_new = [], []
+        for i in range(n):
+            if i % 2:
+                t_old.append(call(other.nearest_etf)), t_new.append(call(this_etf))
+            else:
+                t_new.append(call(this_etf)), t_old.append(call(other.nearest_etf))
+        ratios = sorted(b / a for a, b in zip(t_old, t_new))
+        row = {"d": d, "C": C, "dtype": dtype_name, "what": "forward+backward" if backward else "forward",
+               "calls": n, "old_ms": statistics.median(t_old), "new_ms": statistics.median(t_new),
+               "ratio_median": statistics.median(ratios), "ratio_q1": ratios[len(ratios) // 4],
+               "ratio_q3": ratios[(3 * len(ratios)) // 4], "identical_output": identical}
+        rows.append(row)
+        progress(f"  ({d}, {C}) {dtype_name} {row['what']}: new/old {row['ratio_median']:.3f}")
+    return {"rows": rows, "provenance": _provenance("cpu")}
+
+
+def format_paired(result: dict) -> str:
+    head = (f"{'d':>5} {'C':>5} {'dtype':>8} {'':>16} | {'old ms':>9} {'new ms':>9} | "
+            f"{'new/old':>7} {'IQR':>15} | calls  same output")
+    lines = [head, "-" * len(head)]
+    for r in result["rows"]:
+        lines.append(f"{r['d']:>5} {r['C']:>5} {r['dtype']:>8} {r['what']:>16} | {r['old_ms']:9.2f} {r['new_ms']:9.2f} | "
+                     f"{r['ratio_median']:7.3f} [{r['ratio_q1']:.3f}, {r['ratio_q3']:.3f}] | {r['calls']:>5}  "
+                     f"{'yes' if r['identical_output'] else 'NO'}")
+    lines.append("new/old: median of the paired ratios (calls back to back, order alternating); below 1: faster")
+    return "\n".join(lines)
 
 
 COMPARED = ("cf_forward_ms", "cf_fwd_bwd_ms_float32", "cf_fwd_bwd_ms_float64")
