@@ -488,7 +488,7 @@ def main(argv=None) -> int:
     r.add_argument("--out", default=None, help="write the comparison as JSON here")
     a = sub.add_parser("paired", help="nearest_etf of this checkout against another's, call by call in one process")
     a.add_argument("--other-src", required=True, help="the src/ folder of the other checkout (e.g. a git worktree)")
-    a.add_argument("--calls", type=int, default=20, help="paired calls per case (a quarter of it for C x d above 1e5)")
+    a.add_argument("--calls", type=int, default=20, help="paired calls per case (a quarter of it for C x d above 3e5)")
     a.add_argument("--threads", type=int, default=None, help="threads for torch and for NumPy's BLAS alike")
     a.add_argument("--out", default=None, help="write the table as JSON here")
     args = parser.parse_args(argv)
@@ -600,7 +600,7 @@ def bench_paired(other, *, cases=PAIRED_CASES, calls: int = 20, delta: float = 1
             return (time.perf_counter() - t) * 1e3
 
         identical = bool(torch.equal(this_etf(H, P, delta), other.nearest_etf(H, P, delta)))
-        n = max(4, calls if d * C <= 10**5 else calls // 4)
+        n = max(4, calls if d * C <= 3 * 10**5 else calls // 4)  # the C = 1000 cases take ~1 s a call
         call(this_etf), call(other.nearest_etf)  # warm-up
         t_old, t_new = [], []
         for i in range(n):
