@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import guiding_nc as gnc
 from guiding_nc.heads import ClassMeanEMA, ImplicitETFHead, ema_alpha, normalize_features
+from test_nearest import central_difference_grad
 
 F64 = torch.float64
 
@@ -46,11 +47,6 @@ def test_the_gradient_to_the_features_three_ways():
     g_formula = (gh - hn.detach() * (hn.detach() * gh).sum(1, keepdim=True)) / h.norm(dim=1, keepdim=True)
     assert torch.allclose(g_auto, g_formula, atol=1e-12)
     # Central finite differences.
-    eps, g_fd = 1e-6, torch.zeros_like(h)
     with torch.no_grad():
-        for i in range(B):
-            for k in range(d):
-                e = torch.zeros_like(h)
-                e[i, k] = eps
-                g_fd[i, k] = (loss(h + e) - loss(h - e)) / (2 * eps)
+        g_fd = central_difference_grad(loss, h)
     assert torch.allclose(g_auto, g_fd, atol=1e-7)

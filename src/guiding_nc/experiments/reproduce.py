@@ -566,35 +566,13 @@ def _train_one(job: Dict[str, Any], cfg, run_dir: Path, spec: ExperimentSpec, ar
     return rec
 
 
-class _run_lock:
-    """An exclusive, non-blocking lock on one run's directory for a ``with`` block; ``as`` gives
-    ``True`` when this process holds it, ``False`` when another does (it is training that run).
-    Without ``fcntl`` (or where the file system refuses locks) it always gives ``True``."""
+class _DirLock:
+    """An advisory ``fcntl.flock`` on a directory (no lock file left among the results), released
+    when the ``with`` block ends; subclasses say how it is taken."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir)
+    def __init__(self, path: Path):
+        self.path = Path(path)
         self.fd: Optional[int] = None
-
-    def __enter__(self) -> bool:
-        import os
-
-        try:
-            import fcntl
-        except ImportError:
-            return True
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            self.fd = os.open(self.run_dir, os.O_RDONLY)
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            return False
-        except OSError:
-            if self.fd is not None:
-                os.close(self.fd)
-            self.fd = None
-        return True
 
     def __exit__(self, *exc):
         if self.fd is not None:
@@ -605,6 +583,33 @@ class _run_lock:
             os.close(self.fd)
             self.fd = None
         return False
+
+
+class _run_lock(_DirLock):
+    """An exclusive, non-blocking lock on one run's directory for a ``with`` block; ``as`` gives
+    ``True`` when this process holds it, ``False`` when another does (it is training that run).
+    Without ``fcntl`` (or where the file system refuses locks) it always gives ``True``."""
+
+    def __enter__(self) -> bool:
+        import os
+
+        try:
+            import fcntl
+        except ImportError:
+            return True
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY)
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            return False
+        except OSError:
+            if self.fd is not None:
+                os.close(self.fd)
+            self.fd = None
+        return True
 
 
 def _write_merged(out: Path, grid: ExperimentSpec, grid_keys: Sequence[str], records: Dict[str, Dict[str, Any]],
@@ -754,15 +759,10 @@ def _same_spec(then: Optional[Dict[str, Any]], now: Dict[str, Any]) -> bool:
     return all(then.get(k, defaults.get(k)) == now.get(k, defaults.get(k)) for k in set(then) | set(now))
 
 
-class _locked:
-    """An exclusive advisory lock (``fcntl.flock``) on the directory ``path`` for a ``with`` block,
-    so no lock file is left among the results.  A no-op where ``fcntl`` does not exist (Windows),
-    and with a warning where the file system refuses the lock: slices must then not run at the
-    same time."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.fd: Optional[int] = None
+class _locked(_DirLock):
+    """An exclusive, blocking lock on the directory ``path`` for a ``with`` block.  A no-op where
+    ``fcntl`` does not exist (Windows), and with a warning where the file system refuses the lock:
+    slices must then not run at the same time."""
 
     def __enter__(self):
         try:
@@ -783,16 +783,6 @@ class _locked:
             warnings.warn(f"cannot lock {self.path} ({exc}); do not run slices into it at the same time",
                           stacklevel=2)
         return self
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            import fcntl
-            import os
-
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-        return False
 
 
 def _finished_records(spec: ExperimentSpec, jobs: Sequence[Dict[str, Any]], work_dir: Path, device: str,
