@@ -79,7 +79,7 @@ def test_earlier_memory_rule_used_the_need_where_kkt_was_not_run():
     rows = [{"config": "ufm200", "variant": "implicit, DDN closed form", "peak_extra_gb": 0.2},
             {"config": "ufm200", "variant": "implicit, DDN dense KKT", "kkt_need_gb": 70.0}]
     r = claims._memory_v1({"rows": rows})
-    assert r["verdict"] == "reproduced" and "70.0 GB needed" in r["measured"]  # the earlier rule
+    assert r["verdict"] == "reproduced" and "70.0 GiB needed" in r["measured"]  # the earlier rule
 
 
 def test_missing_results_are_not_testable_with_the_command(tmp_path):

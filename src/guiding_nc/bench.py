@@ -426,7 +426,7 @@ def format_table(result: dict) -> str:
         if r.get("kkt_peak_mb_float64") is not None:
             kkt_mb = f"{r['kkt_peak_mb_float64']:.1f}"
         else:
-            kkt_mb = f"need {r['kkt_need_gb']:.1f}GB" if r["kkt_fwd_bwd_ms_float64"] is None else "-"
+            kkt_mb = f"need {r['kkt_need_gb']:.1f}GiB" if r["kkt_fwd_bwd_ms_float64"] is None else "-"
         err = f"{r['kkt_vs_cf_rel_err']:.1e}" if r["kkt_vs_cf_rel_err"] is not None else "-"
         mb32 = f"{r['cf_peak_mb_float32']:.1f}" if "cf_peak_mb_float32" in r else "-"
         mb64 = f"{r['cf_peak_mb_float64']:.1f}" if "cf_peak_mb_float64" in r else "-"
@@ -468,7 +468,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--tr-cap-s", type=float, default=60.0, help="time cap for one trust-region solve (s)")
     p.add_argument("--tr-repeats", type=int, default=3, help="trust-region runs per size; the median is reported")
-    p.add_argument("--kkt-cap-gb", type=float, default=4.0, help="skip the dense KKT gradient above this memory (GB)")
+    p.add_argument("--kkt-cap-gb", type=float, default=4.0, help="skip the dense KKT gradient above this memory (GiB)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--no-trust-region", action="store_true",
                    help="skip the paper's trust-region solver (it runs on the CPU through pymanopt, which this needs)")

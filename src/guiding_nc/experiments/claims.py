@@ -162,10 +162,10 @@ def _memory_v1(result) -> Dict[str, Any]:
         need = kkt.get("kkt_need_gb")
         if kkt_gb is not None:
             passed += cf["peak_extra_gb"] < kkt_gb
-            lines.append(f"{c}: closed form {cf['peak_extra_gb']:.3f} GB vs dense KKT {kkt_gb:.3f} GB measured")
+            lines.append(f"{c}: closed form {cf['peak_extra_gb']:.3f} GiB vs dense KKT {kkt_gb:.3f} GiB measured")
         else:
             passed += cf["peak_extra_gb"] < need
-            lines.append(f"{c}: closed form {cf['peak_extra_gb']:.3f} GB measured vs dense KKT {need:.1f} GB needed (not run)")
+            lines.append(f"{c}: closed form {cf['peak_extra_gb']:.3f} GiB measured vs dense KKT {need:.1f} GiB needed (not run)")
     return {"measured": "; ".join(lines), "verdict": _verdict(passed, total)}
 
 
@@ -174,7 +174,7 @@ def _memory(result) -> Dict[str, Any]:
     """Closed form vs dense KKT peak memory, counted only where both were measured and their
     difference is larger than the measurement noise at that size: the spread of the peaks of the
     runs that do not differ in the DDN backward (standard, fixed, implicit without / with the
-    closed-form gradient), at least 1 MB."""
+    closed-form gradient), at least 0.001 GiB (about 1 MiB)."""
     rows = result["rows"]
     lines, passed, total = [], 0, 0
     for c in dict.fromkeys(r["config"] for r in rows):
@@ -183,13 +183,13 @@ def _memory(result) -> Dict[str, Any]:
         if not cf or "peak_extra_gb" not in cf or not kkt:
             continue
         if kkt.get("peak_extra_gb") is None:
-            lines.append(f"{c}: dense KKT not run (it needs {kkt.get('kkt_need_gb', float('nan')):.1f} GB), not counted")
+            lines.append(f"{c}: dense KKT not run (it needs {kkt.get('kkt_need_gb', float('nan')):.1f} GiB), not counted")
             continue
         peers = [r["peak_extra_gb"] for v, r in at.items() if v != "implicit, DDN dense KKT" and "peak_extra_gb" in r]
         noise = max(max(peers) - min(peers), 1e-3)
         diff = kkt["peak_extra_gb"] - cf["peak_extra_gb"]
-        text = (f"{c}: closed form {cf['peak_extra_gb']:.3f} GB vs dense KKT {kkt['peak_extra_gb']:.3f} GB "
-                f"(noise {1e3 * noise:.1f} MB)")
+        text = (f"{c}: closed form {cf['peak_extra_gb']:.3f} GiB vs dense KKT {kkt['peak_extra_gb']:.3f} GiB "
+                f"(noise {1024 * noise:.1f} MiB)")
         if abs(diff) <= noise:
             lines.append(text + ", within the noise, not counted")
             continue
@@ -425,7 +425,7 @@ CLAIMS: List[Dict[str, Any]] = [
      "paper": "Table 3 (the closed form is this package's)", "experiment": "cost", "check": _memory,
      "written": "after seeing results (the old rule passed on 0.9 MB of noise and on computed memory)",
      "rule": "at every UFM size where both were measured and their peaks differ by more than the spread of the "
-             "other variants' peaks at that size (the measurement noise, at least 1 MB), the closed form's is the "
+             "other variants' peaks at that size (the measurement noise, at least 0.001 GiB), the closed form's is the "
              "lower; sizes within the noise or where the dense gradient was not run are listed, not counted",
      "previous": {"rule": "reproduced if at every UFM size the closed form's measured peak memory is below the dense "
                           "gradient's measured peak (or, where the dense one was not run, below what it needs)",

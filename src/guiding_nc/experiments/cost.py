@@ -138,7 +138,7 @@ def run(configs: Sequence[str] = DEFAULT_CONFIGS, *, steps: int = 6, device: str
             row["kkt_need_gb"] = need
             row["kkt_need_dtype"] = cfg.solve_dtype
             if need > kkt_cap_gb:
-                row["status"] = f"skipped: the dense KKT matrices need {need:.1f} GB > cap {kkt_cap_gb:g} GB"
+                row["status"] = f"skipped: the dense KKT matrices need {need:.1f} GiB > cap {kkt_cap_gb:g} GiB"
                 rows.append(row)
                 _write(out, rows, start, used_device, argv, configs, steps, quick, kkt_cap_gb, threads)
                 continue
@@ -179,7 +179,7 @@ def _write(out, rows, start, device, argv, configs, steps, quick, kkt_cap_gb, th
 
 
 def format_table(rows: Sequence[Dict]) -> str:
-    lines = [f"{'config':<8} {'variant':<27} {'step ms':>9} {'backbone':>9} {'ETF fwd':>8} {'DDN bwd':>8} {'peak GB':>8}"]
+    lines = [f"{'config':<8} {'variant':<27} {'step ms':>9} {'backbone':>9} {'ETF fwd':>8} {'DDN bwd':>8} {'peak GiB':>8}"]
     for r in rows:
         if "time_step_ms" not in r:
             lines.append(f"{r['config']:<8} {r['variant']:<27} {r.get('status', '')}")

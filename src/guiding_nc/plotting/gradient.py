@@ -121,7 +121,7 @@ def plot_memory_vs_classes(
                     color=f"C{k}", label=label)
     if budget_gb:
         ax.axhline(budget_gb * 2 ** 30, color="0.3", lw=1, ls=(0, (1, 2)))
-        ax.text(ax.get_xlim()[1] * 0.9, budget_gb * 1e9 * 1.3, f"{budget_gb:g} GB accelerator",
+        ax.text(ax.get_xlim()[1] * 0.9, budget_gb * 2 ** 30 * 1.3, f"{budget_gb:g} GiB accelerator",
                 fontsize=8, color="0.3", ha="right")
     ax.set_xlabel("number of classes $C$")
     ax.set_ylabel("memory of the layer's backward (bytes)")
