@@ -24,6 +24,8 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
+from .forward_mode import jvp
+
 
 __all__ = [
     "ScalarFn",
@@ -95,7 +97,7 @@ def hvp(f: ScalarFn, x: Tensor, v: Tensor) -> Tensor:
     if v.dtype != x.dtype or v.device != x.device:
         raise ValueError(f"v ({v.dtype}, {v.device}) must have the dtype and device of x ({x.dtype}, {x.device})")
     g = torch.func.grad(scalar_output(f))
-    return torch.func.jvp(g, (x,), (v,))[1]
+    return jvp(g, (x,), (v,))[1]
 
 
 def make_hvp(f: ScalarFn, x: Tensor, *, mode: str = "forward_over_reverse") -> Callable[[Tensor], Tensor]:

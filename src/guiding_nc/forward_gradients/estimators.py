@@ -8,7 +8,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.func import jvp
+from ..forward_mode import jvp
 from .validation import (
     NS_SKETCH_SEED,
     Params,
