@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -333,6 +334,12 @@ def test_chapter_renders_offline(page, request, screenshot_dir):
         problems.append(f"figures whose {MIN_FONT_PT:g}-pt text displays under {MIN_TEXT_PX:g} px: {small[:4]}")
     if report["clipped"]:
         problems.append(f"code lines clipped at the column width: {report['clipped'][:3]}")
+    # The machine that built the book: its checkout and its Python environment (folded cells too).
+    source = html_path.read_text(errors="replace")
+    local = sorted({p for p in (str(ROOT), os.path.realpath(sys.prefix)) if p + os.sep in source})
+    if local:
+        i = source.index(local[0] + os.sep)
+        problems.append(f"a local path in the page: ...{source[max(0, i - 60): i + 60]!r}...")
     assert not problems, f"{page}: " + "; ".join(problems)
 
 
