@@ -594,3 +594,17 @@ def test_curvature_at_exact_matches_lanczos_and_the_affine_theory(kind):
         assert ex["correction_norm"] > 1e-6
     with pytest.raises(ValueError, match="method"):
         curvature_at(obj, x, fs, method="power")
+
+
+def test_forward_mode_entries_raise_no_warning_of_torchs_internals():
+    """In a fresh process (torch loads its forward-mode decompositions once per process), the
+    package's forward-mode entries run with FutureWarning as an error: torch's own
+    ``torch.jit.script`` deprecation notice, which names the local installation, never shows."""
+    import subprocess
+    import sys
+
+    for call in ("curvature.hessian_matrix(lambda x: (x ** 3).sum(), torch.ones(3, dtype=torch.float64))",
+                 "curvature.hvp(lambda x: (x ** 3).sum(), torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64))"):
+        code = f"import torch\nfrom guiding_nc import curvature\n{call}\n"
+        run = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-600:]

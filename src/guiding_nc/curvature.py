@@ -24,7 +24,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import Tensor
 
-from .forward_mode import jvp
+from .forward_mode import jvp, load as load_forward_mode
 
 
 __all__ = [
@@ -168,6 +168,7 @@ def hessian_matrix(f: ScalarFn, x: Tensor, *, max_numel: int = 4096) -> Tensor:
             f"hessian_matrix forms an (n, n) matrix; n = {n} exceeds max_numel = {max_numel} "
             "(raise max_numel or use hvp / lanczos_extremal_eigenvalues)"
         )
+    load_forward_mode()  # torch.func.hessian is forward-over-reverse
     Hm = torch.func.hessian(scalar_output(f))(x.detach())
     return Hm.reshape(n, n)
 
