@@ -74,41 +74,6 @@ def test_bench_without_the_trust_region_reports_float32_accuracy(tmp_path):
     assert "f32 orth" in bench.format_table(result)
 
 
-def _table(path, rows):
-    path.write_text(json.dumps({"rows": rows, "provenance": {"git_commit": "x"}}))
-    return str(path)
-
-
-def test_bench_compare_reports_median_ratios(tmp_path, capsys):
-    row = lambda d, C, t: {"d": d, "C": C, "cf_forward_ms": t, "cf_fwd_bwd_ms_float32": 2 * t,
-                           "cf_fwd_bwd_ms_float64": None}
-    old = [_table(tmp_path / f"old{i}.json", [row(8, 4, t), row(16, 8, 10.0)]) for i, t in enumerate((4.0, 6.0, 5.0))]
-    new = [_table(tmp_path / "new.json", [row(8, 4, 2.5), row(32, 8, 1.0)])]
-    out = tmp_path / "cmp.json"
-    assert bench.main(["compare", "--old", *old, "--new", *new, "--out", str(out)]) == 0
-    result = json.loads(out.read_text())
-    assert [(r["d"], r["C"]) for r in result["rows"]] == [(8, 4)]  # the sizes both sides measured
-    r = result["rows"][0]
-    assert r["cf_forward_ms_old"] == 5.0 and r["cf_forward_ms_ratio"] == 0.5
-    assert r["cf_fwd_bwd_ms_float32_ratio"] == 0.5 and "cf_fwd_bwd_ms_float64_ratio" not in r
-    assert "(0.50)" in capsys.readouterr().out
-
-
-def test_bench_compare_bad_input_is_one_line(tmp_path, capsys):
-    import pytest
-
-    good = _table(tmp_path / "a.json", [{"d": 8, "C": 4, "cf_forward_ms": 1.0}])
-    (tmp_path / "b.json").write_text("[1, 2]")
-    for args, says in ((["--old", str(tmp_path / "none.json"), "--new", good], "not a readable JSON table"),
-                       (["--old", str(tmp_path / "b.json"), "--new", good], "not a 'bench etf' table"),
-                       (["--old", _table(tmp_path / "c.json", [{"d": 9, "C": 3, "cf_forward_ms": 1.0}]),
-                         "--new", good], "share no (d, C) size")):
-        with pytest.raises(SystemExit):
-            bench.main(["compare", *args])
-        err = capsys.readouterr().err.strip().splitlines()
-        assert says in err[-1]
-
-
 def test_bench_paired_against_a_second_copy_of_itself(capsys):
     from pathlib import Path
 

@@ -482,10 +482,6 @@ def main(argv=None) -> int:
     q.add_argument("--rounds", type=int, default=3)
     q.add_argument("--out", default=None, help="write the table as JSON here (e.g. data/bench/overhead_cpu.json)")
     q.add_argument("--threads", type=int, default=None, help="threads for torch and for NumPy's BLAS alike (default: each library's choice)")
-    r = sub.add_parser("compare", help="closed-form times of two sets of 'bench etf' tables, as ratios")
-    r.add_argument("--old", nargs="+", required=True, metavar="JSON", help="tables of the code compared against")
-    r.add_argument("--new", nargs="+", required=True, metavar="JSON", help="tables of the code under test")
-    r.add_argument("--out", default=None, help="write the comparison as JSON here")
     a = sub.add_parser("paired", help="nearest_etf of this checkout against another's, call by call in one process")
     a.add_argument("--other-src", required=True, help="the src/ folder of the other checkout (e.g. a git worktree)")
     a.add_argument("--calls", type=int, default=20, help="paired calls per case (a quarter of it for C x d above 3e5)")
@@ -507,14 +503,6 @@ def main(argv=None) -> int:
         result["other_src"] = local_path(args.other_src)
         print()
         print(format_paired(result))
-        _save(result, args.out)
-        return 0
-    if args.which == "compare":
-        try:
-            result = compare_etf([_load_table(f) for f in args.old], [_load_table(f) for f in args.new])
-        except ValueError as err:
-            parser.error(str(err))
-        print(format_compare(result))
         _save(result, args.out)
         return 0
     for name in ("repeats", "tr_repeats", "steps", "rounds"):
@@ -575,31 +563,25 @@ def load_package_from(src: str, name: str = "guiding_nc_other"):
     return module
 
 
-def bench_paired(other, *, cases=PAIRED_CASES, calls: int = 20, delta: float = 1e-3, progress=print) -> dict:
+def bench_paired(other, *, cases=PAIRED_CASES, calls: int = 20, progress=print) -> dict:
     """``nearest_etf`` of this package against ``other`` (see :func:`load_package_from`), call by
     call in one process: each pair of calls runs back to back, in alternating order, so the
     machine's load drifts out of the ratio.  Per case: both medians, the median and interquartile
     range of the paired new/old ratios, and whether the two outputs are identical."""
-    from . import nearest_etf as this_etf
-
+    this_etf = nearest_etf
     rows = []
     for d, C, dtype_name, backward in cases:
-        dtype = getattr(torch, dtype_name)
-        gen = torch.Generator().manual_seed(0)
-        H = torch.randn(d, C, generator=gen, dtype=torch.float64)
-        H = (H - H.mean(1, keepdim=True)) / (H - H.mean(1, keepdim=True)).norm()
-        P = this_etf(H, None, delta).to(dtype)
-        H = H.to(dtype)
+        H, P = _problem(d, C, getattr(torch, dtype_name), "cpu")
 
         def call(fn):
             h = H.clone().requires_grad_(backward)
             t = time.perf_counter()
-            U = fn(h, P, delta)
+            U = fn(h, P, 1e-3)
             if backward:
                 U.sum().backward()
             return (time.perf_counter() - t) * 1e3
 
-        identical = bool(torch.equal(this_etf(H, P, delta), other.nearest_etf(H, P, delta)))
+        identical = bool(torch.equal(this_etf(H, P, 1e-3), other.nearest_etf(H, P, 1e-3)))
         n = max(4, calls if d * C <= 3 * 10**5 else calls // 4)  # the C = 1000 cases take ~1 s a call
         call(this_etf), call(other.nearest_etf)  # warm-up
         t_old, t_new = [], []
@@ -627,68 +609,6 @@ def format_paired(result: dict) -> str:
                      f"{r['ratio_median']:7.3f} [{r['ratio_q1']:.3f}, {r['ratio_q3']:.3f}] | {r['calls']:>5}  "
                      f"{'yes' if r['identical_output'] else 'NO'}")
     lines.append("new/old: median of the paired ratios (calls back to back, order alternating); below 1: faster")
-    return "\n".join(lines)
-
-
-COMPARED = ("cf_forward_ms", "cf_fwd_bwd_ms_float32", "cf_fwd_bwd_ms_float64")
-
-
-def _load_table(path) -> dict:
-    try:
-        table = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable JSON table ({err})") from None
-    if not isinstance(table, dict) or not isinstance(table.get("rows"), list):
-        raise ValueError(f"{path}: not a 'bench etf' table (no 'rows' list)")
-    table["_file"] = str(path)
-    return table
-
-
-def compare_etf(old: list, new: list) -> dict:
-    """Per size and closed-form time of :data:`COMPARED`: the median over the ``old`` tables, over
-    the ``new`` ones, and new / old.  Measure both sets alternately in one session (the machine's
-    load drifts; ratios of interleaved runs are what to compare, not absolute times)."""
-    def by_size(tables):
-        out = {}
-        for t in tables:
-            for row in t["rows"]:
-                for key in COMPARED:
-                    if row.get(key) is not None:
-                        out.setdefault((row["d"], row["C"]), {}).setdefault(key, []).append(float(row[key]))
-        return out
-
-    o, n = by_size(old), by_size(new)
-    sizes = sorted(set(o) & set(n))
-    if not sizes:
-        raise ValueError("the old and new tables share no (d, C) size")
-    rows = []
-    for size in sizes:
-        row = {"d": size[0], "C": size[1]}
-        for key in COMPARED:
-            if key in o[size] and key in n[size]:
-                mo, mn = statistics.median(o[size][key]), statistics.median(n[size][key])
-                row.update({f"{key}_old": mo, f"{key}_new": mn, f"{key}_ratio": mn / mo})
-        rows.append(row)
-    return {"rows": rows, "old": [t["_file"] for t in old], "new": [t["_file"] for t in new],
-            "old_provenance": [t.get("provenance") for t in old],
-            "new_provenance": [t.get("provenance") for t in new], "provenance": _provenance("cpu")}
-
-
-def format_compare(result: dict) -> str:
-    head = f"{'d':>5} {'C':>5} | " + " | ".join(f"{k:>28}" for k in ("forward ms old/new (ratio)",
-                                                                      "f+b f32 ms old/new (ratio)",
-                                                                      "f+b f64 ms old/new (ratio)"))
-    lines = [head, "-" * len(head)]
-    for row in result["rows"]:
-        cells = []
-        for key in COMPARED:
-            if f"{key}_ratio" in row:
-                cells.append(f"{row[key + '_old']:9.2f} /{row[key + '_new']:9.2f} ({row[key + '_ratio']:4.2f})")
-            else:
-                cells.append(f"{'-':>28}")
-        lines.append(f"{row['d']:>5} {row['C']:>5} | " + " | ".join(cells))
-    lines.append(f"ratio = new / old (below 1: the new code is faster); medians over {len(result['old'])} old "
-                 f"and {len(result['new'])} new tables")
     return "\n".join(lines)
 
 
