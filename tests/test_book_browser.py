@@ -347,3 +347,16 @@ def smallest_text_px(figure: dict) -> float:
     """Displayed height of the smallest text the plotting functions use, in an image of a figure:
     drawn at ``SCREEN_DPI`` (the notebook's inline resolution), scaled by the page to ``shown``."""
     return MIN_FONT_PT * SCREEN_DPI / 72.0 * figure["shown"] / figure["natural"]
+
+
+CODE_LINE_MAX = 88  # characters: a code line that long fits the column at the book's code size
+
+
+@pytest.mark.parametrize("source", sorted((ROOT / "book").glob("*.md")), ids=lambda p: p.stem)
+def test_code_cells_fit_the_column(source):
+    """Every line of every code cell is at most CODE_LINE_MAX characters (the browser check above
+    sees only the pages' rendered lines; this one holds for the sources, folded cells included)."""
+    cells = re.findall(r"```\{code-cell\}[^\n]*\n(.*?)```", source.read_text(), re.S)
+    long = [f"{len(line)}: {line.strip()[:60]}" for cell in cells for line in cell.splitlines()
+            if len(line) > CODE_LINE_MAX]
+    assert not long, f"{source.name}: code lines over {CODE_LINE_MAX} characters: {long[:5]}"
