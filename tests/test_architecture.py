@@ -8,7 +8,7 @@ PKG = Path(__file__).resolve().parents[1] / "src" / "guiding_nc"
 LAYERS = {
     0: ["etf", "polar", "nearest", "ddn", "trust_region", "heads", "methods", "metrics", "errors", "memory", "forward_mode",
         "distributed", "__init__"],
-    1: ["config", "data", "models", "optim", "trainer", "checkpoints", "timing", "sweeps", "provenance", "cli", "train"],
+    1: ["config", "protocol", "data", "models", "optim", "trainer", "checkpoints", "timing", "sweeps", "provenance", "cli", "train"],
     2: ["experiments", "bench", "gpu_check"],
     3: ["curvature", "reduction", "forward_gradients", "experiments.reduction_mappings",
         "experiments.forward_gradients"],

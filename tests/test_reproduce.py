@@ -35,7 +35,7 @@ def test_paper_experiments_keep_the_paper_protocol():
         assert spec.seeds == [0, 1, 2, 3, 4] and spec.methods == ["standard", "fixed", "implicit"]
         for job in spec.jobs():
             cfg = load_config(job["config"], job["overrides"])
-            assert (cfg.optimizer, cfg.gain, cfg.delta, cfg.tau, cfg.stratified) == ("agd", 10.0, 1e-3, 5.0, True)
+            assert (cfg.optimizer, cfg.gain, cfg.delta, cfg.tau, cfg.stratified_batches) == ("agd", 10.0, 1e-3, 5.0, True)
             if cfg.is_ufm:
                 assert cfg.epochs == 2000 and cfg.batch_size == cfg.num_samples
     assert rp.load_experiment("ufm_scaling_cpu").notes  # a reduced budget says why
@@ -537,9 +537,9 @@ def test_experiment_names_that_would_leave_the_work_directory_are_refused(tmp_pa
 
 
 def test_settings_hash_reads_an_explicit_model_default_as_its_absence():
-    a = load_config("digits_mlp", {"model_kwargs.final_activation": True, "model_kwargs.feature_batch_norm": False})
-    b = load_config("digits_mlp", {"model_kwargs": {"hidden": [128, 128]}})  # both at the MLP's defaults
-    c = load_config("digits_mlp")  # the config's own: final_activation false
+    a = load_config("digits_mlp", {"final_activation": True, "model_kwargs.feature_batch_norm": False})
+    b = load_config("digits_mlp", {"final_activation": True, "model_kwargs": {"hidden": [128, 128]}})  # MLP defaults
+    c = load_config("digits_mlp")  # the protocol's own: final_activation false
     assert rp._settings_hash(a) == rp._settings_hash(b) != rp._settings_hash(c)
     # The same place-free settings from another work directory or data folder.
     assert rp._settings_hash(a) == rp._settings_hash(a.replace(run_dir="/elsewhere", data_root="/data"))

@@ -131,7 +131,7 @@ def test_experiment_configs_hold_the_paper_values():
         cfg = load_config(p)
         cfg.validate()
         cfg.replace(quick=True).apply_quick().validate()
-        assert (cfg.optimizer, cfg.gain, cfg.tau, cfg.delta, cfg.stratified) == ("agd", 10.0, 5.0, 1e-3, True)
+        assert (cfg.optimizer, cfg.gain, cfg.tau, cfg.delta, cfg.stratified_batches) == ("agd", 10.0, 5.0, 1e-3, True)
         assert set(cfg.method_list) == {"standard", "fixed", "implicit"}
     sizes = {"ufm10": (10, 1000, 512), "ufm100": (100, 5000, 1024), "ufm200": (200, 5000, 1024),
              "ufm1000": (1000, 10000, 1024)}
@@ -323,7 +323,7 @@ def test_evaluation_counts_dead_units_and_the_classifier_weight_on_them(tmp_path
 
 def test_dotted_overrides_set_one_entry_of_a_mapping():
     cfg = load_config("digits_mlp", ["model_kwargs.feature_batch_norm=true"])
-    assert cfg.model_kwargs == {"hidden": [128, 128], "final_activation": False, "feature_batch_norm": True}
+    assert cfg.model_kwargs == {"hidden": [128, 128], "feature_batch_norm": True}
     for bad in ("epochs.x=1", "nosuch.x=1"):
         with pytest.raises(ConfigError, match="mapping-valued"):
             load_config("digits_mlp", [bad])

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import yaml
@@ -135,7 +135,6 @@ class TrainConfig:
     split_seed: int = 0
     batch_size: int = 256
     eval_batch_size: Optional[int] = None
-    stratified: bool = True
     drop_last: bool = False
     num_workers: int = 0
     pin_memory: Optional[bool] = None
@@ -163,6 +162,18 @@ class TrainConfig:
     solve_dtype: str = "float32"
     head_bias: bool = False
     etf_seed: Optional[int] = None
+    # protocol (guiding_nc.protocol): a named set of choices; each option below, when not null,
+    # overrides the protocol's choice for it
+    protocol: str = "one_switch"
+    standard_centring: Optional[str] = None
+    fixed_centring: Optional[str] = None
+    implicit_centring: Optional[str] = None
+    standard_sampler: Optional[str] = None
+    fixed_sampler: Optional[str] = None
+    implicit_sampler: Optional[str] = None
+    implicit_class_means: Optional[str] = None
+    final_activation: Optional[bool] = None
+    agd_depth: Optional[str] = None
     # evaluation / logging
     eval_every: int = 1
     eval_train: bool = True
@@ -202,12 +213,21 @@ class TrainConfig:
             raise ConfigError(f"a config must be a mapping of key: value, got {type(data).__name__}")
         data = {k: v for k, v in data.items() if k != "base"}
         unknown = sorted(set(data) - set(cls.valid_keys()))
+        if "stratified" in unknown:
+            raise ConfigError("stratified is now per method: standard_sampler, fixed_sampler, implicit_sampler "
+                              "(stratified or shuffled; null = the protocol's choice)")
         if unknown:
             raise ConfigError(
                 f"unknown config key(s): {', '.join(unknown)}. Valid keys are: {', '.join(sorted(cls.valid_keys()))}"
             )
         kinds = {f.name: f.type for f in dataclasses.fields(cls)}
-        return cls(**{k: _coerce(k, kinds[k], copy.deepcopy(v)) for k, v in data.items()})
+        cfg = cls(**{k: _coerce(k, kinds[k], copy.deepcopy(v)) for k, v in data.items()})
+        cfg.explicit_keys = frozenset(data)
+        return cfg
+
+    # The keys a config file, mapping or override set (the rest hold their defaults): a default
+    # that matters for some runs only can be warned about (weight decay outside AGD).
+    explicit_keys: ClassVar[frozenset] = frozenset()
 
     def to_dict(self) -> Dict[str, Any]:
         return copy.deepcopy(dataclasses.asdict(self))
@@ -215,16 +235,48 @@ class TrainConfig:
     def replace(self, **changes: Any) -> "TrainConfig":
         d = self.to_dict()
         d.update(changes)
-        return TrainConfig.from_dict(d)
+        out = TrainConfig.from_dict(d)
+        out.explicit_keys = self.explicit_keys | frozenset(changes)
+        return out
 
     def head_options(self) -> Dict[str, Any]:
         """The keywords of :func:`guiding_nc.heads.build_head` these settings give (beside the
         method, the feature dimension and the number of classes)."""
+        from .methods import family
+
+        choices = self.protocol_choices()
         return dict(tau=self.tau, delta=self.delta, ddn_backward=self.ddn_backward, solver=self.solver,
                     ema_floor=self.ema_floor, head_bias=self.head_bias,
                     etf_seed=self.seed if self.etf_seed is None else self.etf_seed,
                     solve_dtype=torch.float64 if self.solve_dtype == "float64" else torch.float32,
-                    max_iterations=self.solver_max_iterations)
+                    max_iterations=self.solver_max_iterations,
+                    centring=choices[f"{family(self.method)}_centring"],
+                    class_means=choices["implicit_class_means"])
+
+    def protocol_choices(self) -> Dict[str, Any]:
+        """Every protocol option's value for these settings (:func:`guiding_nc.protocol.resolve`):
+        the option's own setting where it is not null, else the protocol's choice."""
+        from .protocol import resolve
+
+        return resolve(self.protocol, self.to_dict())
+
+    @property
+    def stratified_batches(self) -> bool:
+        """Whether the run's method trains on stratified batches (its family's sampler option)."""
+        from .methods import family
+
+        return self.protocol_choices()[f"{family(self.method)}_sampler"] == "stratified"
+
+    def protocol_label(self) -> str:
+        """The protocol, and the options relevant to this run where it departs from it, e.g.
+        ``"paper"`` or ``"paper with standard_sampler=stratified"`` (:func:`guiding_nc.protocol.describe`)."""
+        from .models import model_defaults
+        from .protocol import describe, relevant
+
+        values = self.protocol_choices()
+        keys = relevant(values, self.method, model_has_final_activation="final_activation" in model_defaults(self.model),
+                        agd=str(self.optimizer).lower() == "agd")
+        return describe(self.protocol, values, keys)
 
     # -- derived -----------------------------------------------------------------------
     @property
@@ -292,6 +344,17 @@ class TrainConfig:
             raise ConfigError(f"unknown ddn_backward {self.ddn_backward!r}; choose one of {', '.join(BACKWARDS)}")
         if self.solver not in SOLVERS:
             raise ConfigError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
+        from .protocol import OPTIONS, PROTOCOL_NAMES
+
+        if self.protocol not in PROTOCOL_NAMES:
+            raise ConfigError(f"protocol must be one of {', '.join(PROTOCOL_NAMES)}, got {self.protocol!r}")
+        for opt in OPTIONS:
+            v = getattr(self, opt.key)
+            if v is not None and v not in opt.choices:
+                choices = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in opt.choices)
+                raise ConfigError(f"{opt.key} must be one of {choices} or null (the protocol's choice), got {v!r}")
+        if "final_activation" in (self.model_kwargs or {}):
+            raise ConfigError("set final_activation (a protocol option), not model_kwargs.final_activation")
         if self.solve_dtype not in ("float32", "float64"):
             raise ConfigError(f"solve_dtype must be 'float32' or 'float64' (never lower), got {self.solve_dtype!r}")
         if self.amp_dtype not in ("bfloat16", "float16"):
@@ -433,10 +496,12 @@ def load_config(source: Union[None, str, os.PathLike, Dict[str, Any], TrainConfi
     ``overrides`` is a list of ``key=value`` strings (values parsed as YAML) or a dict; they
     are applied last.  ``quick: true`` is *not* applied here (see :meth:`TrainConfig.apply_quick`).
     """
+    explicit: frozenset = frozenset()
     if source is None:
         data: Dict[str, Any] = {}
     elif isinstance(source, TrainConfig):
         data = source.to_dict()
+        explicit = source.explicit_keys
     elif isinstance(source, dict):
         data = dict(source)
         if "base" in data:
@@ -463,6 +528,9 @@ def load_config(source: Union[None, str, os.PathLike, Dict[str, Any], TrainConfi
                 data[top] = {**(data.get(top) or {}), sub: value}
             else:
                 data[key] = value
-    return TrainConfig.from_dict(data)
+    cfg = TrainConfig.from_dict(data)
+    if isinstance(source, TrainConfig):
+        cfg.explicit_keys = explicit | frozenset(k.split(".", 1)[0] for k in (extra if overrides else {}))
+    return cfg
 
 

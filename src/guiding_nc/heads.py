@@ -34,6 +34,11 @@ through the new term, as in the implicit head).  The methods differ in ``W`` onl
 paper writes the centring for its own method, ``b = -W h_G``; applying it to the two baselines
 too is what makes the comparison one switch -- see the book's chapter on real images.)
 
+**The code release's choices.** How a head picks ``h_G`` is its ``centring``
+(:data:`CENTRINGS`, one class each: :class:`GlobalMeanEMA`, :class:`BatchMean`,
+:class:`DetachedBatchMean`, or none); :mod:`guiding_nc.protocol` names the choices of the
+paper's released code (``protocol: paper``) beside the one-switch protocol above.
+
 The implicit head's class-mean bookkeeping lives in :class:`ClassMeanEMA`; its
 rules for classes missing from a batch are documented there.
 """
@@ -58,6 +63,11 @@ __all__ = [
     "normalize_features",
     "ema_alpha",
     "GlobalMeanEMA",
+    "BatchMean",
+    "DetachedBatchMean",
+    "CENTRINGS",
+    "CLASS_MEAN_RULES",
+    "build_centring",
     "ClassMeanEMA",
     "LinearHead",
     "FixedETFHead",
@@ -203,6 +213,15 @@ class ClassMeanEMA(nn.Module):
       counts are clamped and the column masked).  The first batch that contains it
       replaces the zero column outright (``t_c = 1`` gives ``alpha = 1``).
 
+    ``class_means`` says where the unit-Frobenius scaling of step 3 happens
+    (:data:`CLASS_MEAN_RULES`):
+
+    * ``"normalised_batches"`` (this project's, above): every batch matrix is scaled before it is
+      averaged, so ``H_t`` is an average of unit-norm matrices;
+    * ``"normalised_average"`` (the code release's): the *unscaled* centred batch means are
+      averaged (``means`` holds that running average) and the average is scaled to unit
+      Frobenius norm when it is used, ``H_t = A_t / ||A_t||_F``.
+
     Gradients flow from ``H_t`` and ``h_G`` into the current batch features through the
     ``alpha`` term (the old state is a detached buffer), which is what the DDN gradient
     path of Fig. 1 needs.  All arithmetic runs in ``dtype`` (float32 by default, float64
@@ -210,12 +229,15 @@ class ClassMeanEMA(nn.Module):
     """
 
     def __init__(self, dim: int, num_classes: int, *, floor: float = 1e-4, dtype: torch.dtype = torch.float32,
-                 eps: float = 1e-12):
+                 eps: float = 1e-12, class_means: str = "normalised_batches"):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"ClassMeanEMA needs at least 2 classes, got {num_classes}")
         if not (0.0 < floor <= 1.0):
             raise ValueError(f"the EMA floor must lie in (0, 1], got {floor}")
+        if class_means not in CLASS_MEAN_RULES:
+            raise ValueError(f"class_means must be one of {', '.join(CLASS_MEAN_RULES)}, got {class_means!r}")
+        self.class_means = class_means
         self.dim, self.num_classes, self.floor, self.eps = int(dim), int(num_classes), float(floor), float(eps)
         self.dtype = dtype
         self.register_buffer("means", torch.zeros(dim, num_classes, dtype=dtype))
@@ -224,7 +246,8 @@ class ClassMeanEMA(nn.Module):
         self.register_buffer("class_updates", torch.zeros(num_classes, dtype=torch.int64))
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_classes={self.num_classes}, floor={self.floor}, dtype={self.dtype}"
+        return (f"dim={self.dim}, num_classes={self.num_classes}, floor={self.floor}, dtype={self.dtype}, "
+                f"class_means={self.class_means}")
 
     def batch_statistics(self, features: Tensor, labels: Tensor, *, differentiable: bool = True):
         """Per-class sums ``(C, d)`` and counts ``(C,)`` of the (global, all-reduced) batch."""
@@ -245,24 +268,30 @@ class ClassMeanEMA(nn.Module):
         counts = _all_reduce_sum(counts, False)
         return sums, counts
 
-    def batch_matrix(self, sums: Tensor, counts: Tensor):
-        """The normalised centred batch matrix ``(d, C)`` (zero columns for absent classes),
-        the batch global mean ``(d,)`` and the presence mask ``(C,)``."""
+    def batch_matrix(self, sums: Tensor, counts: Tensor, *, normalise: bool = True):
+        """The centred batch matrix ``(d, C)`` (zero columns for absent classes), normalised as
+        step 3 says unless ``normalise=False``, the batch global mean ``(d,)`` and the presence
+        mask ``(C,)``."""
         present = counts > 0
         h_g = sums.sum(0) / counts.sum().clamp_min(1.0)
         means = sums / counts.clamp_min(1.0).unsqueeze(1)
         centred = (means - h_g) * present.unsqueeze(1).to(means.dtype)  # (C, d)
+        if not normalise:
+            return centred.T, h_g, present
         k = present.sum().to(means.dtype)
         norm = torch.linalg.vector_norm(centred).clamp_min(self.eps)
         Hb = (centred * (torch.sqrt(k / self.num_classes) / norm)).T  # (d, C)
         return Hb, h_g, present
 
-    def update(self, features: Tensor, labels: Tensor, *, differentiable: bool = True):
-        """One Eq.-9 update; returns ``(H_t (d, C), h_G (d,))`` carrying gradients to ``features``."""
+    def update(self, features: Tensor, labels: Tensor, *, differentiable: bool = True,
+               with_batch_mean: bool = False):
+        """One Eq.-9 update; returns ``(H_t (d, C), h_G (d,))`` carrying gradients to ``features``,
+        and with ``with_batch_mean`` the batch's own global mean ``(d,)`` third (with gradient)."""
         if features.ndim != 2 or features.shape[1] != self.dim:
             raise ValueError(f"features must be (B, {self.dim}), got {tuple(features.shape)}")
         sums, counts = self.batch_statistics(features, labels, differentiable=differentiable)
-        Hb, h_g_batch, present = self.batch_matrix(sums, counts)
+        average_first = self.class_means == "normalised_average"
+        Hb, h_g_batch, present = self.batch_matrix(sums, counts, normalise=not average_first)
         t = self.step + 1
         t_c = self.class_updates + present.to(torch.int64)
         a_c = torch.where(present, ema_alpha(t_c, self.floor), torch.zeros((), dtype=torch.float64,
@@ -275,7 +304,17 @@ class ClassMeanEMA(nn.Module):
             self.global_mean.copy_(h_g.detach())
             self.step.copy_(t)
             self.class_updates.copy_(t_c)
-        return H, h_g
+        if average_first:
+            H = H / torch.linalg.matrix_norm(H).clamp_min(self.eps)
+        return (H, h_g, h_g_batch) if with_batch_mean else (H, h_g)
+
+    @property
+    def matrix(self) -> Tensor:
+        """The current ``H_t`` ``(d, C)`` (detached): ``means``, scaled to unit norm under
+        ``"normalised_average"``."""
+        if self.class_means == "normalised_average":
+            return self.means / torch.linalg.matrix_norm(self.means).clamp_min(self.eps)
+        return self.means
 
     def reset(self) -> None:
         self.means.zero_()
@@ -322,6 +361,103 @@ class GlobalMeanEMA(nn.Module):
         self.global_mean.zero_()
         self.step.zero_()
 
+    def for_eval(self, h: Tensor) -> Tensor:
+        """``h_G`` for logits outside a training step: the stored running mean."""
+        return self.global_mean
+
+
+class BatchMean(nn.Module):
+    """``h_G`` = the current training batch's mean feature, **with** gradient; outside training
+    the mean of the last training batch (centring ``"batch"``).
+
+    The code release's implicit ETF: its bias is ``b = -W mu_G`` with ``mu_G`` the mean of the
+    batch it is trained on (not averaged over steps), kept for evaluation.  Under
+    ``torch.distributed`` the mean is over the global batch (sum through the differentiable
+    all-reduce).
+    """
+
+    detached = False
+
+    def __init__(self, dim: int, *, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.dim, self.dtype = int(dim), dtype
+        self.register_buffer("global_mean", torch.zeros(dim, dtype=dtype))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, dtype={self.dtype}"
+
+    def batch_mean(self, h: Tensor) -> Tensor:
+        """The mean of ``h`` ``(B, d)`` over the (global) batch, ``(d,)``."""
+        h = h.to(self.dtype)
+        total = _all_reduce_sum(h.sum(0), not self.detached)
+        count = _all_reduce_sum(torch.full((), float(h.shape[0]), dtype=h.dtype, device=h.device), False)
+        return total / count
+
+    def update(self, h: Tensor) -> Tensor:
+        """``h_G`` for the training batch ``h`` ``(B, d)``; stored for evaluation."""
+        return self.use(self.batch_mean(h))
+
+    def use(self, h_g: Tensor) -> Tensor:
+        """Store (and return) a batch mean ``h_g`` ``(d,)`` computed elsewhere (the implicit head's
+        :class:`ClassMeanEMA` has it already)."""
+        if self.detached:
+            h_g = h_g.detach()
+        with torch.no_grad():
+            self.global_mean.copy_(h_g.detach())
+        return h_g
+
+    def for_eval(self, h: Tensor) -> Tensor:
+        """``h_G`` outside a training step: the last training batch's mean."""
+        return self.global_mean
+
+    def reset(self) -> None:
+        self.global_mean.zero_()
+
+
+class DetachedBatchMean(BatchMean):
+    """``h_G`` = the mean of whatever batch the head is given, in training **and** evaluation
+    alike, **without** gradient (centring ``"batch_detached"``).
+
+    The code release's fixed ETF: it resets its frozen bias to ``-W mean(h)`` on every forward
+    pass, evaluation batches included, through ``.data`` (so no gradient flows into the mean).
+    Evaluation results therefore depend on how the evaluated set is batched; the trainer
+    evaluates in batches of ``eval_batch_size``, by default the training batch size, as the code
+    release does.
+    """
+
+    detached = True
+
+    def for_eval(self, h: Tensor) -> Tensor:
+        """``h_G`` outside a training step: the mean of the batch ``h`` itself."""
+        with torch.no_grad():
+            return self.batch_mean(h)
+
+
+#: How a head centres its features, ``logits = tau (W (h - h_G) + b)``: the choice of ``h_G``
+#: (Eq. 8), one class each (:func:`build_centring`).
+CENTRINGS = ("running", "batch", "batch_detached", "none")
+#: Where the implicit head's class-mean matrix is scaled to unit norm (:class:`ClassMeanEMA`).
+CLASS_MEAN_RULES = ("normalised_batches", "normalised_average")
+
+
+def build_centring(centring: str, dim: int, *, floor: float = 1e-4, dtype: torch.dtype = torch.float32):
+    """The module that gives a head its ``h_G`` for ``centring`` (:data:`CENTRINGS`), or ``None``:
+
+    * ``"running"`` -- :class:`GlobalMeanEMA`, the running mean of Eq. 9 (this project's
+      one-switch protocol, every head alike);
+    * ``"batch"`` -- :class:`BatchMean` (the code release's implicit ETF);
+    * ``"batch_detached"`` -- :class:`DetachedBatchMean` (the code release's fixed ETF);
+    * ``"none"`` -- no centring and no bias, ``logits = tau W h`` (the code release's standard
+      classifier: its scripts pass the no-bias flag).
+    """
+    if centring not in CENTRINGS:
+        raise ValueError(f"centring must be one of {', '.join(CENTRINGS)}, got {centring!r}")
+    if centring == "none":
+        return None
+    if centring == "running":
+        return GlobalMeanEMA(dim, floor=floor, dtype=dtype)
+    return (BatchMean if centring == "batch" else DetachedBatchMean)(dim, dtype=dtype)
+
 
 # -------------------------------------------------------------------------------- heads
 class _Head(nn.Module):
@@ -349,12 +485,13 @@ class _Head(nn.Module):
 
     def update_centre(self, h: Tensor, labels: Optional[Tensor]) -> Optional[Tensor]:
         """``h_G`` for the logits of the batch ``h``: updated by it in a training step (training
-        mode with labels, as the implicit head's class means are), the stored one otherwise."""
+        mode with labels, as the implicit head's class means are), the centring's evaluation
+        value otherwise (:func:`build_centring`)."""
         if self.centring is None:
             return None
         if self.training and labels is not None:
             return self.centring.update(h)
-        return self.centring.global_mean
+        return self.centring.for_eval(h)
 
     @property
     def bias(self) -> Optional[Tensor]:
@@ -392,8 +529,13 @@ class _Head(nn.Module):
         return normalize_features(features)
 
     def logits_from(self, h: Tensor) -> Tensor:
-        """Logits of already-transformed features with the current classifier (no state change)."""
-        return self.centred_logits(h, self.weight, self.global_mean, self.learned_bias)
+        """Logits of already-transformed features ``h`` (B, d) with the current classifier (no
+        state change); ``h_G`` is the centring's evaluation value for this batch."""
+        return self.centred_logits(h, self.weight, self.eval_centre(h), self.learned_bias)
+
+    def eval_centre(self, h: Tensor) -> Optional[Tensor]:
+        """``h_G`` for logits of ``h`` (B, d) outside a training step (no state change)."""
+        return None if self.centring is None else self.centring.for_eval(h)
 
     # Optional instrumentation set by the trainer: an object with ``start(name)``/``stop(name)`` and
     # ``backward_hooks(U, H)`` (only the implicit head has something to time).
@@ -416,16 +558,17 @@ class LinearHead(_Head):
 
     ``normalize_weight=True`` re-projects every row onto the unit sphere at construction and
     after each optimiser step (:meth:`renormalize_`).  ``bias`` adds a learned ``(C,)``
-    bias (off by default: AGD only handles matrix parameters).  ``centre`` subtracts the
-    running global mean ``h_G`` (:class:`GlobalMeanEMA`) as every method does.
+    bias (off by default: AGD only handles matrix parameters).  ``centring`` chooses ``h_G``
+    (:func:`build_centring`; ``"running"`` by default, as every method in the one-switch protocol).
     """
 
     def __init__(self, feature_dim: int, num_classes: int, *, tau: float = 5.0, normalize_features: bool = True,
-                 normalize_weight: bool = True, bias: bool = False, centre: bool = True, ema_floor: float = 1e-4):
+                 normalize_weight: bool = True, bias: bool = False, centring: str = "running",
+                 ema_floor: float = 1e-4):
         super().__init__(feature_dim, num_classes, tau, normalize_features)
         self.normalize_weight = bool(normalize_weight)
         self.linear = nn.Linear(feature_dim, num_classes, bias=bias)
-        self.centring = GlobalMeanEMA(feature_dim, floor=ema_floor) if centre else None
+        self.centring = build_centring(centring, feature_dim, floor=ema_floor)
         if self.normalize_weight:
             self.renormalize_()
 
@@ -457,11 +600,11 @@ class FixedETFHead(_Head):
 
     ``rotation="canonical"``: ``U = [I_C; 0]`` (the paper's choice); ``"random"``: a
     Haar-random Stiefel point drawn from ``torch.Generator().manual_seed(seed)``.
-    ``centre=False`` drops the centring by ``h_G`` (method ``fixed-uncentred``).
+    ``centring`` chooses ``h_G`` (:func:`build_centring`); method ``fixed-uncentred`` is ``"none"``.
     """
 
     def __init__(self, feature_dim: int, num_classes: int, *, tau: float = 5.0, rotation: str = "canonical",
-                 seed: int = 0, normalize_features: bool = True, centre: bool = True, ema_floor: float = 1e-4):
+                 seed: int = 0, normalize_features: bool = True, centring: str = "running", ema_floor: float = 1e-4):
         super().__init__(feature_dim, num_classes, tau, normalize_features)
         if rotation == "canonical":
             U = canonical_point(feature_dim, num_classes, dtype=torch.float64)
@@ -472,7 +615,7 @@ class FixedETFHead(_Head):
             raise ValueError(f"rotation must be 'canonical' or 'random', got {rotation!r}")
         self.rotation = rotation
         self.register_buffer("W", etf_classifier(U).to(torch.float32))
-        self.centring = GlobalMeanEMA(feature_dim, floor=ema_floor) if centre else None
+        self.centring = build_centring(centring, feature_dim, floor=ema_floor)
 
     @property
     def weight(self) -> Tensor:
@@ -494,7 +637,9 @@ class ImplicitETFHead(_Head):
        paper's two-stage initialisation; later: previous solution as proximal point), in
        ``solve_dtype`` (float32 or float64) with autocast disabled;
     3. sets ``W = etf_classifier(U*)`` (unit-norm rows), ``b = -W h_G`` and returns
-       ``tau (W h + b) = tau W (h - h_G)``.
+       ``tau (W h + b) = tau W (h - h_G)``, with ``h_G`` as ``centring`` says (:data:`CENTRINGS`:
+       the EMA's running mean by default; the batch's own mean, with gradient, is the code
+       release's choice).  ``class_means`` is :class:`ClassMeanEMA`'s rule.
 
     ``backward`` selects the DDN gradient through ``U*``: ``"closed_form"`` (polar adjoint),
     ``"kkt"`` (the paper's dense formula) or ``"none"`` (gradient off, as for ImageNet).
@@ -522,8 +667,11 @@ class ImplicitETFHead(_Head):
 
     def __init__(self, feature_dim: int, num_classes: int, *, tau: float = 5.0, delta: float = 1e-3,
                  backward: str = "closed_form", solver: str = "closed_form", ema_floor: float = 1e-4,
-                 solve_dtype: torch.dtype = torch.float32, max_iterations: int = 30, polar: str = "auto"):
+                 solve_dtype: torch.dtype = torch.float32, max_iterations: int = 30, polar: str = "auto",
+                 centring: str = "running", class_means: str = "normalised_batches"):
         super().__init__(feature_dim, num_classes, tau, True)
+        if centring not in CENTRINGS:
+            raise ValueError(f"centring must be one of {', '.join(CENTRINGS)}, got {centring!r}")
         if backward not in BACKWARDS:
             raise ValueError(f"unknown DDN backward {backward!r}; choose one of {BACKWARDS}")
         if solver not in SOLVERS:
@@ -531,7 +679,12 @@ class ImplicitETFHead(_Head):
         if solve_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"the nearest-ETF solve runs in float32 or float64, got {solve_dtype}")
         self.backward_mode = backward
-        self.ema = ClassMeanEMA(feature_dim, num_classes, floor=ema_floor, dtype=solve_dtype)
+        self.ema = ClassMeanEMA(feature_dim, num_classes, floor=ema_floor, dtype=solve_dtype, class_means=class_means)
+        # "running" reads h_G from the class-mean EMA, which computes it anyway; the batch
+        # centrings keep the batch mean it returns (build_centring's modules, fed by `use`).
+        self.centring_mode = centring
+        self.centring = None if centring in ("running", "none") else build_centring(centring, feature_dim,
+                                                                                      dtype=solve_dtype)
         self.nearest = NearestETF(feature_dim, num_classes, delta=delta, method=solver, backward=backward,
                                   max_iterations=max_iterations, polar=polar)
         W0 = etf_classifier(canonical_point(feature_dim, num_classes, dtype=torch.float64))
@@ -547,8 +700,15 @@ class ImplicitETFHead(_Head):
         return self.W
 
     @property
-    def global_mean(self) -> Tensor:
-        return self.ema.global_mean
+    def global_mean(self) -> Optional[Tensor]:
+        if self.centring_mode == "running":
+            return self.ema.global_mean
+        return None if self.centring is None else self.centring.global_mean
+
+    def eval_centre(self, h: Tensor) -> Optional[Tensor]:
+        if self.centring_mode == "running":
+            return self.ema.global_mean
+        return None if self.centring is None else self.centring.for_eval(h)
 
     def forward(self, features: Tensor, labels: Optional[Tensor] = None) -> Tensor:
         self.check_dims(features)
@@ -564,7 +724,9 @@ class ImplicitETFHead(_Head):
         with autocast_off:
             differentiable = self.backward_mode != "none"
             hs = h.to(self.ema.dtype)
-            H, h_g = self.ema.update(hs, labels, differentiable=True)
+            H, h_g, h_batch = self.ema.update(hs, labels, differentiable=True, with_batch_mean=True)
+            if self.centring_mode != "running":
+                h_g = None if self.centring is None else self.centring.use(h_batch)
             H_in = H if differentiable else H.detach()
             U = self.nearest(H_in)
             if timer is not None and differentiable and torch.is_grad_enabled() and U.requires_grad:
@@ -581,11 +743,14 @@ class ImplicitETFHead(_Head):
 def build_head(method: str, feature_dim: int, num_classes: int, *, tau: float = 5.0, delta: float = 1e-3,
                ddn_backward: str = "closed_form", solver: str = "closed_form", ema_floor: float = 1e-4,
                head_bias: bool = False, etf_seed: int = 0, solve_dtype: torch.dtype = torch.float32,
-               max_iterations: int = 30) -> _Head:
+               max_iterations: int = 30, centring: str = "running",
+               class_means: str = "normalised_batches") -> _Head:
     """Build the head for ``method`` (one of :data:`METHOD_NAMES`); everything else is shared.
 
-    ``C > d`` is rejected for every method (a simplex ETF of C vertices needs d >= C, and the
-    comparison should be like for like).
+    ``centring`` is how the head chooses ``h_G`` (:data:`CENTRINGS`, :func:`build_centring`; the
+    method ``fixed-uncentred`` is always ``"none"``); ``class_means`` the implicit head's
+    class-mean rule (:data:`CLASS_MEAN_RULES`).  ``C > d`` is rejected for every method (a simplex
+    ETF of C vertices needs d >= C, and the comparison should be like for like).
     """
     if method not in METHOD_NAMES:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHOD_NAMES)}")
@@ -596,15 +761,21 @@ def build_head(method: str, feature_dim: int, num_classes: int, *, tau: float = 
         )
     if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be a positive number, got {tau!r}")
+    if centring not in CENTRINGS:
+        raise ValueError(f"centring must be one of {', '.join(CENTRINGS)}, got {centring!r}")
+    if class_means not in CLASS_MEAN_RULES:
+        raise ValueError(f"class_means must be one of {', '.join(CLASS_MEAN_RULES)}, got {class_means!r}")
     if method == "standard":
-        return LinearHead(feature_dim, num_classes, tau=tau, bias=head_bias, ema_floor=ema_floor)
+        return LinearHead(feature_dim, num_classes, tau=tau, bias=head_bias, centring=centring, ema_floor=ema_floor)
     if method == "standard-no-norm":
         return LinearHead(feature_dim, num_classes, tau=1.0, normalize_features=False, normalize_weight=False,
-                          bias=head_bias, ema_floor=ema_floor)
+                          bias=head_bias, centring=centring, ema_floor=ema_floor)
     if method in ("fixed", "fixed-uncentred"):
-        return FixedETFHead(feature_dim, num_classes, tau=tau, rotation="canonical", centre=method == "fixed",
-                            ema_floor=ema_floor)
+        return FixedETFHead(feature_dim, num_classes, tau=tau, rotation="canonical",
+                            centring=centring if method == "fixed" else "none", ema_floor=ema_floor)
     if method == "fixed-random":
-        return FixedETFHead(feature_dim, num_classes, tau=tau, rotation="random", seed=etf_seed, ema_floor=ema_floor)
+        return FixedETFHead(feature_dim, num_classes, tau=tau, rotation="random", seed=etf_seed, centring=centring,
+                            ema_floor=ema_floor)
     return ImplicitETFHead(feature_dim, num_classes, tau=tau, delta=delta, backward=ddn_backward, solver=solver,
-                           ema_floor=ema_floor, solve_dtype=solve_dtype, max_iterations=max_iterations)
+                           ema_floor=ema_floor, solve_dtype=solve_dtype, max_iterations=max_iterations,
+                           centring=centring, class_means=class_means)

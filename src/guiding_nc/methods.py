@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
-__all__ = ["Method", "METHODS", "METHOD_NAMES", "PAPER_METHODS", "label", "colour", "line_style"]
+__all__ = ["Method", "METHODS", "METHOD_NAMES", "PAPER_METHODS", "family", "label", "colour", "line_style"]
 
 
 @dataclass(frozen=True)
@@ -31,18 +31,25 @@ class Method:
     revision: int = 1
     normalised: bool = True
     description: str = ""
+    # Which of the paper's three methods this one is a variant of: the protocol's per-method
+    # settings (centring, sampler; guiding_nc.protocol) are read under this name.
+    family: str = ""
+
+    def __post_init__(self):
+        if not self.family:
+            object.__setattr__(self, "family", self.name)
 
 
 METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("standard", "standard", "#1f77b4", "-", 2,
            description="learned W, rows re-projected to unit norm after every step"),
-    Method("standard-no-norm", "standard, no normalisation", "#17becf", ":", 2, normalised=False,
+    Method("standard-no-norm", "standard, no normalisation", "#17becf", ":", 2, normalised=False, family="standard",
            description="learned W without weight or feature normalisation and without temperature (Fig. 17)"),
     Method("fixed", "fixed ETF", "#ff7f0e", "--", 2,
            description="the canonical simplex ETF, W = etf_classifier([I_C; 0])"),
-    Method("fixed-random", "fixed ETF, random rotation", "#8c564b", "--", 2,
+    Method("fixed-random", "fixed ETF, random rotation", "#8c564b", "--", 2, family="fixed",
            description="a simplex ETF with a Haar-random rotation (Fig. 18)"),
-    Method("fixed-uncentred", "fixed ETF, not centred", "#e377c2", ":", 1,
+    Method("fixed-uncentred", "fixed ETF, not centred", "#e377c2", ":", 1, family="fixed",
            description="the canonical fixed ETF without the centring by h_G (revision 1 of 'fixed')"),
     Method("implicit", "implicit ETF", "#2ca02c", "-.", 1,
            description="the nearest simplex ETF to the class means, every step (Eq. 7-9)"),
@@ -51,6 +58,14 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
 METHOD_NAMES: Tuple[str, ...] = tuple(METHODS)
 # The three the paper compares.
 PAPER_METHODS: Tuple[str, ...] = ("standard", "fixed", "implicit")
+
+
+def family(name: str) -> str:
+    """The paper's method ``name`` is a variant of (``"standard"``, ``"fixed"`` or ``"implicit"``)."""
+    m = METHODS.get(name)
+    if m is None:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return m.family
 
 
 def label(name: str) -> str:

@@ -142,6 +142,10 @@ class AGD(Optimizer):
             so that torch LR schedulers can drive AGD.
         conv_norm: ``"per_position"`` (AGD paper, default) or ``"full"``; see the module
             docstring.
+        depth: ``L`` in the formula below; ``None`` (default) counts the parameters, as the AGD
+            paper and the code release of Guiding Neural Collapse do.  A larger value counts
+            layers that are not trained (a fixed classifier), so two networks of the same
+            architecture take the same step whether or not their classifier is learned.
 
     Per-group options: ``gain``, ``lr``, ``conv_norm`` and ``agd_scale`` (``None`` = use
     ``sqrt(fan_out/fan_in)``; a float overrides the scale ``s_k`` of the group's parameters).
@@ -167,13 +171,17 @@ class AGD(Optimizer):
         *,
         lr: float = 1.0,
         conv_norm: str = "per_position",
+        depth: Optional[int] = None,
     ) -> None:
         gain = _check_nonneg_float("gain", gain, positive=True)
         lr = _check_nonneg_float("lr", lr, positive=False)
         _check_conv_norm(conv_norm)
+        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
+            raise ValueError(f"depth must be a positive integer or None (the number of parameters), got {depth!r}")
         if isinstance(params, nn.Module):
             params = list(params.named_parameters())
         defaults = dict(gain=gain, lr=lr, conv_norm=conv_norm, agd_scale=None)
+        self._depth = depth
         super().__init__(params, defaults)
 
     # validation happens here, so groups added later are checked too
@@ -206,8 +214,12 @@ class AGD(Optimizer):
 
     @property
     def depth(self) -> int:
-        """``L``: the number of parameters (layers) over all groups."""
-        return sum(len(g["params"]) for g in self.param_groups)
+        """``L``: the number of parameters (layers) over all groups, or the ``depth`` given (the
+        network's layers counted with one that is not trained, e.g. a fixed classifier)."""
+        n = sum(len(g["params"]) for g in self.param_groups)
+        if self._depth is not None and self._depth < n:
+            raise ValueError(f"AGD depth {self._depth} is smaller than the {n} parameters it optimises")
+        return n if self._depth is None else self._depth
 
     @property
     def last_eta(self) -> Optional[float]:
@@ -322,10 +334,11 @@ def build_optimizer(
     weight_decay: float = 5e-4,
     gain: float = 10.0,
     betas: Tuple[float, float] = (0.9, 0.999),
+    depth: Optional[int] = None,
 ) -> Optimizer:
     """Build ``"agd"``, ``"sgd"`` or ``"adam"`` (case-insensitive); see :data:`OPTIMIZER_NAMES`.
 
-    * ``"agd"``: :class:`AGD` with ``gain``; ``lr`` (default ``None`` -> 1.0) is AGD's
+    * ``"agd"``: :class:`AGD` with ``gain`` and ``depth``; ``lr`` (default ``None`` -> 1.0) is AGD's
       dimensionless update multiplier; ``momentum``, ``weight_decay`` and ``betas`` are ignored
       (AGD has none of them — the paper uses plain AGD with gain 10).
     * ``"sgd"``: ``torch.optim.SGD(lr, momentum, weight_decay)``; ``lr`` required.
@@ -339,7 +352,7 @@ def build_optimizer(
     if key not in OPTIMIZER_NAMES:
         raise ValueError(f"unknown optimizer {name!r}; valid names are {', '.join(OPTIMIZER_NAMES)}")
     if key == "agd":
-        return AGD(params, gain=gain, lr=1.0 if lr is None else lr)
+        return AGD(params, gain=gain, lr=1.0 if lr is None else lr, depth=depth)
     if lr is None:
         raise ValueError(f"optimizer {key!r} needs a learning rate: pass lr=...")
     lr = _check_nonneg_float("lr", lr, positive=True)

@@ -102,7 +102,7 @@ def train(config: Union[TrainConfig, Dict[str, Any], str], *, callbacks: Optiona
         import io
 
         atomic_write_json(out_dir / "summary.json", {"name": cfg.name, "methods": cfg.method_list,
-                                                     "seeds": cfg.seed_list, "stratified": cfg.stratified, **summary})
+                                                     "seeds": cfg.seed_list, "stratified": cfg.stratified_batches, **summary})
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=["method", "metric", "n", "median", "min", "max", "seeds", "values"])
         w.writeheader()

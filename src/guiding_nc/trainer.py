@@ -309,6 +309,7 @@ class Trainer:
 
         # ---- model + head
         agd = cfg.optimizer.lower() == "agd"
+        choices = cfg.protocol_choices()
         kwargs = dict(cfg.model_kwargs)
         if cfg.is_ufm:
             kwargs.setdefault("check_indices", False)  # indices come from our own sampler
@@ -316,6 +317,10 @@ class Trainer:
                 kwargs["labels"] = train_ds.targets  # its class structure is built from them
             backbone = build_model("ufm", num_samples=int(cfg.num_samples), feature_dim=int(cfg.feature_dim), **kwargs)
         else:
+            from .models import model_defaults
+
+            if "final_activation" in model_defaults(cfg.model):  # a protocol option (guiding_nc.protocol)
+                kwargs["final_activation"] = bool(choices["final_activation"])
             backbone = build_model(cfg.model, num_classes=C, input_shape=input_shape, feature_dim=cfg.feature_dim,
                                    agd_compatible=agd, **kwargs)
         d = int(backbone.feature_dim)
@@ -345,7 +350,7 @@ class Trainer:
         # ---- loaders
         pin = cfg.pin_memory if cfg.pin_memory is not None else self.device.type == "cuda"
         common = dict(num_workers=cfg.num_workers, num_replicas=self.world_size, rank=self.rank, pin_memory=pin)
-        self.train_loader = build_loader(train_ds, cfg.batch_size, stratified=cfg.stratified, seed=cfg.seed,
+        self.train_loader = build_loader(train_ds, cfg.batch_size, stratified=cfg.stratified_batches, seed=cfg.seed,
                                          shuffle=True, drop_last=cfg.drop_last, **common)
         eval_bs = max(1, (cfg.eval_batch_size or cfg.batch_size) // self.world_size)  # per rank
         self.eval_loaders: Dict[str, Any] = {}
@@ -360,11 +365,19 @@ class Trainer:
 
         # ---- optimiser
         params = network.parameters()
+        depth = None
         if agd:
             params = list(network.named_parameters())
+            if choices["agd_depth"] == "layers" and not any(p.requires_grad for p in head.parameters()):
+                depth = len(params) + 1  # the classifier is a layer of the network, trained or not
+        elif "weight_decay" not in cfg.explicit_keys and cfg.weight_decay:
+            import warnings
+
+            warnings.warn(f"optimizer {cfg.optimizer!r} runs with weight_decay={cfg.weight_decay:g}, the default, which "
+                          "the config does not set (AGD has none); set weight_decay to say so", stacklevel=2)
         betas = tuple(cfg.betas) if cfg.betas is not None else (0.9, 0.999)
         self.optimizer = build_optimizer(cfg.optimizer, params, lr=cfg.lr, momentum=cfg.momentum,
-                                         weight_decay=cfg.weight_decay, gain=cfg.gain, betas=betas)
+                                         weight_decay=cfg.weight_decay, gain=cfg.gain, betas=betas, depth=depth)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, total_steps=self.total_steps,
                                          warmup_steps=cfg.warmup_steps)
@@ -418,8 +431,10 @@ class Trainer:
         return path
 
     _RESUME_MUST_MATCH = ("method", "seed", "dataset", "model", "num_classes", "num_samples", "feature_dim",
-                          "batch_size", "optimizer", "scheduler", "epochs", "stratified", "tau", "delta",
-                          "ddn_backward", "max_train_samples")
+                          "batch_size", "optimizer", "scheduler", "epochs", "tau", "delta",
+                          "ddn_backward", "max_train_samples", "protocol", "standard_centring", "fixed_centring",
+                          "implicit_centring", "standard_sampler", "fixed_sampler", "implicit_sampler",
+                          "implicit_class_means", "final_activation", "agd_depth")
 
     def load_checkpoint(self, path: Union[str, os.PathLike]) -> None:
         state = read_checkpoint(path, map_location=self.device)
@@ -831,7 +846,8 @@ class Trainer:
             "device": str(self.device),
             "num_classes": self.num_classes,  # inferred from the data when the config leaves it out
             "feature_dim": self.feature_dim,
-            "stratified": cfg.stratified,
+            "stratified": cfg.stratified_batches,
+            "protocol": cfg.protocol_label(),
             "final": last,
             "final_eval": final_eval,
             "at_epochs": at_epochs,

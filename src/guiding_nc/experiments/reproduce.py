@@ -215,8 +215,9 @@ def _record(job: Dict[str, Any], cfg, res: Dict[str, Any], thresholds: Optional[
         "config": job["config"], "variant": job["variant"], "method": job["method"], "seed": job["seed"],
         "dataset": cfg.dataset, "model": cfg.model, "num_classes": res.get("num_classes") or cfg.num_classes,
         "feature_dim": res.get("feature_dim") or cfg.feature_dim, "epochs": cfg.epochs, "steps": res["global_step"],
-        "batch_size": cfg.batch_size, "optimizer": cfg.optimizer, "gain": cfg.gain, "stratified": cfg.stratified,
-        "delta": cfg.delta, "ddn_backward": cfg.ddn_backward, "lr": cfg.lr, "status": res["status"],
+        "batch_size": cfg.batch_size, "optimizer": cfg.optimizer, "gain": cfg.gain,
+        "stratified": cfg.stratified_batches, "delta": cfg.delta, "ddn_backward": cfg.ddn_backward, "lr": cfg.lr,
+        "protocol": cfg.protocol_label(), "status": res["status"],
         "wall_time_s": res["wall_time_s"], "peak_mem_gb": res.get("peak_mem_gb"), "device": res["device"],
     }
     for k, v in final_eval.items():
@@ -701,10 +702,13 @@ def _read_results(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, de
             ok = meta["settings_hash"] == _settings_hash(_run_config(grid, jobs[k], work_dir / k, device, num_threads,
                                                                      progress=False))
         else:
-            # No hash recorded: the same spec, and a method whose definition has not changed since.
+            # No hash recorded: the same settings under the spec that made it as under today's
+            # (the same spec, or one that spells the same run another way), and a method whose
+            # definition has not changed since.
             from ..heads import HEAD_REVISIONS
 
-            ok = same_spec and HEAD_REVISIONS.get(str(row.get("method")), 1) == 1
+            ok = HEAD_REVISIONS.get(str(row.get("method")), 1) == 1 and (
+                same_spec or _same_run_then(spec_then, grid, jobs[k], work_dir / k, device, num_threads))
         if not ok:
             refused.append(k)
             continue
@@ -748,6 +752,27 @@ def _file_level_meta(prov: Dict[str, Any]) -> Dict[str, Any]:
             "device": str(prov.get("device_name") or prov.get("device") or "?"),
             "num_threads": prov.get("num_threads"), "first_date": None, "last_date": prov.get("date"),
             "settings_hash": None}
+
+
+def _same_run_then(then: Optional[Dict[str, Any]], grid: ExperimentSpec, job: Dict[str, Any], run_dir: Path,
+                   device: str, num_threads) -> bool:
+    """The run ``job`` of ``grid`` has the same effective settings under the spec recorded with
+    its results (``then``, a dict) as under ``grid``: e.g. a spec that now states a value its
+    config already gave."""
+    import dataclasses
+
+    if not isinstance(then, dict):
+        return False
+    names = {f.name for f in dataclasses.fields(ExperimentSpec)}
+    try:
+        old = ExperimentSpec(**{k: v for k, v in then.items() if k in names})
+        old_job = next((j for j in old.jobs() if _key(j) == _key(job)), None)
+        if old_job is None:
+            return False
+        before = effective_settings(_run_config(old, old_job, run_dir, device, num_threads, progress=False))
+    except (ConfigError, TypeError, ValueError, KeyError):
+        return False
+    return before == effective_settings(_run_config(grid, job, run_dir, device, num_threads, progress=False))
 
 
 def _same_spec(then: Optional[Dict[str, Any]], now: Dict[str, Any]) -> bool:
@@ -829,14 +854,34 @@ _PLACE_KEYS = ("progress", "verbose", "resume", "device", "num_threads", "run_di
 def effective_settings(cfg) -> Dict[str, Any]:
     """The settings that determine a run's result, spelled one way: without where and how it ran
     (``_PLACE_KEYS``), with ``model_kwargs`` entries that equal the model's defaults left out, and
-    with the revision of a method whose definition changed (``HEAD_REVISIONS``)."""
+    with the revision of a method whose definition changed (``HEAD_REVISIONS``).
+
+    The protocol (:mod:`guiding_nc.protocol`) enters as the values of the options that change
+    this run (:func:`~guiding_nc.protocol.relevant`), not as the protocol's name: the run's sampler
+    as ``stratified``, the final activation as the model's ``final_activation`` entry, and any
+    other option only where it departs from the one-switch protocol, which every run made before
+    the options existed used.  So a run's hash names what it computed, and those runs keep theirs.
+    """
     from ..heads import HEAD_REVISIONS
     from ..models import model_defaults
+    from ..protocol import OPTION_KEYS, protocol_values, relevant
 
     d = cfg.to_dict()
     for k in _PLACE_KEYS:
         d.pop(k, None)
     defaults = model_defaults(cfg.model)
+    values = cfg.protocol_choices()
+    has_final = "final_activation" in defaults
+    keep = relevant(values, cfg.method, model_has_final_activation=has_final, agd=str(cfg.optimizer).lower() == "agd")
+    for k in ("protocol",) + OPTION_KEYS:
+        d.pop(k, None)
+    d["stratified"] = cfg.stratified_batches
+    if has_final:
+        d["model_kwargs"] = {**(d.get("model_kwargs") or {}), "final_activation": bool(values["final_activation"])}
+    before = protocol_values("one_switch")
+    for k, v in keep.items():
+        if k not in ("final_activation",) and not k.endswith("_sampler") and v != before[k]:
+            d[k] = v
     d["model_kwargs"] = {k: v for k, v in (d.get("model_kwargs") or {}).items()
                          if not (k in defaults and defaults[k] == v)}
     if HEAD_REVISIONS.get(cfg.method, 1) != 1:
