@@ -50,13 +50,13 @@ def device_params():
 @pytest.fixture(autouse=True)
 def _every_figure_reads_at_the_book_column_width(request, monkeypatch):
     """In the plotting tests, every figure made must keep its text at 9 px or more at the book's
-    column width (guiding_nc.plotting.style)."""
+    column width (guiding_nc.companions.plotting.style)."""
     if not request.module.__name__.split(".")[-1].startswith(("test_plotting", "test_explorer")):
         yield
         return
     from matplotlib.figure import Figure
 
-    from guiding_nc.plotting.style import legibility_problems
+    from guiding_nc.companions.plotting.style import legibility_problems
 
     made = []
     original = Figure.__init__

@@ -1,22 +1,19 @@
-"""The package's layers (README, "The package, layer by layer") hold: no module imports from a layer
-below it, none imports another module's private names, and none is too long to live in."""
+"""The package's layers are folders (README, "The package, layer by layer"), and one rule holds:
+a folder imports only from the folders before it.  Beside the folders stand the public API
+(``__init__``) and thin command shims (the ``python -m`` paths that committed provenance
+records); no module imports another module's private names, and none is too long to live in."""
 import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "guiding_nc"
 
-LAYERS = {
-    0: ["etf", "polar", "nearest", "ddn", "trust_region", "heads", "methods", "metrics", "errors", "memory", "forward_mode",
-        "distributed", "__init__"],
-    1: ["config", "protocol", "data", "models", "optim", "trainer", "checkpoints", "timing", "sweeps", "provenance", "cli", "train"],
-    2: ["experiments", "bench", "gpu_check"],
-    3: ["curvature", "reduction", "forward_gradients", "experiments.reduction_mappings",
-        "experiments.forward_gradients"],
-    4: ["gradient_checks", "manifold_checks", "paper_appendix", "explorer", "plotting", "notebooks",
-        "explorer_html", "experiments.explorer_grid"],
-}
-# One concept per module; these pass 800 lines and say why in their docstring.
-LONG_OK = {"reduction", "trainer", "experiments.reproduce", "data", "explorer"}
+# The layers, in order: each folder may import from itself and the folders before it.
+FOLDERS = ("core", "training", "experiments", "research", "companions")
+# Command paths kept for the commands written in committed provenance, the README and the Makefile:
+# each only imports `main` from where the command lives.
+SHIMS = {"train", "bench", "notebooks", "gpu_check", "experiments.reproduce", "experiments.forward_gradients",
+         "experiments.reduction_mappings", "experiments.explorer_grid"}
+MAX_LINES = 600
 
 
 def _modules():
@@ -26,19 +23,16 @@ def _modules():
         yield ".".join(parts), path
 
 
-def _layer(name: str) -> int:
-    best, layer = "", None
-    for k, names in LAYERS.items():
-        for n in names:
-            if (name == n or name.startswith(n + ".")) and len(n) > len(best):
-                best, layer = n, k
-    assert layer is not None, f"module {name} has no layer in tests/test_architecture.py"
-    return layer
+def _folder(name: str):
+    top = name.split(".")[0]
+    return FOLDERS.index(top) if top in FOLDERS else None
 
 
 def _imports(name: str, path: Path):
     tree = ast.parse(path.read_text())
     package = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
+    if name == "__init__":
+        package = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level:
             base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
@@ -48,32 +42,56 @@ def _imports(name: str, path: Path):
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("guiding_nc."):
             for alias in node.names:
                 yield node.module[len("guiding_nc."):], alias.name
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("guiding_nc."):
+                    yield alias.name[len("guiding_nc."):], ""
 
 
-def test_no_module_imports_from_a_lower_layer():
+def test_every_module_lives_in_a_layer_folder_or_is_a_shim():
+    loose = [n for n, _ in _modules() if _folder(n) is None and n not in SHIMS and n != "__init__"]
+    assert not loose, f"modules outside the layer folders {FOLDERS}: {loose}"
+
+
+def test_a_folder_imports_only_from_the_folders_before_it():
     bad = []
     for name, path in _modules():
-        here = _layer(name)
+        here = _folder(name)
+        if here is None or name in SHIMS:
+            continue
         for target, _ in _imports(name, path):
-            if target == "__init__" or target == "":
-                continue
-            if _layer(target) > here:
-                bad.append(f"{name} (layer {here}) imports {target} (layer {_layer(target)})")
+            there = _folder(target)
+            if there is None:
+                bad.append(f"{name} imports {target}, which is in no layer folder")
+            elif there > here:
+                bad.append(f"{name} ({FOLDERS[here]}/) imports {target} ({FOLDERS[there]}/)")
     assert not bad, "\n".join(bad)
+
+
+def test_shims_only_hand_over_to_the_command():
+    for name in SHIMS:
+        path = PKG / (name.replace(".", "/") + ".py")
+        tree = ast.parse(path.read_text())
+        body = [n for n in tree.body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+        imports = [n for n in body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        assert len(body) == len(imports) + 1, f"{name}: a shim holds imports and the __main__ guard only"
+        names = {a.name for n in imports if isinstance(n, ast.ImportFrom) for a in n.names}
+        assert names == {"main"}, f"{name} imports {names}, not just main"
+
+
+def test_the_public_api_imports_from_the_layers():
+    targets = {t for t, _ in _imports("__init__", PKG / "__init__.py")}
+    assert targets and all(_folder(t) is not None for t in targets), targets
 
 
 def test_no_module_imports_another_modules_private_names():
     bad = [f"{name} imports {alias} from {target}" for name, path in _modules()
            for target, alias in _imports(name, path)
-           if alias.startswith("_") and not alias.startswith("__") and target.split(".")[0] != name.split(".")[0]]
+           if alias.startswith("_") and not alias.startswith("__") and target != name]
     assert not bad, "\n".join(bad)
 
 
 def test_modules_stay_small_enough_to_live_in():
     long = {name: len(path.read_text().splitlines()) for name, path in _modules()}
-    over = {n: k for n, k in long.items() if k > 800 and n not in LONG_OK}
-    assert not over, over
-    for n in LONG_OK & set(long):
-        if long[n] > 800:
-            doc = ast.get_docstring(ast.parse((PKG / (n.replace(".", "/") + ".py")).read_text())) or ""
-            assert "one concept" in doc.lower(), f"{n} passes 800 lines without saying why in its docstring"
+    over = {n: k for n, k in long.items() if k > MAX_LINES}
+    assert not over, f"split these along their seams (at most {MAX_LINES} lines): {over}"

@@ -9,8 +9,8 @@ import torch
 
 import guiding_nc as gnc
 from guiding_nc.experiments import reproduce as rp
-from guiding_nc.heads import build_head
-from guiding_nc.train import main as train_main
+from guiding_nc.core.heads import build_head
+from guiding_nc.training.train_command import main as train_main
 
 UFM = ["ufm10", "epochs=1", "num_samples=40", "feature_dim=16", "batch_size=40", "progress=false"]
 DIGITS = ["digits_mlp", "epochs=1", "max_test_samples=50", "progress=false"]

@@ -1,9 +1,7 @@
 """The benchmark script runs end to end on tiny sizes (its numbers are not asserted: timings are noisy)."""
 import json
 
-from guiding_nc import bench
-
-
+from guiding_nc.experiments import bench
 def test_bench_etf_tiny(tmp_path):
     out = tmp_path / "etf.json"
     assert bench.main(["etf", "--sizes", "16x4", "--repeats", "1", "--kkt-cap-gb", "0.01", "--out", str(out)]) == 0
@@ -79,7 +77,7 @@ def test_bench_paired_against_a_second_copy_of_itself(capsys):
 
     import pytest
 
-    src = Path(bench.__file__).resolve().parents[1]
+    src = Path(bench.__file__).resolve().parents[2]
     other = bench.load_package_from(str(src), "guiding_nc_second_copy")
     assert other.nearest_etf is not bench.nearest_etf  # really a second import
     cases = ((16, 4, "float64", True), (12, 3, "float32", False))

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from guiding_nc.plotting.style import MIN_FONT_PT, MIN_TEXT_PX, SCREEN_DPI
+from guiding_nc.companions.plotting.style import MIN_FONT_PT, MIN_TEXT_PX, SCREEN_DPI
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML_DIR = ROOT / "_build" / "html"

@@ -2,7 +2,7 @@
 
 Every run in ``data/results/<experiment>/`` records the hash of the settings it was made with
 (``run_sources`` in its ``provenance.json``).  A changed hyper-parameter in ``configs/`` or a
-revised method (``guiding_nc.methods``) changes the hash of the runs it touches; this test then
+revised method (``guiding_nc.core.methods``) changes the hash of the runs it touches; this test then
 names them, so a stale row can never sit in the book beside fresh ones.  Rerun the experiment with
 ``--replace`` (see ``data/README.md``) to bring the files up to date.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from guiding_nc.config import ConfigError
+from guiding_nc.training.config import ConfigError
 from guiding_nc.experiments.reproduce import stale_runs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ from conftest import requires_cuda
 from test_nearest import class_means
 
 import guiding_nc as gnc
-from guiding_nc import polar
-from guiding_nc.heads import ImplicitETFHead
-from guiding_nc.nearest import procrustes_matrix
+from guiding_nc.core import polar
+from guiding_nc.core.heads import ImplicitETFHead
+from guiding_nc.core.nearest import procrustes_matrix
 
 pytestmark = requires_cuda
 
@@ -204,8 +204,8 @@ def test_resumed_head_matches_to_rounding():
 
 def test_a_trainer_step_of_the_implicit_method_reads_the_device_once(tmp_path):
     """The whole training step (UFM backbone, implicit head with its DDN gradient, AGD) on CUDA."""
-    from guiding_nc.config import load_config
-    from guiding_nc.trainer import Trainer
+    from guiding_nc.training.config import load_config
+    from guiding_nc.training.trainer import Trainer
 
     cfg = load_config(None, {"dataset": "ufm", "model": "ufm", "num_classes": 20, "num_samples": 400,
                              "feature_dim": 128, "batch_size": 400, "method": "implicit", "epochs": 1,

@@ -1,10 +1,10 @@
-"""Curvature tools and the four UFM parametrisations (guiding_nc.curvature)."""
+"""Curvature tools and the four UFM parametrisations (guiding_nc.research.curvature)."""
 import math
 
 import pytest
 import torch
 
-from guiding_nc.curvature import (
+from guiding_nc.research.curvature import (
     condition_number,
     gradient_statistics,
     hessian_extremal_eigenvalues,
@@ -16,15 +16,15 @@ from guiding_nc.curvature import (
     secant_smoothness,
     smoothness_estimate,
 )
-from guiding_nc.reduction import (
+from guiding_nc.research.reduction import (
     PARAMETRISATIONS,
     class_block_labels,
     inverse_sqrt_newton_schulz,
     ufm_objective,
 )
-from guiding_nc.etf import canonical_point, etf_classifier, random_point
-from guiding_nc.heads import FixedETFHead, ImplicitETFHead, LinearHead
-from guiding_nc.nearest import nearest_etf
+from guiding_nc.core.etf import canonical_point, etf_classifier, random_point
+from guiding_nc.core.heads import FixedETFHead, ImplicitETFHead, LinearHead
+from guiding_nc.core.nearest import nearest_etf
 
 F64 = torch.float64
 C, N_PER, D = 3, 2, 4  # N = 6 samples, H has 24 entries: every dense Hessian here is tiny
@@ -434,7 +434,7 @@ def test_objective_errors():
 
 
 # ============================================================ reduction-mapping analysis
-from guiding_nc.reduction import (  # noqa: E402
+from guiding_nc.research.reduction import (  # noqa: E402
     base_objective,
     curvature_at,
     generalized_eigenvalues,
@@ -605,6 +605,6 @@ def test_forward_mode_entries_raise_no_warning_of_torchs_internals():
 
     for call in ("curvature.hessian_matrix(lambda x: (x ** 3).sum(), torch.ones(3, dtype=torch.float64))",
                  "curvature.hvp(lambda x: (x ** 3).sum(), torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64))"):
-        code = f"import torch\nfrom guiding_nc import curvature\n{call}\n"
+        code = f"import torch\nfrom guiding_nc.research import curvature\n{call}\n"
         run = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True)
         assert run.returncode == 0, run.stderr[-600:]

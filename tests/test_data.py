@@ -1,4 +1,4 @@
-"""Tests for guiding_nc.data: offline datasets, missing-dataset errors, batch samplers, loaders."""
+"""Tests for guiding_nc.training.data: offline datasets, missing-dataset errors, batch samplers, loaders."""
 from __future__ import annotations
 
 import gzip
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from guiding_nc import data as D
-from guiding_nc.data import (
+from guiding_nc.training import data as D
+from guiding_nc.training.data import (
     DATASET_NAMES,
     DatasetNotFoundError,
     IndexDataset,
@@ -468,7 +468,7 @@ def test_ufm_loader_fetches_whole_batches_without_per_sample_calls(monkeypatch):
         assert i1.dtype == i2.dtype == torch.long and torch.equal(i1, i2) and torch.equal(y1, y2)
     import pickle
 
-    from guiding_nc.data import IndexBatch
+    from guiding_nc.training.data import IndexBatch
 
     b = pickle.loads(pickle.dumps(IndexBatch(torch.arange(3), torch.zeros(3, dtype=torch.long))))
     assert isinstance(b, IndexBatch) and torch.equal(b[0], torch.arange(3))

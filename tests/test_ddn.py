@@ -1,10 +1,9 @@
-"""The dense matrices of Proposition 1 (guiding_nc.ddn), each against autograd."""
+"""The dense matrices of Proposition 1 (guiding_nc.core.reference.kkt_gradient), each against autograd."""
 import pytest
 import torch
 
 import guiding_nc as gnc
-from guiding_nc import ddn
-
+from guiding_nc.core.reference import kkt_gradient as ddn
 F64 = torch.float64
 
 

@@ -9,16 +9,16 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from guiding_nc.config import TrainConfig
-from guiding_nc.trainer import Trainer
+from guiding_nc.training.config import TrainConfig
+from guiding_nc.training.trainer import Trainer
 
 WORKER = textwrap.dedent(
     """
     import json, sys
     import torch
     import torch.distributed as dist
-    from guiding_nc.config import TrainConfig
-    from guiding_nc.trainer import Trainer
+    from guiding_nc.training.config import TrainConfig
+    from guiding_nc.training.trainer import Trainer
 
     cfg = TrainConfig.from_dict(json.loads(sys.argv[1]))
     tr = Trainer(cfg)

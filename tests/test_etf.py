@@ -1,4 +1,4 @@
-"""Simplex ETFs and the Stiefel-manifold helpers (guiding_nc.etf)."""
+"""Simplex ETFs and the Stiefel-manifold helpers (guiding_nc.core.etf)."""
 import math
 
 import pytest

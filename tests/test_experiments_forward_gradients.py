@@ -1,11 +1,11 @@
-"""End-to-end tests of guiding_nc.experiments.forward_gradients (quick mode, into tmp_path)."""
+"""End-to-end tests of guiding_nc.research.forward_gradients.experiment (quick mode, into tmp_path)."""
 import csv
 import json
 
 import pytest
 import torch
 
-from guiding_nc.experiments import forward_gradients as exp
+from guiding_nc.research.forward_gradients import experiment as exp
 
 
 def test_quick_reproduction_command_writes_tidy_files(tmp_path, capsys):
@@ -18,7 +18,7 @@ def test_quick_reproduction_command_writes_tidy_files(tmp_path, capsys):
     assert prov["status"] == "completed" and prov["config"]["quick"] is True
     for key in ("command", "git", "date", "device", "torch", "python", "numpy", "wall_time_s", "seeds"):
         assert key in prov
-    assert "guiding_nc.experiments.forward_gradients" in prov["command"]
+    assert "-m guiding_nc.experiments.forward_gradients" in prov["command"]
     res = json.loads((out / "results.json").read_text())
     cfg = res["config"]
     n_runs = len(cfg["datasets"]) * len(cfg["widths"]) * len(cfg["seeds"]) * len(exp.TRAIN_METHODS)

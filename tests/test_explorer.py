@@ -13,7 +13,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from guiding_nc.explorer import (
+from guiding_nc.companions.explorer import (
     EARLY_STEPS,
     MAIN_METHODS,
     METRIC_KEYS,
@@ -28,7 +28,7 @@ from guiding_nc.explorer import (
     run_ufm,
     summary_markdown,
 )
-from guiding_nc.plotting import explorer as px
+from guiding_nc.companions.plotting import explorer as px
 
 TINY = dict(C=4, d=8, N=16, steps=12, gain=1.0)
 

@@ -1,12 +1,11 @@
-"""Tests for guiding_nc.forward_gradients (forward-mode gradient estimators)."""
+"""Tests for guiding_nc.research.forward_gradients (forward-mode gradient estimators)."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from guiding_nc import forward_gradients as fg
-
+from guiding_nc.research import forward_gradients as fg
 DT = torch.float64
 ACT = ("activation", "wt", "upstream", "upstream_ns", "upstream_precond")
 
@@ -270,7 +269,7 @@ def test_true_gradient_matches_module_and_from_module():
     true = fg.true_gradient(params, x, y)
     torch.testing.assert_close(true[0][0], seq[1].weight.grad)
     torch.testing.assert_close(true[1][1], seq[3].bias.grad)
-    from guiding_nc.models import MLP
+    from guiding_nc.training.models import MLP
 
     m = MLP(6, hidden=(5,), feature_dim=4, final_activation=False).double()
     torch.testing.assert_close(fg.mlp_forward(fg.from_module(m), x), m(x))

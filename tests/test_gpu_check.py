@@ -1,11 +1,11 @@
-"""make gpu-check's runner (guiding_nc.gpu_check): the plan, the caps, the refusal without CUDA."""
+"""make gpu-check's runner (guiding_nc.experiments.gpu_check): the plan, the caps, the refusal without CUDA."""
 import json
 import sys
 
 import torch
 
-from guiding_nc import gpu_check
-from guiding_nc.gpu_check import Stage
+from guiding_nc.experiments import gpu_check
+from guiding_nc.experiments.gpu_check import Stage
 
 
 def test_plan_runs_every_check_within_eight_minutes(capsys):

@@ -1,15 +1,14 @@
-"""Chapter 5's checks (guiding_nc.gradient_checks): the appendix's formulas, the closed-form
+"""Chapter 5's checks (guiding_nc.companions.gradient_checks): the appendix's formulas, the closed-form
 derivative, collapse, delta -> 0 and the memory table.  Matrix-by-matrix checks of
-guiding_nc.ddn already live in test_ddn.py and the three-way gradient agreement in test_nearest.py."""
+guiding_nc.core.reference.kkt_gradient already live in test_ddn.py and the three-way gradient agreement in test_nearest.py."""
 import json
 import math
 
 import torch
 
 import guiding_nc as gnc
-from guiding_nc import ddn
-from guiding_nc import gradient_checks as gck
-
+from guiding_nc.core.reference import kkt_gradient as ddn
+from guiding_nc.companions import gradient_checks as gck
 F64 = torch.float64
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import device_params
 
-from guiding_nc.etf import canonical_point, etf_classifier
-from guiding_nc.heads import (
+from guiding_nc.core.etf import canonical_point, etf_classifier
+from guiding_nc.core.heads import (
     METHOD_NAMES,
     ClassMeanEMA,
     FixedETFHead,
@@ -282,7 +282,7 @@ def test_every_head_centres_its_logits_the_same_way():
 
 
 def test_global_mean_ema_follows_eq9_and_carries_gradients():
-    from guiding_nc.heads import GlobalMeanEMA
+    from guiding_nc.core.heads import GlobalMeanEMA
 
     d = 6
     ema = GlobalMeanEMA(d, dtype=torch.float64)
@@ -313,8 +313,8 @@ def test_fixed_uncentred_is_the_old_fixed_head():
 def test_the_head_start_is_measured_at_step_zero(tmp_path):
     """The implicit ETF classifies the paper's random UFM features before any step (its class
     means contain each sample); from the mean-free start it is at chance, like the others."""
-    from guiding_nc.config import TrainConfig
-    from guiding_nc.trainer import train_run
+    from guiding_nc.training.config import TrainConfig
+    from guiding_nc.training.trainer import train_run
 
     def run(method, init):
         cfg = TrainConfig.from_dict(dict(

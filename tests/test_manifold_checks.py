@@ -1,4 +1,4 @@
-"""Checks behind chapters 3 and 4 (guiding_nc.manifold_checks): every number the pages show, asserted."""
+"""Checks behind chapters 3 and 4 (guiding_nc.companions.manifold_checks): every number the pages show, asserted."""
 import math
 
 import numpy as np
@@ -6,9 +6,8 @@ import pytest
 import torch
 
 import guiding_nc as gnc
-from guiding_nc import ddn
-from guiding_nc import manifold_checks as mc
-
+from guiding_nc.core.reference import kkt_gradient as ddn
+from guiding_nc.companions import manifold_checks as mc
 F64 = torch.float64
 
 

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from guiding_nc.experiments import measures
-from guiding_nc.config import ConfigError
+from guiding_nc.training.config import ConfigError
 
 
 def test_first_fit_step():
@@ -14,7 +14,7 @@ def test_first_fit_step():
 
 
 def test_steps_to_thresholds_are_integers_from_the_exact_per_step_loss():
-    from guiding_nc.metrics import cross_entropy_lower_bound
+    from guiding_nc.core.metrics import cross_entropy_lower_bound
 
     C, tau = 10, 5.0
     bound = cross_entropy_lower_bound(C, tau)

@@ -1,4 +1,4 @@
-"""Tests for guiding_nc.metrics (paper Appendix A, Eqs. 10-17)."""
+"""Tests for guiding_nc.core.metrics (paper Appendix A, Eqs. 10-17)."""
 from __future__ import annotations
 
 import io
@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guiding_nc.metrics import (
+from guiding_nc.core.metrics import (
     ClassStatistics,
     cosine_margin,
     equinorm,
@@ -504,8 +504,8 @@ def test_suite_input_errors():
 def test_cross_entropy_lower_bound_is_attained_at_collapse_and_never_beaten():
     import torch.nn.functional as F
 
-    from guiding_nc.etf import etf_classifier, random_point
-    from guiding_nc.metrics import cross_entropy_lower_bound
+    from guiding_nc.core.etf import etf_classifier, random_point
+    from guiding_nc.core.metrics import cross_entropy_lower_bound
 
     g = torch.Generator().manual_seed(0)
     for C, d, tau in [(2, 4, 1.0), (10, 32, 5.0), (50, 64, 3.0)]:

@@ -1,9 +1,9 @@
-"""Tests for guiding_nc.models: shapes, feature_dim, AGD compatibility, input validation."""
+"""Tests for guiding_nc.training.models: shapes, feature_dim, AGD compatibility, input validation."""
 import pytest
 import torch
 from torch import nn
 
-from guiding_nc.models import (
+from guiding_nc.training.models import (
     MLP,
     MODEL_NAMES,
     UFM,
@@ -210,7 +210,7 @@ def test_feature_batch_norm_keeps_every_unit_alive(name, shape):
 
 
 def test_mean_free_ufm_start_has_class_means_without_their_samples():
-    from guiding_nc.data import balanced_labels
+    from guiding_nc.training.data import balanced_labels
 
     N, C, d = 400, 10, 64
     y = balanced_labels(N, C)

@@ -1,4 +1,4 @@
-"""The nearest simplex ETF: optimality, gradients, robustness and bad input (guiding_nc.nearest)."""
+"""The nearest simplex ETF: optimality, gradients, robustness and bad input (guiding_nc.core.nearest)."""
 import math
 
 import pytest
@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 import guiding_nc as gnc
 from conftest import device_params
-from guiding_nc.ddn import kkt_jacobian
-from guiding_nc.nearest import _canonical_limit
+from guiding_nc.core.reference.kkt_gradient import kkt_jacobian
+from guiding_nc.core.nearest import _canonical_limit
 
 F64 = torch.float64
 

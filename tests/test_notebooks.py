@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from guiding_nc.config import ConfigError
+from guiding_nc.training.config import ConfigError
 from guiding_nc.experiments.results import load_results
-from guiding_nc.notebooks import PAGES, page_parameters, run_page
+from guiding_nc.experiments.notebooks import PAGES, page_parameters, run_page
 
 # Pages whose quick mode writes a grid experiment's files into OUT, and where.
 RESULT_DIRS = {"ufm10": "ufm10_quick/results", "ufm_scaling": "scaling_quick/results",
@@ -54,8 +54,8 @@ def test_committed_notebooks_name_no_local_path():
     import sysconfig
     import tempfile
 
-    from guiding_nc.config import project_root
-    from guiding_nc.notebooks import _scrub, local_replacements
+    from guiding_nc.training.config import project_root
+    from guiding_nc.experiments.notebooks import _scrub, local_replacements
 
     site = sysconfig.get_paths()["purelib"]
     text = (f"{site}/torch/jit/_script.py:1491: FutureWarning\n{sys.prefix}/bin/python\n"

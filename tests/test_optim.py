@@ -1,4 +1,4 @@
-"""Tests for guiding_nc.optim: AGD (Bernstein et al. 2023, Alg. 1), agd_init_, factories."""
+"""Tests for guiding_nc.training.optim: AGD (Bernstein et al. 2023, Alg. 1), agd_init_, factories."""
 import copy
 import io
 import math
@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from guiding_nc.models import MLP, UFM, build_model
-from guiding_nc.optim import (
+from guiding_nc.training.models import MLP, UFM, build_model
+from guiding_nc.training.optim import (
     AGD,
     CONV_NORMS,
     OPTIMIZER_NAMES,

@@ -47,7 +47,7 @@ def test_the_wheel_installs_into_a_fresh_environment_and_runs_from_anywhere(tmp_
     assert where.startswith(str(purelib)), where  # the wheel's copy, not the repository's
     listing = _run([str(py), "-m", "guiding_nc.experiments.reproduce", "--list"], cwd=work, env=env)
     assert "ufm10" in listing and "real_offline" in listing
-    _run([str(py), "-m", "guiding_nc.train", "ufm10", "--quick", "--no-progress", "methods=[implicit]", "seeds=[0]"],
+    _run([str(py), "-m", "guiding_nc.training.train_command", "ufm10", "--quick", "--no-progress", "methods=[implicit]", "seeds=[0]"],
          cwd=work, env=env)
     results = json.loads((work / "runs" / "ufm10" / "implicit" / "seed0" / "results.json").read_text())
     assert results["status"] == "completed"

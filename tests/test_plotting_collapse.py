@@ -12,8 +12,8 @@ import torch
 from matplotlib.figure import Figure
 
 import guiding_nc as gnc
-from guiding_nc.metrics import ClassStatistics, nc1, nc2, nc3
-from guiding_nc.plotting import collapse as plots
+from guiding_nc.core.metrics import ClassStatistics, nc1, nc2, nc3
+from guiding_nc.companions.plotting import collapse as plots
 
 F64 = torch.float64
 
@@ -183,8 +183,8 @@ def test_plot_nc_metric_histories():
 
 def test_plot_feature_collapse_with_trainer_snapshots(tmp_path):
     """The page's recipe: a Trainer callback snapshots the UFM features; the figure draws them."""
-    from guiding_nc.config import load_config
-    from guiding_nc.trainer import Trainer
+    from guiding_nc.training.config import load_config
+    from guiding_nc.training.trainer import Trainer
 
     snaps = {}
     for method in ("fixed", "implicit"):

@@ -1,4 +1,4 @@
-"""Figures of the reduction-mapping chapter (guiding_nc.plotting.curvature)."""
+"""Figures of the reduction-mapping chapter (guiding_nc.companions.plotting.curvature)."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from guiding_nc.plotting import curvature as pc  # noqa: E402
+from guiding_nc.companions.plotting import curvature as pc  # noqa: E402
 
 METHODS = ("free", "fixed", "implicit", "affine")
 

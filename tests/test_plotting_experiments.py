@@ -5,8 +5,8 @@ from matplotlib.figure import Figure
 
 from guiding_nc.experiments import paper
 from guiding_nc.experiments import reproduce as rp
-from guiding_nc.metrics import cross_entropy_lower_bound
-from guiding_nc.plotting import experiments as plots
+from guiding_nc.core.metrics import cross_entropy_lower_bound
+from guiding_nc.companions.plotting import experiments as plots
 
 SPEC = """
 configs: [ufm10]
@@ -133,7 +133,7 @@ def test_method_curves_figure(quick):
 
 def test_paper_comparison_puts_each_setting_beside_the_papers_row():
     from guiding_nc.experiments import paper
-    from guiding_nc.plotting.experiments import paper_comparison_markdown
+    from guiding_nc.companions.plotting.experiments import paper_comparison_markdown
 
     def cell(v):
         return {"median": v, "min": v, "max": v, "n": 1}

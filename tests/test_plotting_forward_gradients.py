@@ -1,4 +1,4 @@
-"""Tests for guiding_nc.plotting.forward_gradients: every function returns a labelled Figure."""
+"""Tests for guiding_nc.companions.plotting.forward_gradients: every function returns a labelled Figure."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from guiding_nc.plotting import forward_gradients as pf  # noqa: E402
+from guiding_nc.companions.plotting import forward_gradients as pf  # noqa: E402
 
 
 def labelled(fig):

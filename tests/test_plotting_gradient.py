@@ -1,4 +1,4 @@
-"""Figures of chapter 5 (guiding_nc.plotting.gradient): a Figure with labelled axes and a legend."""
+"""Figures of chapter 5 (guiding_nc.companions.plotting.gradient): a Figure with labelled axes and a legend."""
 import math
 
 import matplotlib
@@ -7,7 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from guiding_nc.plotting.gradient import (  # noqa: E402
+from guiding_nc.companions.plotting.gradient import (  # noqa: E402
     plot_collapse_gradient_error,
     plot_delta_conditioning,
     plot_memory_vs_classes,

@@ -1,4 +1,4 @@
-"""Every figure function of guiding_nc.plotting.nearest returns a labelled Figure (fast, synthetic data)."""
+"""Every figure function of guiding_nc.companions.plotting.nearest returns a labelled Figure (fast, synthetic data)."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -7,7 +7,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from guiding_nc.plotting import nearest as plots  # noqa: E402
+from guiding_nc.companions.plotting import nearest as plots  # noqa: E402
 
 BENCH = {
     "rows": [

@@ -1,4 +1,4 @@
-"""The polar-factor routes (guiding_nc.polar): Newton–Schulz with its stopping rule, fallback and
+"""The polar-factor routes (guiding_nc.core.polar): Newton–Schulz with its stopping rule, fallback and
 sync-free adjoint, the gesvda option, and the nearest ETF through them.  CPU; CUDA in test_cuda.py."""
 import math
 import warnings
@@ -9,11 +9,11 @@ from conftest import device_params
 from test_nearest import class_means, gradient_problem
 
 import guiding_nc as gnc
-from guiding_nc import polar
-from guiding_nc.errors import NonFiniteInputError
-from guiding_nc.heads import ImplicitETFHead
-from guiding_nc.nearest import procrustes_matrix
-from guiding_nc.polar import (
+from guiding_nc.core import polar
+from guiding_nc.core.errors import NonFiniteInputError
+from guiding_nc.core.heads import ImplicitETFHead
+from guiding_nc.core.nearest import procrustes_matrix
+from guiding_nc.core.polar import (
     NewtonSchulzState,
     newton_schulz_polar,
     polar_spectrum,

@@ -1,13 +1,13 @@
-"""The two training protocols (guiding_nc.protocol): the code release's ``paper`` protocol, head
+"""The two training protocols (guiding_nc.training.protocol): the code release's ``paper`` protocol, head
 by head against its formulas, and each difference from ``one_switch`` as a setting of its own."""
 import warnings
 
 import pytest
 import torch
 
-from guiding_nc.config import ConfigError, TrainConfig, load_config
-from guiding_nc.heads import build_head, normalize_features
-from guiding_nc.protocol import OPTION_KEYS, OPTIONS, describe, protocol_values
+from guiding_nc.training.config import ConfigError, TrainConfig, load_config
+from guiding_nc.core.heads import build_head, normalize_features
+from guiding_nc.training.protocol import OPTION_KEYS, OPTIONS, describe, protocol_values
 
 TAU = 5.0
 
@@ -166,7 +166,7 @@ def test_each_option_switches_alone_and_is_validated():
 
 
 def _trainer(tmp_path, **kw):
-    from guiding_nc.trainer import Trainer
+    from guiding_nc.training.trainer import Trainer
 
     d = dict(name="p", output_dir=str(tmp_path), dataset="digits", model="mlp", feature_dim=16,
              model_kwargs={"hidden": [16]}, batch_size=32, epochs=1, max_train_samples=96, max_test_samples=40,
@@ -177,7 +177,7 @@ def _trainer(tmp_path, **kw):
 
 
 def test_trainer_reads_sampler_activation_and_depth_from_the_protocol(tmp_path):
-    from guiding_nc.data import RandomBatchSampler, StratifiedBatchSampler
+    from guiding_nc.training.data import RandomBatchSampler, StratifiedBatchSampler
 
     for method, sampler in (("standard", RandomBatchSampler), ("fixed", RandomBatchSampler),
                             ("implicit", StratifiedBatchSampler)):

@@ -2,7 +2,7 @@
 import os
 import stat
 
-from guiding_nc.provenance import atomic_write_json, atomic_write_text
+from guiding_nc.training.provenance import atomic_write_json, atomic_write_text
 
 
 def test_atomic_writes_get_the_umask_mode_not_0600(tmp_path):
@@ -19,8 +19,8 @@ def test_atomic_writes_get_the_umask_mode_not_0600(tmp_path):
 
 
 def test_provenance_names_paths_relative_to_the_project(tmp_path):
-    from guiding_nc.config import project_root
-    from guiding_nc.provenance import collect_provenance
+    from guiding_nc.training.config import project_root
+    from guiding_nc.training.provenance import collect_provenance
 
     root = project_root()
     prov = collect_provenance({}, argv=[str(root / ".venv/bin/python"), "-m", "x", "--out", str(root / "data/r"),
@@ -31,8 +31,8 @@ def test_provenance_names_paths_relative_to_the_project(tmp_path):
 
 
 def test_recorded_commands_name_no_local_path():
-    from guiding_nc.config import project_root
-    from guiding_nc.provenance import local_command
+    from guiding_nc.training.config import project_root
+    from guiding_nc.training.provenance import local_command
 
     root = str(project_root())
     cmd = f"python -m x --work-dir {root}/runs/a --out={root}/data/r key={root}/b --seeds 0 1"

@@ -1,12 +1,12 @@
-"""The reduction-mapping experiment (guiding_nc.experiments.reduction_mappings)."""
+"""The reduction-mapping experiment (guiding_nc.research.reduction_mappings)."""
 import json
 import math
 
 import pytest
 import torch
 
-from guiding_nc.reduction import PARAMETRISATIONS, optimal_value
-from guiding_nc.experiments import reduction_mappings as rm
+from guiding_nc.research.reduction import PARAMETRISATIONS, optimal_value
+from guiding_nc.research import reduction_mappings as rm
 
 TINY = {"tiny": dict(num_classes=3, n_per_class=2, dim=4, measure="exact", steps=12, record_every=4, seeds=(0,))}
 

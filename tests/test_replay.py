@@ -15,8 +15,8 @@ import platform
 import pytest
 
 from guiding_nc.experiments.results import load_results, results_dir
-from guiding_nc.notebooks import run_page
-from guiding_nc.provenance import device_name
+from guiding_nc.experiments.notebooks import run_page
+from guiding_nc.training.provenance import device_name
 
 KEEP = ("steps_to_fit", "train_top1", "train_loss", "train_nc1", "train_nc3")
 

@@ -8,7 +8,7 @@ from conftest import in_git_checkout
 
 from guiding_nc.experiments import measures
 from guiding_nc.experiments import reproduce as rp
-from guiding_nc.config import ConfigError, load_config
+from guiding_nc.training.config import ConfigError, load_config
 
 
 def _write(tmp_path, text, name="exp.yaml"):
@@ -193,7 +193,7 @@ def test_grid_run_in_slices_merges_into_one_result_directory(tmp_path, monkeypat
     by_seeds = {inv["command"].split("--seeds ")[1].split()[0]: sorted(inv["runs"]) for inv in prov["invocations"]}
     assert len(prov["invocations"]) == 2
     assert by_seeds == {str(s): [f"ufm10/default/{m}/{s}" for m in ("fixed", "implicit", "standard")] for s in (1, 0)}
-    from guiding_nc.plotting.experiments import provenance_caption
+    from guiding_nc.companions.plotting.experiments import provenance_caption
     assert provenance_caption(prov).count("slice   : 3 runs by `python -m guiding_nc.experiments.reproduce") == 2
     assert {k for inv in prov["invocations"] for k in inv["runs"]} == {rp._key(r) for r in res["runs"]}
     # A slice with another setting never drops the runs the files hold: it stops before any run...
@@ -566,7 +566,7 @@ def test_the_head_start_free_comparison_uses_the_rates_its_rule_picks():
 
 
 def test_a_full_run_refuses_a_tree_whose_code_differs_from_its_commit(tmp_path, monkeypatch):
-    import guiding_nc.provenance as prov
+    import guiding_nc.training.provenance as prov
 
     monkeypatch.delenv("GUIDING_NC_ALLOW_DIRTY", raising=False)
     monkeypatch.setattr(prov, "git_info", lambda path=None: {"commit": "a" * 40, "dirty": True, "branch": "main"})
@@ -582,7 +582,7 @@ def test_a_full_run_refuses_a_tree_whose_code_differs_from_its_commit(tmp_path, 
 def test_only_source_and_config_changes_make_a_tree_dirty(tmp_path):
     import subprocess
 
-    from guiding_nc.provenance import git_info
+    from guiding_nc.training.provenance import git_info
 
     run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, capture_output=True, check=True)
     run("init", "-q")

@@ -11,10 +11,10 @@ import pytest
 import torch
 import yaml
 
-from guiding_nc.heads import METHOD_NAMES
-from guiding_nc.config import CONFIG_DIR, ConfigError, TrainConfig, load_config, parse_overrides
-from guiding_nc.sweeps import summarize_runs, train
-from guiding_nc.trainer import NonFiniteError, Trainer, train_run, validate_labels
+from guiding_nc.core.heads import METHOD_NAMES
+from guiding_nc.training.config import CONFIG_DIR, ConfigError, TrainConfig, load_config, parse_overrides
+from guiding_nc.training.seed_sweep import summarize_runs, train
+from guiding_nc.training.trainer import NonFiniteError, Trainer, train_run, validate_labels
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENT_CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.yaml") if "base" not in p.stem and p.stem != "paper_defaults")
@@ -217,7 +217,7 @@ def test_nonfinite_stops_with_step_and_keeps_last_checkpoint(tmp_path, method, c
 
 
 def test_all_finite_flags_nan_and_inf():
-    from guiding_nc.trainer import _all_finite
+    from guiding_nc.training.trainer import _all_finite
 
     x = torch.randn(30, 7)
     assert bool(_all_finite(x)) and bool(_all_finite(torch.empty(0, 3)))
@@ -247,7 +247,7 @@ def test_multi_seed_summary_table(tmp_path):
 
 def test_cli(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "guiding_nc.train", "ufm10", "--quick", f"output_dir={tmp_path}",
+    cmd = [sys.executable, "-m", "guiding_nc.training.train_command", "ufm10", "--quick", f"output_dir={tmp_path}",
            "methods=[implicit]", "seeds=[0]", "--no-progress"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -268,7 +268,7 @@ def test_single_method_and_seed_override_replace_the_files_lists():
 def test_git_info_dirty_means_code_not_results(tmp_path):
     import subprocess
 
-    from guiding_nc.provenance import git_info
+    from guiding_nc.training.provenance import git_info
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
@@ -340,7 +340,7 @@ class _Payload:
 
 
 def test_a_crafted_checkpoint_is_refused_without_running(tmp_path):
-    from guiding_nc.checkpoints import CheckpointError, read_checkpoint
+    from guiding_nc.training.checkpoints import CheckpointError, read_checkpoint
 
     marker = tmp_path / "pwned"
     cfg = ufm(tmp_path, epochs=2, resume=True)

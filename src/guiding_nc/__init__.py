@@ -10,7 +10,7 @@ Quick start::
     U = gnc.nearest_etf(H)                       # (d, C), U^T U = I, differentiable in H
     W = gnc.etf_classifier(U)                    # (C, d) classifier rows
 """
-from .etf import (
+from .core.etf import (
     canonical_point,
     etf_classifier,
     euclidean_to_riemannian_gradient,
@@ -24,7 +24,7 @@ from .etf import (
     standard_simplex_etf,
     sym,
 )
-from .nearest import NearestETF, nearest_etf, nearest_etf_objective, polar_factor, polar_route, polar_vjp
+from .core.nearest import NearestETF, nearest_etf, nearest_etf_objective, polar_factor, polar_route, polar_vjp
 
 __version__ = "0.1.0"
 

@@ -19,7 +19,7 @@ from .results import load_results, results_dir, seed_bands
 __all__ = ["evaluate_claims", "claims_markdown", "VERDICTS"]
 
 VERDICTS = ("reproduced", "partly", "not reproduced", "not testable here")
-from ..methods import PAPER_METHODS as METHODS  # the three the paper compares
+from ..core.methods import PAPER_METHODS as METHODS  # the three the paper compares
 DELTA_VARIANTS = ("delta_1e-5", "delta_1e-4", "delta_1e-2", "delta_1e-1", "delta_1e0")
 
 

@@ -36,11 +36,11 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from ..memory import process_memory_bytes, reset_peak_rss
-from ..ddn import kkt_memory_bytes
-from ..provenance import atomic_write_json, atomic_write_text, collect_provenance
+from ..core.memory import process_memory_bytes, reset_peak_rss
+from ..core.reference.kkt_gradient import kkt_memory_bytes
+from ..training.provenance import atomic_write_json, atomic_write_text, collect_provenance
 from .results import csv_text
-from ..config import CONFIG_DIR, load_config
+from ..training.config import CONFIG_DIR, load_config
 
 DEFAULT_CONFIGS = ("ufm10", "ufm100", "ufm200", "ufm1000")
 VARIANTS = (
@@ -68,7 +68,7 @@ def _case(config: str, method: str, ddn: str, steps: int, device: str, quick: bo
 
     import torch
 
-    from ..trainer import Trainer
+    from ..training.trainer import Trainer
 
     overrides = {"method": method, "ddn_backward": ddn, "seed": 0, "epochs": steps, "eval_every": 10 ** 6,
                  "eval_train": False, "eval_test": False, "checkpoint_every": 0, "progress": False,

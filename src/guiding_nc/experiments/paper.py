@@ -9,7 +9,7 @@ measures so the two can be compared.  Values are medians over 5 seeds as printed
 """
 from __future__ import annotations
 
-from ..methods import PAPER_METHODS as METHODS  # the three the paper compares
+from ..core.methods import PAPER_METHODS as METHODS  # the three the paper compares
 
 
 def _rows(text: str):

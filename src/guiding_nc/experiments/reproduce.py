@@ -3,7 +3,7 @@
 An *experiment* is a YAML file in ``configs/experiments/`` naming the training configs, the
 methods, the seeds and, optionally, *variants* (named sets of overrides such as ``ddn: none``
 or ``delta: 1e-5``) to compare; it also says how to shrink everything in quick mode.  Every
-run goes through :func:`guiding_nc.trainer.train_run` with the same settings except the ones
+run goes through :func:`guiding_nc.training.trainer.train_run` with the same settings except the ones
 the experiment varies, so the comparison is one switch at a time.
 
 Usage::
@@ -58,10 +58,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
-from ..provenance import (atomic_write_json, atomic_write_text, collect_provenance, local_command, local_path,
+from ..training.provenance import (atomic_write_json, atomic_write_text, collect_provenance, local_command, local_path,
                           to_jsonable)
-from ..config import CONFIG_DIR, ConfigError, load_config, project_root
-from ..trainer import train_run
+from ..training.config import CONFIG_DIR, ConfigError, load_config, project_root
+from ..training.trainer import train_run
 from .measures import first_fit_step, steps_to_thresholds
 from .results import csv_text, group_key, load_results, results_dir, run_key
 
@@ -179,7 +179,7 @@ def load_experiment(name_or_path) -> ExperimentSpec:
         raise ConfigError(f"{path}: unknown quick key(s) {', '.join(bad_quick)}; valid: {', '.join(sorted(_QUICK_KEYS))}")
     if not data.get("configs"):
         raise ConfigError(f"{path}: an experiment needs a non-empty 'configs' list")
-    from ..config import check_name
+    from ..training.config import check_name
 
     for c in data["configs"]:
         check_name(f"{path.name}: config", c)
@@ -449,7 +449,7 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
     mode = "quick" if quick else "full"
     allow_dirty = allow_dirty or os.environ.get("GUIDING_NC_ALLOW_DIRTY") == "1"
     if not quick and not allow_dirty:
-        from ..provenance import git_info
+        from ..training.provenance import git_info
 
         if git_info().get("dirty"):
             raise ConfigError("the source or configs differ from the last commit, so a full-mode result could not "
@@ -705,7 +705,7 @@ def _read_results(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, de
             # No hash recorded: the same settings under the spec that made it as under today's
             # (the same spec, or one that spells the same run another way), and a method whose
             # definition has not changed since.
-            from ..heads import HEAD_REVISIONS
+            from ..core.heads import HEAD_REVISIONS
 
             ok = HEAD_REVISIONS.get(str(row.get("method")), 1) == 1 and (
                 same_spec or _same_run_then(spec_then, grid, jobs[k], work_dir / k, device, num_threads))
@@ -833,7 +833,7 @@ def _in_grid_order(keys: Sequence[str], *parts: Dict[str, Dict[str, Any]]) -> Di
 def _hash(cfg, ignore: Sequence[str] = ("progress", "verbose", "resume", "device", "num_threads")) -> str:
     import hashlib
 
-    from ..heads import HEAD_REVISIONS
+    from ..core.heads import HEAD_REVISIONS
 
     d = cfg.to_dict()
     for k in ignore:
@@ -856,15 +856,15 @@ def effective_settings(cfg) -> Dict[str, Any]:
     (``_PLACE_KEYS``), with ``model_kwargs`` entries that equal the model's defaults left out, and
     with the revision of a method whose definition changed (``HEAD_REVISIONS``).
 
-    The protocol (:mod:`guiding_nc.protocol`) enters as the values of the options that change
-    this run (:func:`~guiding_nc.protocol.relevant`), not as the protocol's name: the run's sampler
+    The protocol (:mod:`guiding_nc.training.protocol`) enters as the values of the options that change
+    this run (:func:`~guiding_nc.training.protocol.relevant`), not as the protocol's name: the run's sampler
     as ``stratified``, the final activation as the model's ``final_activation`` entry, and any
     other option only where it departs from the one-switch protocol, which every run made before
     the options existed used.  So a run's hash names what it computed, and those runs keep theirs.
     """
-    from ..heads import HEAD_REVISIONS
-    from ..models import model_defaults
-    from ..protocol import OPTION_KEYS, protocol_values, relevant
+    from ..core.heads import HEAD_REVISIONS
+    from ..training.models import model_defaults
+    from ..training.protocol import OPTION_KEYS, protocol_values, relevant
 
     d = cfg.to_dict()
     for k in _PLACE_KEYS:
@@ -910,13 +910,13 @@ def format_summary(summary: Dict[str, Any], metrics: Iterable[str]) -> str:
 
 
 def main(argv=None) -> int:
-    from ..cli import run_cli
+    from ..training.command_line import run_cli
 
     return run_cli(_main, argv)
 
 
 def _main(argv=None) -> int:
-    from ..cli import OneLineParser
+    from ..training.command_line import OneLineParser
 
     parser = OneLineParser(prog="python -m guiding_nc.experiments.reproduce",
                            description="Run one of the paper's experiments and write tidy results with provenance.")
@@ -949,7 +949,7 @@ def _main(argv=None) -> int:
     bad = [i for i in items if "=" not in i]
     if bad:
         parser.error(f"unrecognised argument(s) {' '.join(bad)}; overrides are key=value")
-    from ..config import parse_overrides
+    from ..training.config import parse_overrides
 
     res = run_experiment(args.experiment, quick=args.quick, out=args.out, work_dir=args.work_dir, device=args.device,
                          seeds=args.seeds, configs=args.configs, variants=args.variants, methods=args.methods,

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..config import project_root
+from ..training.config import project_root
 
 __all__ = ["results_dir", "csv_text", "read_csv", "parse_value", "load_results", "run_key", "group_key",
            "seed_bands", "provenance_caption", "is_finite_number", "summary_cell", "format_cell"]

@@ -1,0 +1,439 @@
+"""Figures and tables for the experiment chapters (paper Figs. 2-5, 15-18, Tables 1-3).
+
+Every function reads what :func:`guiding_nc.experiments.reproduce.load_results` (or
+:mod:`guiding_nc.experiments.cost`) returns and draws it; nothing here trains or computes a
+metric.  Curves over seeds are drawn as the median with a shaded min-max band, as in the paper.
+Tables come back as Markdown strings (``IPython.display.Markdown`` renders them in the book).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ...experiments.results import is_finite_number, provenance_caption, seed_bands  # noqa: F401 (the chapters read them here)
+from ...core.methods import METHODS
+from .collapse import method_style
+from .style import panel_grid, tidy_log_x
+
+__all__ = [
+    "seed_bands",
+    "plot_ufm_dynamics",
+    "plot_step_accuracy",
+    "plot_accuracy_curves",
+    "plot_variant_curves",
+    "plot_delta_sensitivity",
+    "plot_cost",
+    "summary_table_markdown",
+    "steps_to_fit_markdown",
+    "paper_table_markdown",
+    "paper_comparison_markdown",
+    "cost_table_markdown",
+    "provenance_caption",
+]
+
+# Read from the registry of methods (kept as a mapping for the chapters' tables).
+METHOD_LABELS = {name: m.label for name, m in METHODS.items()}
+
+
+def _band(ax, xs, med, lo, hi, *, label, style, floor: Optional[float] = None):
+    if floor is not None:
+        med, lo, hi = (np.maximum(a, floor) for a in (med, lo, hi))
+    ax.plot(xs, med, lw=1.8, label=label, **style)
+    ax.fill_between(xs, lo, hi, color=style.get("color"), alpha=0.18, lw=0)
+
+
+def plot_ufm_dynamics(results: Mapping[str, Any], *, num_classes: int, loss_bound: float,
+                      config: Optional[str] = None) -> Figure:
+    """The shape of the paper's Fig. 2: loss vs its lower bound, cosine margins, NC1, NC3, equinorm.
+
+    ``results``: :func:`~guiding_nc.experiments.reproduce.load_results` of a UFM experiment
+    with ``margins.json``.  ``loss_bound``: :func:`guiding_nc.core.metrics.cross_entropy_lower_bound`.
+    """
+    curves = results["curves"]
+    where = {"config": config} if config else None
+    panels = [
+        ("train_loss", "cross-entropy loss (train)", "loss", True),
+        ("train_cosine_margin_mean", "average cosine margin (Eq. 16)", "cosine margin", False),
+        ("train_nc1", "NC1: within-class variability", r"$\mathrm{tr}(\Sigma_W\Sigma_B^\dagger)/C$", True),
+        ("train_nc3", "NC3: self-duality", r"$\|W/\|W\| - \bar H^\top/\|\bar H\|\|_F$", True),
+        ("train_equinorm", r"$W$–$\bar H$ equinorm", "|CV(W) − CV(H̄)|", True),
+    ]
+    fig, axes = panel_grid(6, panel_height=2.9, extra_height=0.4)
+    for ax, (key, title, ylabel, log) in zip(axes, panels):
+        bands = seed_bands(curves, key, where=where)
+        for i, ((_, _, method), (xs, med, lo, hi)) in enumerate(bands.items()):
+            _band(ax, xs, med, lo, hi, label=METHOD_LABELS.get(method, method), style=method_style(method, i),
+                  floor=1e-12 if log else None)
+        if key == "train_loss":
+            ax.axhline(loss_bound, color="k", ls=":", lw=1.3, label=f"lower bound {loss_bound:.2e}")
+        if key == "train_cosine_margin_mean":
+            ax.axhline(num_classes / (num_classes - 1), color="k", ls=":", lw=1.3,
+                       label=f"ETF maximum $C/(C-1)$ = {num_classes / (num_classes - 1):.3f}")
+        if log:
+            ax.set_yscale("log")
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training step (full batch)")
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax = axes[5]
+    margins = results.get("margins") or {}
+    per_method: Dict[str, List[float]] = defaultdict(list)
+    for key, vals in margins.items():
+        cfg, _, method, _ = key.split("/")
+        if vals and (config is None or cfg == config):
+            per_method[method] += vals
+    if per_method:
+        lo = min(min(v) for v in per_method.values())
+        hi = num_classes / (num_classes - 1)
+        bins = np.linspace(lo, hi, 60)
+        for i, (method, vals) in enumerate(per_method.items()):
+            st = method_style(method, i)
+            ax.hist(vals, bins=bins, histtype="step", lw=1.8, color=st["color"], label=METHOD_LABELS.get(method, method))
+        ax.axvline(hi, color="k", ls=":", lw=1.3, label="ETF maximum")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    ax.set_title("final per-sample cosine margins (all seeds)", fontsize=10)
+    ax.set_xlabel("cosine margin")
+    ax.set_ylabel("number of samples")
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"UFM with $C = {num_classes}$: median over seeds, band = min–max", fontsize=11)
+    return tidy_log_x(fig)
+
+
+def _step_accuracy_bands(step_accuracy: Mapping[str, Sequence[float]]):
+    groups: Dict[Tuple[str, str], List[np.ndarray]] = defaultdict(list)
+    for key, acc in step_accuracy.items():
+        cfg, _, method, _ = key.split("/")
+        if acc:
+            groups[(cfg, method)].append(np.asarray(acc, dtype=float))
+    out = {}
+    for k, runs in groups.items():
+        n = min(len(a) for a in runs)
+        a = np.stack([r[:n] for r in runs])
+        out[k] = (np.arange(n), np.median(a, 0), a.min(0), a.max(0), len(runs))
+    return out
+
+
+def plot_step_accuracy(step_accuracy: Mapping[str, Sequence[float]], *, configs: Sequence[str],
+                       titles: Optional[Mapping[str, str]] = None, max_steps: Optional[int] = None) -> Figure:
+    """The shape of the paper's Fig. 3: exact train top-1 after each full-batch step, one panel per UFM.
+
+    ``step_accuracy``: ``{"config/variant/method/seed": [accuracy after 0, 1, ... steps]}``.
+    """
+    bands = _step_accuracy_bands(step_accuracy)
+    fig, axes = panel_grid(len(configs), panel_height=3.2, extra_height=0.4)
+    for ax, cfg in zip(axes, configs):
+        i = 0
+        for (c, method), (xs, med, lo, hi, n) in bands.items():
+            if c != cfg:
+                continue
+            if max_steps is not None:
+                keep = xs <= max_steps
+                xs, med, lo, hi = xs[keep], med[keep], lo[keep], hi[keep]
+            _band(ax, xs + 1, 100 * med, 100 * lo, 100 * hi, label=f"{METHOD_LABELS.get(method, method)} ({n} seeds)",
+                  style=method_style(method, i))
+            i += 1
+        ax.set_xscale("log")
+        ax.set_title((titles or {}).get(cfg, cfg), fontsize=10)
+        ax.set_xlabel("training step + 1 (full batch)")
+        ax.set_ylabel("train top-1 accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Train accuracy against optimisation steps: median over seeds, band = min–max", fontsize=11)
+    return tidy_log_x(fig)
+
+
+def plot_accuracy_curves(results: Mapping[str, Any], *, configs: Sequence[str],
+                         titles: Optional[Mapping[str, str]] = None) -> Figure:
+    """Train and test top-1 against epoch, one column per config (the paper's Fig. 4 / Figs. 6-11)."""
+    curves = results["curves"]
+    # One row per config: its train and its test accuracy side by side.
+    fig, flat = panel_grid(2 * len(configs), panel_height=3.0, extra_height=0.4)
+    for j, cfg in enumerate(configs):
+        for i, split in enumerate(("train", "test")):
+            ax = flat[2 * j + i]
+            bands = seed_bands(curves, f"{split}_top1", x="epoch", where={"config": cfg})
+            for k, ((_, _, method), (xs, med, lo, hi)) in enumerate(bands.items()):
+                _band(ax, xs, 100 * med, 100 * lo, 100 * hi, label=METHOD_LABELS.get(method, method),
+                      style=method_style(method, k))
+            ax.set_title(f"{(titles or {}).get(cfg, cfg)}: {split}", fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(f"{split} top-1 accuracy (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Top-1 accuracy: median over seeds, band = min–max", fontsize=11)
+    return tidy_log_x(fig)
+
+
+def plot_method_curves(results: Mapping[str, Any], *, config: str,
+                       metrics: Sequence[Tuple[str, str, bool]], x: str = "epoch",
+                       variant: str = "default", title: str = "") -> Figure:
+    """Several metrics against training progress for one config, one band per method.
+
+    ``metrics`` lists ``(column of curves.csv, axis label, log scale)``; accuracies (``*_top1``)
+    are drawn in percent.  Median over seeds, band = min-max.
+    """
+    fig, axes = panel_grid(len(metrics), panel_height=3.0, extra_height=0.4)
+    for ax, (y, ylabel, log) in zip(axes, metrics):
+        bands = seed_bands(results["curves"], y, x=x, where={"config": config, "variant": variant})
+        scale = 100.0 if y.endswith("top1") else 1.0
+        for k, ((_, _, method), (xs, med, lo, hi)) in enumerate(bands.items()):
+            _band(ax, xs, scale * med, scale * lo, scale * hi, label=METHOD_LABELS.get(method, method),
+                  style=method_style(method, k), floor=1e-12 if log else None)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch" if x == "epoch" else "training step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or f"{config}: median over seeds, band = min–max", fontsize=10)
+    return tidy_log_x(fig)
+
+
+def plot_variant_curves(results: Mapping[str, Any], *, config: str, variants: Sequence[str], y: str,
+                        ylabel: str, x: str = "step", log: bool = False, title: str = "",
+                        ax=None, labels: Optional[Mapping[str, str]] = None) -> Figure:
+    """One metric against training progress, one band per variant of an ablation."""
+    fig = None
+    if ax is None:
+        fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+        ax = fig.subplots()
+    bands = seed_bands(results["curves"], y, x=x, where={"config": config})
+    for i, v in enumerate(variants):
+        hits = [(k, b) for k, b in bands.items() if k[1] == v]
+        for k, (xs, med, lo, hi) in hits:
+            st = method_style("__" + v, i)
+            scale = 100.0 if y.endswith("top1") else 1.0
+            _band(ax, xs, scale * med, scale * lo, scale * hi, label=(labels or {}).get(v, v), style=st,
+                  floor=1e-12 if log else None)
+    if log:
+        ax.set_yscale("log")
+    if x == "step":
+        ax.set_xscale("log")
+    ax.set_xlabel("training step (full batch)" if x == "step" else x)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return tidy_log_x(fig if fig is not None else ax.figure)
+
+
+def plot_delta_sensitivity(summary: Mapping[str, Any], *, configs: Sequence[str], deltas: Mapping[str, float],
+                           metrics: Sequence[Tuple[str, str, bool]], titles: Optional[Mapping[str, str]] = None) -> Figure:
+    """Run-level metrics of the implicit ETF against the proximal coefficient delta (log scale).
+
+    ``deltas``: ``{variant name: delta}``; ``metrics``: ``(summary key, y label, log y)``.
+    Points are medians over seeds, error bars min-max.
+    """
+    fig, flat = panel_grid(len(configs) * len(metrics), panel_height=2.9, extra_height=0.4)
+    for i, cfg in enumerate(configs):
+        for j, (key, ylabel, log) in enumerate(metrics):
+            ax = flat[i * len(metrics) + j]
+            pts = []
+            for v, dlt in deltas.items():
+                cell = summary.get(f"{cfg}/{v}/implicit", {}).get(key)
+                if cell and cell.get("median") is not None:
+                    scale = 100.0 if "top1" in key else 1.0
+                    pts.append((dlt, scale * cell["median"], scale * cell["min"], scale * cell["max"]))
+            if pts:
+                pts.sort()
+                d, med, lo, hi = map(np.asarray, zip(*pts))
+                ax.errorbar(d, med, yerr=[med - lo, hi - med], fmt="o-", color="tab:green", capsize=3, lw=1.5)
+            ax.set_xscale("log")
+            if log:
+                ax.set_yscale("log")
+            ax.set_xlabel(r"proximal coefficient $\delta$")
+            ax.set_ylabel(ylabel)
+            ax.set_title(f"{(titles or {}).get(cfg, cfg)}", fontsize=10)
+            ax.grid(alpha=0.3)
+    fig.suptitle(r"Implicit ETF against $\delta$: median over seeds, bars = min–max", fontsize=11)
+    return tidy_log_x(fig)
+
+
+def plot_cost(rows: Sequence[Mapping[str, Any]], *, configs: Sequence[str]) -> Figure:
+    """Per-step time split (stacked bars) and peak memory per variant, one group per UFM size."""
+    variants: List[str] = []
+    for r in rows:
+        if r["variant"] not in variants:
+            variants.append(r["variant"])
+    fig, (ax_t, ax_m) = panel_grid(2, ncols=1, panel_height=3.6)
+    width = 0.8 / len(variants)
+    parts = (("time_backbone_ms", "backbone + loss (fwd + bwd)", "tab:blue"),
+             ("time_etf_forward_ms", "nearest-ETF forward", "tab:orange"),
+             ("time_ddn_backward_ms", "DDN backward", "tab:red"))
+    hatches = ["", "//", "..", "xx", "\\\\", "++"]
+    for j, v in enumerate(variants):
+        for i, cfg in enumerate(configs):
+            r = next((r for r in rows if r["config"] == cfg and r["variant"] == v), None)
+            x = i + (j - (len(variants) - 1) / 2) * width
+            if r is None or not is_finite_number(r.get("time_step_ms")):
+                ax_t.text(x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=8)
+                if r is not None and is_finite_number(r.get("kkt_need_gb")):
+                    ax_m.bar(x, r["kkt_need_gb"], width, color="none", edgecolor="tab:red", ls="--", lw=1.2)
+                continue
+            bottom = 0.0
+            for key, label, color in parts:
+                val = max(float(r.get(key) or 0.0), 0.0)
+                ax_t.bar(x, val, width, bottom=bottom, color=color, hatch=hatches[j % len(hatches)],
+                         edgecolor="white", label=label if (i == 0 and j == 0) else None)
+                bottom += val
+            other = float(r["time_step_ms"]) - bottom
+            if other > 0:
+                ax_t.bar(x, other, width, bottom=bottom, color="tab:gray", hatch=hatches[j % len(hatches)],
+                         edgecolor="white", label="optimiser, EMA, other" if (i == 0 and j == 0) else None)
+            ax_m.bar(x, max(float(r["peak_extra_gb"]), 1e-4), width, color=f"C{j}", label=v if i == 0 else None)
+    for ax in (ax_t, ax_m):
+        ax.set_xticks(range(len(configs)), configs)
+        ax.set_xlabel("unconstrained feature model (C classes)")
+        ax.grid(alpha=0.3, axis="y")
+        ax.set_yscale("log")
+    ax_t.set_ylabel("time per training step (ms, log scale)")
+    ax_t.set_title("time split per step; bar order within a group = variant order\n(" +
+                   "; ".join(f"{k + 1}: {v}" for k, v in enumerate(variants)) + ")", fontsize=8)
+    ax_t.legend(fontsize=8, loc="upper left")
+    ax_m.set_ylabel("peak memory above\nmodel + data (GiB, log scale)")
+    ax_m.set_title("peak memory per step (dashed outline: what the dense KKT gradient would need)", fontsize=9)
+    ax_m.legend(fontsize=8, loc="upper left")
+    return tidy_log_x(fig)
+
+
+def _cell(summary: Mapping[str, Any], group: str, key: str, scale: float = 100.0, digits: int = 2,
+          number_format: str = "f") -> str:
+    c = summary.get(group, {}).get(key)
+    if not c or c.get("median") is None:
+        return "–"
+    f = f".{digits}{number_format}"
+    return f"{scale * c['median']:{f}} [{scale * c['min']:{f}}, {scale * c['max']:{f}}]"
+
+
+def summary_table_markdown(summary: Mapping[str, Any], *, configs: Sequence[str], key_at: Sequence[str],
+                           methods: Sequence[str] = ("standard", "fixed", "implicit"), variant: str = "default",
+                           titles: Optional[Mapping[str, str]] = None, scale: float = 100.0, digits: int = 2,
+                           number_format: str = "f") -> str:
+    """A Markdown table shaped like the paper's Tables 1-2: one row per (config, metric@epoch),
+    one column per method, cells ``median [min, max]`` over seeds (``scale`` times the value,
+    ``digits`` after the point, or significant digits with ``number_format="g"``)."""
+    head = "| experiment | metric | " + " | ".join(METHOD_LABELS.get(m, m) for m in methods) + " |"
+    lines = [head, "|---|---|" + "---:|" * len(methods)]
+    for cfg in configs:
+        for key in key_at:
+            cells = [_cell(summary, f"{cfg}/{variant}/{m}", key, scale, digits, number_format) for m in methods]
+            if all(c == "–" for c in cells):
+                continue
+            lines.append(f"| {(titles or {}).get(cfg, cfg)} | {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def steps_to_fit_markdown(results: Mapping[str, Mapping[str, Any]], *, configs: Sequence[str],
+                          methods: Sequence[str] = ("standard", "fixed", "implicit"),
+                          titles: Optional[Mapping[str, str]] = None) -> str:
+    """Steps to 100% train accuracy, ``median [min, max]`` over seeds, one row per (config, result set).
+
+    ``results``: ``{label: loaded results}`` (what :func:`guiding_nc.experiments.reproduce.load_results`
+    returns), e.g. the same runs at two step budgets.  A run that never fits within its budget is
+    counted in a "not fitted" note, never given a number.  The seeds column reads ``5``, or
+    ``2/2/1`` (one count per method) while a grid is part-way through its slices.
+    """
+    lines = ["| UFM | runs | steps budget | " + " | ".join(METHOD_LABELS.get(m, m) for m in methods) + " | seeds |",
+             "|---|---|---:|" + "---:|" * len(methods) + "---:|"]
+    for c in configs:
+        for label, res in results.items():
+            runs = [r for r in res["runs"] if r["config"] == c]
+            if not runs:
+                continue
+            cells, seeds = [], []
+            for m in methods:
+                cell = res["summary"].get(f"{c}/default/{m}", {})
+                stf = cell.get("steps_to_fit")
+                seeds.append(len(cell.get("seeds", [])))
+                if not stf or stf["median"] is None:
+                    cells.append(f"not fitted ({stf['missing'] if stf else '?'})")
+                else:
+                    extra = f", {stf['missing']} not fitted" if stf["missing"] else ""
+                    cells.append(f"{stf['median']:g} [{stf['min']:g}, {stf['max']:g}]{extra}")
+            budget = max(r["steps"] for r in runs)
+            lines.append(f"| {(titles or {}).get(c, c)} | {label} | {budget} | " + " | ".join(cells)
+                         + f" | {seeds[0] if len(set(seeds)) == 1 else '/'.join(map(str, seeds))} |")
+    return "\n".join(lines)
+
+
+def paper_table_markdown(table: Mapping[str, Mapping[str, Sequence[float]]], *, epochs: Sequence[int] = (50, 200),
+                         methods: Sequence[str] = ("standard", "fixed", "implicit")) -> str:
+    """The paper's own numbers (quoted), ``table[experiment][method] = (value at epoch 50, at 200)``."""
+    head = "| experiment (paper) | " + " | ".join(
+        f"{METHOD_LABELS.get(m, m)} @{e}" for m in methods for e in epochs) + " |"
+    lines = [head, "|---|" + "---:|" * (len(methods) * len(epochs))]
+    for exp, row in table.items():
+        lines.append(f"| {exp} | " + " | ".join(f"{v:.2f}" for m in methods for v in row[m]) + " |")
+    return "\n".join(lines)
+
+
+def paper_comparison_markdown(summary: Mapping[str, Any], table: Mapping[str, Mapping[str, Sequence[float]]], *,
+                              metric: str, configs: Sequence[str], paper_row_of: Mapping[str, str],
+                              titles: Optional[Mapping[str, str]] = None, epochs: Sequence[int] = (50, 200),
+                              methods: Sequence[str] = ("standard", "fixed", "implicit"),
+                              variant: str = "default", seeds: Optional[int] = None) -> str:
+    """The paper's rows of one of its Tables 1-2 and this package's medians side by side.
+
+    One column per (method, epoch) and two for *implicit minus standard*, in percentage points.
+    Each of the paper's rows (``table[row][method] = (value at epochs[0], at epochs[1])``, quoted)
+    is followed by the row of the config that trains the same setting (``paper_row_of[config] =
+    row``) when ``summary`` holds it; configs with no row in the paper come last, marked so.
+    ``metric``: ``"train_top1"`` or ``"test_top1"`` (the summary keys are ``metric@epoch``).
+    """
+    cols = [(m, e) for m in methods for e in epochs]
+    head = ("| setting | numbers from | " + " | ".join(f"{METHOD_LABELS.get(m, m)} @{e}" for m, e in cols)
+            + " | " + " | ".join(f"implicit − standard @{e}" for e in epochs) + " |")
+    lines = [head, "|---|---|" + "---:|" * (len(cols) + len(epochs))]
+    who = "this book" + (f" ({seeds} seeds)" if seeds else "")
+
+    def ours(cfg):
+        vals = {}
+        for m, e in cols:
+            c = summary.get(f"{cfg}/{variant}/{m}", {}).get(f"{metric}@{e}")
+            vals[(m, e)] = 100.0 * c["median"] if c and is_finite_number(c.get("median")) else None
+        return vals
+
+    def row(setting, source, vals):
+        cells = [f"{vals[k]:.2f}" if vals.get(k) is not None else "–" for k in cols]
+        gaps = [f"{vals[('implicit', e)] - vals[('standard', e)]:+.2f}"
+                if vals.get(("implicit", e)) is not None and vals.get(("standard", e)) is not None else "–"
+                for e in epochs]
+        return f"| {setting} | {source} | " + " | ".join(cells + gaps) + " |"
+
+    config_of = {r: c for c, r in paper_row_of.items()}
+    for name, paper_row in table.items():
+        vals = {(m, e): float(paper_row[m][i]) for m in methods for i, e in enumerate(epochs)}
+        lines.append(row(name, "paper (quoted)", vals))
+        cfg = config_of.get(name)
+        if cfg in configs and any(v is not None for v in ours(cfg).values()):
+            lines.append(row("", who, ours(cfg)))
+    for cfg in configs:
+        if cfg in paper_row_of:
+            continue
+        vals = ours(cfg)
+        if any(v is not None for v in vals.values()):
+            lines.append(row((titles or {}).get(cfg, cfg), f"{who}; no row in the paper", vals))
+    return "\n".join(lines)
+
+
+def cost_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The cost rows as a Markdown table (times in ms per step, memory in GB)."""
+    lines = ["| UFM | variant | step (ms) | backbone (ms) | ETF forward (ms) | DDN backward (ms) | peak extra memory (GB) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if not is_finite_number(r.get("time_step_ms")):
+            lines.append(f"| {r['config']} | {r['variant']} | – | – | – | – | {r.get('status', '')} |")
+            continue
+        lines.append(f"| {r['config']} | {r['variant']} | {r['time_step_ms']:.1f} | {r['time_backbone_ms']:.1f} | "
+                     f"{r['time_etf_forward_ms']:.1f} | {r['time_ddn_backward_ms']:.1f} | {r['peak_extra_gb']:.3f} |")
+    return "\n".join(lines)
+
+

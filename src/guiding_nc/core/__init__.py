@@ -1,0 +1,1 @@
+"""The core library: the mathematics an engineer imports (torch only)."""

@@ -1,0 +1,1 @@
+"""Research beyond the paper (curvature, reduction mappings, forward gradients). Imports from core, training and experiments."""

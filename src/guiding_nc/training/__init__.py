@@ -1,0 +1,1 @@
+"""Training: settings, the protocol, data, models, optimisers and the loop. Imports from core only."""
