@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import guiding_nc as gnc
-from guiding_nc.experiments import reproduce as rp
+from guiding_nc.experiments import runner
 from guiding_nc.core.heads import build_head
 from guiding_nc.training.train_command import main as train_main
 
@@ -109,7 +109,7 @@ def test_bad_training_command_line_exits_2_through_argparse(tmp_path, capsys):
 def test_bad_experiment_command_lines(tmp_path, capsys, argv, expected):
     out = tmp_path / "out"
     try:
-        code = rp.main(argv + ["--out", str(out), "--work-dir", str(tmp_path / "work"), "--no-progress"])
+        code = runner.main(argv + ["--out", str(out), "--work-dir", str(tmp_path / "work"), "--no-progress"])
     except SystemExit as exc:  # argparse's own errors
         code = exc.code
     assert code == 2

@@ -1,7 +1,7 @@
 """The benchmark script runs end to end on tiny sizes (its numbers are not asserted: timings are noisy)."""
 import json
 
-from guiding_nc.experiments import bench
+from guiding_nc.experiments import bench, bench_paired
 def test_bench_etf_tiny(tmp_path):
     out = tmp_path / "etf.json"
     assert bench.main(["etf", "--sizes", "16x4", "--repeats", "1", "--kkt-cap-gb", "0.01", "--out", str(out)]) == 0
@@ -78,15 +78,15 @@ def test_bench_paired_against_a_second_copy_of_itself(capsys):
     import pytest
 
     src = Path(bench.__file__).resolve().parents[2]
-    other = bench.load_package_from(str(src), "guiding_nc_second_copy")
-    assert other.nearest_etf is not bench.nearest_etf  # really a second import
+    other = bench_paired.load_package_from(str(src), "guiding_nc_second_copy")
+    assert other.nearest_etf is not bench_paired.nearest_etf  # really a second import
     cases = ((16, 4, "float64", True), (12, 3, "float32", False))
-    result = bench.bench_paired(other, cases=cases, calls=4, progress=lambda s: None)
+    result = bench_paired.bench_paired(other, cases=cases, calls=4, progress=lambda s: None)
     assert [(r["d"], r["C"], r["dtype"]) for r in result["rows"]] == [(16, 4, "float64"), (12, 3, "float32")]
     for r in result["rows"]:
         assert r["identical_output"] and r["calls"] == 4
         assert r["ratio_q1"] <= r["ratio_median"] <= r["ratio_q3"] and r["old_ms"] > 0 and r["new_ms"] > 0
-    assert "same output" in bench.format_paired(result)
+    assert "same output" in bench_paired.format_paired(result)
     with pytest.raises(SystemExit):
         bench.main(["paired", "--other-src", str(src / "no_such_dir")])
     assert "no guiding_nc package there" in capsys.readouterr().err

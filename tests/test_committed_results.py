@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from guiding_nc.training.config import ConfigError
-from guiding_nc.experiments.reproduce import stale_runs
+from guiding_nc.experiments.store import stale_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "data" / "results"

@@ -16,7 +16,7 @@ from guiding_nc.research.curvature import (
     secant_smoothness,
     smoothness_estimate,
 )
-from guiding_nc.research.reduction import (
+from guiding_nc.research.reduction.objective import (
     PARAMETRISATIONS,
     class_block_labels,
     inverse_sqrt_newton_schulz,
@@ -434,11 +434,10 @@ def test_objective_errors():
 
 
 # ============================================================ reduction-mapping analysis
-from guiding_nc.research.reduction import (  # noqa: E402
+from guiding_nc.research.reduction.analysis import (  # noqa: E402
     base_objective,
     curvature_at,
     generalized_eigenvalues,
-    gradient_descent,
     lift,
     matched_weight_decay,
     morse_bott_constant,
@@ -447,6 +446,7 @@ from guiding_nc.research.reduction import (  # noqa: E402
     reduction_jacobian,
     reduction_map,
 )
+from guiding_nc.research.reduction.descent import gradient_descent  # noqa: E402
 
 
 def _matched(kind, C=C, n=N_PER, d=D):

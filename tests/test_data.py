@@ -1,4 +1,4 @@
-"""Tests for guiding_nc.training.data: offline datasets, missing-dataset errors, batch samplers, loaders."""
+"""Tests for guiding_nc.training.datasets, .samplers and .loaders: offline datasets, missing-dataset errors, batch samplers, loaders."""
 from __future__ import annotations
 
 import gzip
@@ -12,21 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from guiding_nc.training import data as D
-from guiding_nc.training.data import (
+from guiding_nc.training import datasets as D
+from guiding_nc.training.datasets import (
     DATASET_NAMES,
     DatasetNotFoundError,
-    IndexDataset,
-    RandomBatchSampler,
     RandomShiftRotate,
-    SequentialBatchSampler,
-    StratifiedBatchSampler,
-    balanced_labels,
     build_dataset,
-    build_loader,
     stratified_split,
-    ufm_dataset,
 )
+from guiding_nc.training.loaders import IndexDataset, balanced_labels, build_loader, ufm_dataset
+from guiding_nc.training.samplers import RandomBatchSampler, SequentialBatchSampler, StratifiedBatchSampler
 
 OFFLINE = [
     # name, train, N, input_shape, per-class counts (None: not exactly balanced)
@@ -468,7 +463,7 @@ def test_ufm_loader_fetches_whole_batches_without_per_sample_calls(monkeypatch):
         assert i1.dtype == i2.dtype == torch.long and torch.equal(i1, i2) and torch.equal(y1, y2)
     import pickle
 
-    from guiding_nc.training.data import IndexBatch
+    from guiding_nc.training.loaders import IndexBatch
 
     b = pickle.loads(pickle.dumps(IndexBatch(torch.arange(3), torch.zeros(3, dtype=torch.long))))
     assert isinstance(b, IndexBatch) and torch.equal(b[0], torch.arange(3))

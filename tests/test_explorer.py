@@ -13,21 +13,16 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from guiding_nc.companions.explorer import (
+from guiding_nc.companions.explorer.projection import projection_basis, projection_frames
+from guiding_nc.companions.explorer.runs import ExplorerResult, run_comparison, run_ufm, summary_markdown
+from guiding_nc.companions.explorer.settings import (
     EARLY_STEPS,
     MAIN_METHODS,
     METRIC_KEYS,
-    Explorer,
-    ExplorerResult,
     ExplorerSettings,
     ExplorerSettingsError,
-    build_explorer,
-    projection_basis,
-    projection_frames,
-    run_comparison,
-    run_ufm,
-    summary_markdown,
 )
+from guiding_nc.companions.explorer.widget import Explorer, build_explorer
 from guiding_nc.companions.plotting import explorer as px
 
 TINY = dict(C=4, d=8, N=16, steps=12, gain=1.0)

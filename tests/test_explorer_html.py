@@ -19,10 +19,11 @@ import yaml
 
 from guiding_nc.training.config import ConfigError
 from guiding_nc.companions import explorer_grid as eg
-from guiding_nc.companions.explorer import projection_frames, run_ufm
+from guiding_nc.companions.explorer.projection import projection_frames
+from guiding_nc.companions.explorer.runs import run_ufm
 from guiding_nc.companions.explorer_html import (GRID_ENV, explorer_viewer, grid_description, grid_path, load_grid,
                                       viewer_html)
-from guiding_nc.core.metrics import cross_entropy_lower_bound
+from guiding_nc.core.metric_formulas import cross_entropy_lower_bound
 
 TINY = {
     "steps": 12, "record_every": 4, "snapshots": 6,
@@ -135,7 +136,7 @@ def test_the_grid_file_holds_every_run_with_its_shapes_and_provenance(tiny_grid)
                 "wall_time_s", "num_threads"):
         assert key in prov, key
     assert prov["status"] == "completed" and prov["runs_total"] == 10 and prov["num_threads"] == 1
-    assert prov["trainer"] == "guiding_nc.companions.explorer.run_ufm" and prov["seed"] == [0]
+    assert prov["trainer"] == "guiding_nc.companions.explorer.runs.run_ufm" and prov["seed"] == [0]
     assert prov["config"]["steps"] == 12
     assert not Path(str(tiny_grid) + ".partial.jsonl").exists()
     text = grid_description(grid)

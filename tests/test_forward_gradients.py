@@ -269,7 +269,7 @@ def test_true_gradient_matches_module_and_from_module():
     true = fg.true_gradient(params, x, y)
     torch.testing.assert_close(true[0][0], seq[1].weight.grad)
     torch.testing.assert_close(true[1][1], seq[3].bias.grad)
-    from guiding_nc.training.models import MLP
+    from guiding_nc.training.models.mlp import MLP
 
     m = MLP(6, hidden=(5,), feature_dim=4, final_activation=False).double()
     torch.testing.assert_close(fg.mlp_forward(fg.from_module(m), x), m(x))

@@ -8,14 +8,13 @@ from conftest import device_params
 from guiding_nc.core.etf import canonical_point, etf_classifier
 from guiding_nc.core.heads import (
     METHOD_NAMES,
-    ClassMeanEMA,
     FixedETFHead,
     ImplicitETFHead,
     LinearHead,
     build_head,
-    ema_alpha,
     normalize_features,
 )
+from guiding_nc.core.running_means import ClassMeanEMA, ema_alpha
 
 
 def _batch(B, d, C, seed=0, classes=None):
@@ -282,7 +281,7 @@ def test_every_head_centres_its_logits_the_same_way():
 
 
 def test_global_mean_ema_follows_eq9_and_carries_gradients():
-    from guiding_nc.core.heads import GlobalMeanEMA
+    from guiding_nc.core.running_means import GlobalMeanEMA
 
     d = 6
     ema = GlobalMeanEMA(d, dtype=torch.float64)

@@ -14,7 +14,7 @@ def test_first_fit_step():
 
 
 def test_steps_to_thresholds_are_integers_from_the_exact_per_step_loss():
-    from guiding_nc.core.metrics import cross_entropy_lower_bound
+    from guiding_nc.core.metric_formulas import cross_entropy_lower_bound
 
     C, tau = 10, 5.0
     bound = cross_entropy_lower_bound(C, tau)

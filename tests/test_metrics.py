@@ -1,4 +1,4 @@
-"""Tests for guiding_nc.core.metrics (paper Appendix A, Eqs. 10-17)."""
+"""Tests for guiding_nc.core.class_statistics, .metric_formulas and .metrics (paper Appendix A, Eqs. 10-17)."""
 from __future__ import annotations
 
 import io
@@ -9,8 +9,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from guiding_nc.core.metrics import (
-    ClassStatistics,
+from guiding_nc.core.class_statistics import ClassStatistics
+from guiding_nc.core.metric_formulas import (
     cosine_margin,
     equinorm,
     max_cosine_margin,
@@ -19,10 +19,10 @@ from guiding_nc.core.metrics import (
     nc3,
     ncc_mismatch,
     ncc_mismatch_count,
-    neural_collapse_metrics,
     topk_accuracy,
     topk_correct,
 )
+from guiding_nc.core.metrics import neural_collapse_metrics
 
 F64 = torch.float64
 HYP = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -505,7 +505,7 @@ def test_cross_entropy_lower_bound_is_attained_at_collapse_and_never_beaten():
     import torch.nn.functional as F
 
     from guiding_nc.core.etf import etf_classifier, random_point
-    from guiding_nc.core.metrics import cross_entropy_lower_bound
+    from guiding_nc.core.metric_formulas import cross_entropy_lower_bound
 
     g = torch.Generator().manual_seed(0)
     for C, d, tau in [(2, 4, 1.0), (10, 32, 5.0), (50, 64, 3.0)]:

@@ -3,15 +3,12 @@ import pytest
 import torch
 from torch import nn
 
-from guiding_nc.training.models import (
-    MLP,
-    MODEL_NAMES,
-    UFM,
-    VGG13,
-    ResNet18,
-    SmallCNN,
-    build_model,
-)
+from guiding_nc.training.models import MODEL_NAMES, build_model
+from guiding_nc.training.models.mlp import MLP
+from guiding_nc.training.models.resnet import ResNet18
+from guiding_nc.training.models.small_cnn import SmallCNN
+from guiding_nc.training.models.ufm import UFM
+from guiding_nc.training.models.vgg import VGG13
 
 # (name, build kwargs, per-sample input shape, expected feature_dim)
 CASES = [
@@ -210,7 +207,7 @@ def test_feature_batch_norm_keeps_every_unit_alive(name, shape):
 
 
 def test_mean_free_ufm_start_has_class_means_without_their_samples():
-    from guiding_nc.training.data import balanced_labels
+    from guiding_nc.training.loaders import balanced_labels
 
     N, C, d = 400, 10, 64
     y = balanced_labels(N, C)

@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from guiding_nc.training.models import MLP, UFM, build_model
+from guiding_nc.training.models import build_model
+from guiding_nc.training.models.mlp import MLP
+from guiding_nc.training.models.ufm import UFM
 from guiding_nc.training.optim import (
     AGD,
     CONV_NORMS,

@@ -12,7 +12,8 @@ import torch
 from matplotlib.figure import Figure
 
 import guiding_nc as gnc
-from guiding_nc.core.metrics import ClassStatistics, nc1, nc2, nc3
+from guiding_nc.core.class_statistics import ClassStatistics
+from guiding_nc.core.metric_formulas import nc1, nc2, nc3
 from guiding_nc.companions.plotting import collapse as plots
 
 F64 = torch.float64

@@ -4,8 +4,10 @@ import pytest
 from matplotlib.figure import Figure
 
 from guiding_nc.experiments import paper
-from guiding_nc.experiments import reproduce as rp
-from guiding_nc.core.metrics import cross_entropy_lower_bound
+from guiding_nc.experiments.results import load_results
+from guiding_nc.experiments.runner import run_experiment
+from guiding_nc.experiments.spec import load_experiment
+from guiding_nc.core.metric_formulas import cross_entropy_lower_bound
 from guiding_nc.companions.plotting import experiments as plots
 
 SPEC = """
@@ -21,9 +23,9 @@ save_margins: true
 def quick(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("plots")
     (tmp / "q.yaml").write_text(SPEC)
-    rp.run_experiment(rp.load_experiment(tmp / "q.yaml"), out=tmp / "out", work_dir=tmp / "work",
+    run_experiment(load_experiment(tmp / "q.yaml"), out=tmp / "out", work_dir=tmp / "work",
                       progress=False, num_threads=1)
-    return rp.load_results(tmp / "out")
+    return load_results(tmp / "out")
 
 
 def _labelled(fig):

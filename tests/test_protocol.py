@@ -177,7 +177,7 @@ def _trainer(tmp_path, **kw):
 
 
 def test_trainer_reads_sampler_activation_and_depth_from_the_protocol(tmp_path):
-    from guiding_nc.training.data import RandomBatchSampler, StratifiedBatchSampler
+    from guiding_nc.training.samplers import RandomBatchSampler, StratifiedBatchSampler
 
     for method, sampler in (("standard", RandomBatchSampler), ("fixed", RandomBatchSampler),
                             ("implicit", StratifiedBatchSampler)):
@@ -197,7 +197,7 @@ def test_trainer_reads_sampler_activation_and_depth_from_the_protocol(tmp_path):
 
 
 def test_settings_hash_names_what_the_run_computes():
-    from guiding_nc.experiments.reproduce import effective_settings
+    from guiding_nc.experiments.store import effective_settings
 
     one = effective_settings(load_config("digits_mlp", {"method": "fixed"}))
     paper = effective_settings(load_config("digits_mlp", {"method": "fixed", "protocol": "paper"}))
@@ -224,7 +224,7 @@ def test_weight_decay_unset_outside_agd_is_warned(tmp_path):
 
 
 def test_every_experiment_states_its_weight_decay():
-    from guiding_nc.experiments.reproduce import list_experiments, load_experiment
+    from guiding_nc.experiments.spec import list_experiments, load_experiment
 
     for name in list_experiments():
         spec = load_experiment(name)

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from guiding_nc.research.reduction import PARAMETRISATIONS, optimal_value
+from guiding_nc.research.reduction.analysis import optimal_value
+from guiding_nc.research.reduction.objective import PARAMETRISATIONS
 from guiding_nc.research import reduction_mappings as rm
 
 TINY = {"tiny": dict(num_classes=3, n_per_class=2, dim=4, measure="exact", steps=12, record_every=4, seeds=(0,))}

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import guiding_nc as gnc
-from guiding_nc.core.heads import ClassMeanEMA, ImplicitETFHead, ema_alpha, normalize_features
+from guiding_nc.core.heads import ImplicitETFHead, normalize_features
+from guiding_nc.core.running_means import ClassMeanEMA, ema_alpha
 from test_nearest import central_difference_grad
 
 F64 = torch.float64

@@ -24,7 +24,8 @@ from .core.etf import (
     standard_simplex_etf,
     sym,
 )
-from .core.nearest import NearestETF, nearest_etf, nearest_etf_objective, polar_factor, polar_route, polar_vjp
+from .core.nearest import NearestETF, nearest_etf, nearest_etf_objective
+from .core.polar import polar_factor, polar_route, polar_vjp
 
 __version__ = "0.1.0"
 

@@ -1,17 +1,16 @@
 """The precomputed grid of small UFM runs behind the book's in-browser explorer (page 06).
 
-Every run is :func:`guiding_nc.companions.explorer.run_ufm` -- the trainer, settings and snapshots of the
-live explorer -- on one CPU thread.  Of each run a few log-spaced snapshot steps are kept: the
+Every run is :func:`guiding_nc.companions.explorer.runs.run_ufm` -- the trainer, settings and snapshots of
+the live explorer -- on one CPU thread.  Of each run a few log-spaced snapshot steps are kept: the
 evaluation metrics at that step and the coordinates of the centred, unit-Frobenius class means,
 their nearest simplex ETF and the classifier rows in the fixed projection basis of
-:func:`guiding_nc.companions.explorer.projection_frames`.  :mod:`guiding_nc.companions.explorer_html` turns the file
-into a self-contained page element that replays the runs offline.
+:func:`guiding_nc.companions.explorer.projection.projection_frames`.  :mod:`guiding_nc.companions.explorer_html`
+turns the file into a self-contained page element that replays the runs offline.
 
-The grid is the union of the *blocks* of a spec (``configs/explorer/grid.yaml``): each block is
-a product over the axes C, d, n (samples per class), method, optimizer, tau, delta and seed,
-an axis it does not name taking the spec's ``defaults``.  ``delta`` only changes the implicit
-method (:data:`DELTA_METHODS`); the other methods are run once per remaining setting and stored
-with ``delta = null``.
+The grid is the union of the *blocks* of a spec (``configs/explorer/grid.yaml``): each block is a product
+over the axes C, d, n (samples per class), method, optimizer, tau, delta and seed, an axis it does not name
+taking the spec's ``defaults``.  ``delta`` only changes the implicit method (:data:`DELTA_METHODS`); the
+other methods are run once per remaining setting and stored with ``delta = null``.
 
 Usage::
 
@@ -53,9 +52,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..training.config import CONFIG_DIR, ConfigError, project_root
-from .explorer import ExplorerSettings, ExplorerSettingsError, projection_frames, run_ufm
+from .explorer.projection import projection_frames
+from .explorer.runs import run_ufm
+from .explorer.settings import ExplorerSettings, ExplorerSettingsError
 from ..core.methods import METHOD_NAMES
-from ..core.metrics import cross_entropy_lower_bound
+from ..core.metric_formulas import cross_entropy_lower_bound
 from ..training.optim import OPTIMIZER_NAMES
 from ..training.provenance import atomic_write, atomic_write_text, collect_provenance, git_info
 
@@ -193,7 +194,7 @@ class GridSpec:
             _fail(f"{self.source}: block {block!r}, run {describe(key)}: {exc}")
 
     def settings(self, key: Mapping[str, Any]) -> ExplorerSettings:
-        """The :class:`~guiding_nc.companions.explorer.ExplorerSettings` of one run (one CPU thread)."""
+        """The :class:`~guiding_nc.companions.explorer.settings.ExplorerSettings` of one run (one CPU thread)."""
         o = self.optimizers[key["optimizer"]]
         delta = key["delta"] if key["delta"] is not None else _first_delta(self.defaults["delta"])
         extra = {k: float(o[k]) for k in ("gain", "lr") if k in o}
@@ -507,7 +508,7 @@ def generate(spec: GridSpec, out: os.PathLike, *, progress: bool = True, allow_d
                "runs_total": len(records), "runs_diverged": len(diverged), "runs_failed": len(failed),
                "resumed_runs": len(done),
                "commits": gits, "allow_dirty": bool(allow_dirty), "num_threads": num_threads,
-               "spec_digest": spec.digest(), "trainer": "guiding_nc.companions.explorer.run_ufm"})
+               "spec_digest": spec.digest(), "trainer": "guiding_nc.companions.explorer.runs.run_ufm"})
     grid = {"format": FORMAT, "steps": spec.snapshot_steps(), "coord_scale": COORD_SCALE,
             "axes": spec.axes(), "methods": spec.axes()["method"], "delta_methods": list(DELTA_METHODS),
             "optimizers": spec.optimizers, "metrics": list(METRICS), "runs": records, "provenance": prov}

@@ -2,7 +2,7 @@
 
 The live explorer (:mod:`guiding_nc.companions.explorer`) needs a Python kernel; a reader of the rendered
 book has none.  So :mod:`guiding_nc.companions.explorer_grid` trains a grid of small UFMs ahead
-of time with the same :func:`~guiding_nc.companions.explorer.run_ufm`, and :func:`viewer_html` turns that
+of time with the same :func:`~guiding_nc.companions.explorer.runs.run_ufm`, and :func:`viewer_html` turns that
 file into one HTML fragment -- plain JavaScript and SVG (``static/explorer_viewer.js`` and
 ``.css``, package data), the grid itself gzipped and base64-encoded inside -- that needs no
 network and no server: selectors for C, d, n, optimiser, tau, delta and seed, a step slider,

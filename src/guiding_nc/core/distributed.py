@@ -1,7 +1,7 @@
 """Multi-process training under ``torchrun``: the process group, ranks and reductions.
 
 Every rank builds the same model; the trainer wraps it in ``DistributedDataParallel`` and the
-implicit head all-reduces its per-class sums (:mod:`guiding_nc.core.heads`) so that every rank solves
+implicit head all-reduces its per-class sums (:mod:`guiding_nc.core.running_means`) so that every rank solves
 for the same nearest ETF.  Book: chapter 9 (ImageNet on several GPUs).
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ shared (:mod:`guiding_nc.core.heads`).  The head that implements each method is 
 
 ``revision`` counts changes to a method's definition: a result made under an earlier revision
 computed something else with the same settings, so result files never take it as a run of the
-present one (see :func:`guiding_nc.experiments.reproduce.effective_settings`).
+present one (see :func:`guiding_nc.experiments.store.effective_settings`).
 """
 from __future__ import annotations
 

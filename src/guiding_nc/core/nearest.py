@@ -56,15 +56,10 @@ from .etf import (
     canonical_point,
     mul_simplex_etf,
     orthonormality_error,
-    sym,
 )
-from .polar import (  # noqa: F401  (the polar-factor routes; their public names stay importable from here)
-    POLAR_METHODS,
-    NewtonSchulzRun,
+from .polar import (
     NewtonSchulzState,
     check_polar_method,
-    polar_factor,
-    polar_route,
     polar_solve,
     polar_spectrum,
     polar_vjp,
@@ -74,9 +69,6 @@ from .polar import (  # noqa: F401  (the polar-factor routes; their public names
 __all__ = [
     "nearest_etf",
     "nearest_etf_objective",
-    "polar_factor",
-    "polar_route",
-    "polar_vjp",
     "procrustes_matrix",
     "check_inputs",
     "NearestETF",
@@ -257,14 +249,6 @@ def procrustes_matrix(H: Tensor, prox: Tensor, delta: float) -> Tensor:
     return 2.0 * mul_simplex_etf(H) + delta * prox
 
 
-def _spectrum_at(U: Tensor, A: Tensor) -> Tuple[Tensor, Tensor]:
-    # S = sym(U^T A) is diagonalised by the right singular vectors at the optimum;
-    # used when U comes from an iterative solver rather than our own SVD.
-    S = sym(U.transpose(-1, -2) @ A)
-    s, V = torch.linalg.eigh(S)
-    return s, V
-
-
 def nearest_etf(
     H: Tensor,
     prox: Optional[Tensor] = None,
@@ -379,7 +363,8 @@ def nearest_etf(
             U = trust_region_solve(Hd, Pd, delta, initial=Pd, max_iterations=max_iterations)
             s = V = None
             if needs_grad and backward == "closed_form":
-                s, V = _spectrum_at(U, procrustes_matrix(Hd, Pd, delta))
+                # U comes from an iterative solver: (s, V) from the stationarity condition
+                s, V = polar_spectrum(U, procrustes_matrix(Hd, Pd, delta))
 
     if needs_grad and backward != "none":
         if s is None:

@@ -21,6 +21,10 @@ Peak memory on the CPU is measured in a fresh subprocess per case (peak
 resident set size minus the resident size once the inputs exist); on CUDA with
 ``torch.cuda.max_memory_allocated``.  The table is saved as JSON with its
 provenance so the book can render it.  Book: chapter 3 and chapter 5.
+
+``python -m guiding_nc.bench overhead`` times one training step of each method
+(:func:`bench_overhead`); ``python -m guiding_nc.bench paired`` times ``nearest_etf`` of
+this checkout against another's (:mod:`guiding_nc.experiments.bench_paired`).
 """
 from __future__ import annotations
 
@@ -41,14 +45,15 @@ import torch
 from ..core.reference import kkt_gradient as ddn
 from ..core.memory import process_memory_bytes, reset_peak_rss
 from ..core.etf import orthonormality_error
-from ..core.nearest import check_inputs, nearest_etf, nearest_etf_objective, polar_factor, procrustes_matrix
+from ..core.nearest import check_inputs, nearest_etf, nearest_etf_objective, procrustes_matrix
+from ..core.polar import polar_factor
 from ..core.polar import NewtonSchulzState
 from ..training.provenance import device_name, git_info, local_command, local_path
 
 DEFAULT_SIZES = ((512, 10), (1024, 100), (1024, 200), (1024, 1000), (2048, 1000))
 
 
-def _problem(d: int, C: int, dtype, device, seed: int = 0):
+def step_problem(d: int, C: int, dtype, device, seed: int = 0):
     """A realistic step: class means ``H`` close to those that produced the proximal point."""
     g = torch.Generator().manual_seed(seed)
     H0 = torch.randn(d, C, generator=g, dtype=torch.float64)
@@ -89,8 +94,8 @@ def _fwd_bwd(H, P, backward):
 def _peak_child(kind: str, d: int, C: int, dtype_name: str) -> dict:
     """Runs in a fresh process: extra peak resident memory of one forward+backward."""
     dtype = getattr(torch, dtype_name)
-    H, P = _problem(d, C, dtype, "cpu")
-    _fwd_bwd(*_problem(8, 4, dtype, "cpu"), kind)  # load kernels and libraries on a tiny case
+    H, P = step_problem(d, C, dtype, "cpu")
+    _fwd_bwd(*step_problem(8, 4, dtype, "cpu"), kind)  # load kernels and libraries on a tiny case
     base = reset_peak_rss()
     _fwd_bwd(H, P, kind)
     peak = process_memory_bytes("VmHWM")
@@ -100,7 +105,7 @@ def _peak_child(kind: str, d: int, C: int, dtype_name: str) -> dict:
 def peak_memory_mb(kind: str, d: int, C: int, dtype, device="cpu") -> float:
     """Extra peak memory in MB of one forward+backward (inputs excluded)."""
     if torch.device(device).type == "cuda":
-        H, P = _problem(d, C, dtype, device)
+        H, P = step_problem(d, C, dtype, device)
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -159,7 +164,7 @@ def limit_threads(n: int) -> None:
     threadpool_limits(limits=n)
 
 
-def _provenance(device) -> dict:
+def bench_provenance(device) -> dict:
     """What every benchmark table records about how it was produced."""
     return {
         "thread_pools": _blas_threads(),
@@ -198,7 +203,7 @@ def bench_etf(
         row = {"d": d, "C": C}
         # Forward, float64: closed form vs trust-region.  Both solvers are timed without the
         # input checks (the trust-region call has none); the checks are their own column.
-        H, P = _problem(d, C, torch.float64, device)
+        H, P = step_problem(d, C, torch.float64, device)
         row["cf_polar_route"] = polar_factor(procrustes_matrix(H, P, 1e-3), return_route=True)[3]
         state = NewtonSchulzState()  # a layer's memory of its iteration count (used on the Newton–Schulz route)
         row["cf_forward_ms"] = 1e3 * _time(lambda: nearest_etf(H, P, 1e-3, check=False, polar_state=state),
@@ -246,9 +251,9 @@ def bench_etf(
         # Forward + backward, float32 (the training dtype) and float64.
         for dtype in (torch.float32, torch.float64):
             name = str(dtype).replace("torch.", "")
-            H, P = _problem(d, C, dtype, device)
+            H, P = step_problem(d, C, dtype, device)
             row[f"cf_fwd_bwd_ms_{name}"] = 1e3 * _time(lambda: _fwd_bwd(H, P, "closed_form"), device, repeats)
-        H, P = _problem(d, C, torch.float64, device)
+        H, P = step_problem(d, C, torch.float64, device)
         need = ddn.kkt_memory_bytes(d, C, 8)
         row["kkt_need_gb"] = need / 2 ** 30  # GiB, as every memory figure of the package
         if need <= kkt_cap_gb * 2 ** 30:
@@ -266,7 +271,7 @@ def bench_etf(
             )
         rows.append(row)
     provenance = {
-        **_provenance(device),
+        **bench_provenance(device),
         "pymanopt": __import__("pymanopt").__version__ if trust_region else None,
         "repeats": repeats,
         "tr_repeats": tr_repeats,
@@ -293,7 +298,7 @@ def float32_accuracy(d: int, C: int, device="cpu") -> dict:
     """The float32 factor the default route gives on ``device`` against float64 on the CPU: its
     orthonormality ``max |U^T U - I|``, ``max |U32 - U64|`` and the relative error of its gradient
     (one fixed random upstream gradient, the closed-form adjoint of each route)."""
-    H, P = _problem(d, C, torch.float64, "cpu")
+    H, P = step_problem(d, C, torch.float64, "cpu")
     G = torch.randn(d, C, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
     def grad(H, P, G):
@@ -380,7 +385,7 @@ def bench_overhead(cases=DEFAULT_OVERHEAD_CASES, *, device: str = "cpu", steps: 
             rows.append({"case": case, "variant": label, "step_ms": ms, "ratio_to_standard": ms / base})
         progress(f"  {case}: " + ", ".join(f"{r['variant']} {r['ratio_to_standard']:.2f}x" for r in rows if r["case"] == case))
     provenance = {
-        **_provenance(device),
+        **bench_provenance(device),
         "steps_per_timing": steps,
         "rounds": rounds,
         "wall_time_s": time.time() - start,
@@ -493,6 +498,8 @@ def main(argv=None) -> int:
             parser.error("--threads must be >= 1")
         limit_threads(args.threads)
     if args.which == "paired":
+        from .bench_paired import bench_paired, format_paired, load_package_from
+
         if args.calls < 4:
             parser.error(f"--calls must be >= 4, got {args.calls}")
         try:
@@ -541,75 +548,6 @@ def main(argv=None) -> int:
     print(format_table(result))
     _save(result, args.out)
     return 0
-
-
-PAIRED_CASES = ((512, 10, "float32", True), (1024, 100, "float32", False), (1024, 100, "float32", True),
-                (1024, 100, "float64", True), (1024, 200, "float64", True), (1024, 1000, "float32", False),
-                (1024, 1000, "float32", True), (2048, 1000, "float64", True))
-
-
-def load_package_from(src: str, name: str = "guiding_nc_other"):
-    """The ``guiding_nc`` package of another checkout (its ``src`` folder), imported under ``name``
-    beside this one, so two versions can be timed in one process."""
-    import importlib.util
-
-    init = Path(src) / "guiding_nc" / "__init__.py"
-    if not init.is_file():
-        raise ValueError(f"{src}: no guiding_nc package there (expected {init})")
-    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(init.parent)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def bench_paired(other, *, cases=PAIRED_CASES, calls: int = 20, progress=print) -> dict:
-    """``nearest_etf`` of this package against ``other`` (see :func:`load_package_from`), call by
-    call in one process: each pair of calls runs back to back, in alternating order, so the
-    machine's load drifts out of the ratio.  Per case: both medians, the median and interquartile
-    range of the paired new/old ratios, and whether the two outputs are identical."""
-    this_etf = nearest_etf
-    rows = []
-    for d, C, dtype_name, backward in cases:
-        H, P = _problem(d, C, getattr(torch, dtype_name), "cpu")
-
-        def call(fn):
-            h = H.clone().requires_grad_(backward)
-            t = time.perf_counter()
-            U = fn(h, P, 1e-3)
-            if backward:
-                U.sum().backward()
-            return (time.perf_counter() - t) * 1e3
-
-        identical = bool(torch.equal(this_etf(H, P, 1e-3), other.nearest_etf(H, P, 1e-3)))
-        n = max(4, calls if d * C <= 3 * 10**5 else calls // 4)  # the C = 1000 cases take ~1 s a call
-        call(this_etf), call(other.nearest_etf)  # warm-up
-        t_old, t_new = [], []
-        for i in range(n):
-            if i % 2:
-                t_old.append(call(other.nearest_etf)), t_new.append(call(this_etf))
-            else:
-                t_new.append(call(this_etf)), t_old.append(call(other.nearest_etf))
-        ratios = sorted(b / a for a, b in zip(t_old, t_new))
-        row = {"d": d, "C": C, "dtype": dtype_name, "what": "forward+backward" if backward else "forward",
-               "calls": n, "old_ms": statistics.median(t_old), "new_ms": statistics.median(t_new),
-               "ratio_median": statistics.median(ratios), "ratio_q1": ratios[len(ratios) // 4],
-               "ratio_q3": ratios[(3 * len(ratios)) // 4], "identical_output": identical}
-        rows.append(row)
-        progress(f"  ({d}, {C}) {dtype_name} {row['what']}: new/old {row['ratio_median']:.3f}")
-    return {"rows": rows, "provenance": _provenance("cpu")}
-
-
-def format_paired(result: dict) -> str:
-    head = (f"{'d':>5} {'C':>5} {'dtype':>8} {'':>16} | {'old ms':>9} {'new ms':>9} | "
-            f"{'new/old':>7} {'IQR':>15} | calls  same output")
-    lines = [head, "-" * len(head)]
-    for r in result["rows"]:
-        lines.append(f"{r['d']:>5} {r['C']:>5} {r['dtype']:>8} {r['what']:>16} | {r['old_ms']:9.2f} {r['new_ms']:9.2f} | "
-                     f"{r['ratio_median']:7.3f} [{r['ratio_q1']:.3f}, {r['ratio_q3']:.3f}] | {r['calls']:>5}  "
-                     f"{'yes' if r['identical_output'] else 'NO'}")
-    lines.append("new/old: median of the paired ratios (calls back to back, order alternating); below 1: faster")
-    return "\n".join(lines)
 
 
 def _save(result: dict, path) -> None:

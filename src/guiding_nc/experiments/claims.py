@@ -1,6 +1,6 @@
 """The paper's claims, one by one, checked against the committed results by stated rules.
 
-Each check reads result files written by :mod:`guiding_nc.experiments.reproduce` (and
+Each check reads result files written by :mod:`guiding_nc.experiments.store` (and
 :mod:`guiding_nc.experiments.cost`), applies a rule written out in its ``rule`` field and
 returns the evidence it used and a verdict: ``reproduced``, ``partly``, ``not reproduced`` or
 ``not testable here``.  Nothing is tuned towards a verdict: the rules were written here before
@@ -142,7 +142,11 @@ def _ablation_pair(res, a: str, b: str) -> Dict[str, Any]:
 
 
 def _real_tables(res) -> Dict[str, Any]:
-    early, var = _real_early(res), _real_variance(res)
+    return _real_tables_with(res, _real_variance)
+
+
+def _real_tables_with(res, variance: Callable) -> Dict[str, Any]:
+    early, var = _real_early(res), variance(res)
     both = [early["verdict"], var["verdict"]]
     verdict = both[0] if both[0] == both[1] else ("partly" if "not testable here" not in both else "not testable here")
     return {"measured": f"early train top-1: {early['measured']} ({early['verdict']}); seed range: "
@@ -196,6 +200,8 @@ def _memory(result) -> Dict[str, Any]:
         total += 1
         passed += diff > 0
         lines.append(text)
+    if total == 1:
+        lines.append("the verdict rests on one size only")
     return {"measured": "; ".join(lines), "verdict": _verdict(passed, total)}
 
 
@@ -249,6 +255,33 @@ def _ablation_pair_v2(res, a: str, b: str) -> Dict[str, Any]:
         passed += abs(ma - mb) <= tol
         lines.append(f"digits {k} median correct test samples {ma:g} vs {mb:g} (tolerance {tol:g})")
     return {"lines": lines, "passed": passed, "total": total}
+
+
+def _real_variance_counts(res) -> Dict[str, Any]:
+    """Claim 8 in integers: per offline dataset, the min-max range over seeds of the number of
+    correctly classified test samples at the last report epoch; the implicit ETF passes where its
+    range is strictly the smallest (a tie in samples is not smaller)."""
+    S = res["summary"]
+    lines, passed, total = [], 0, 0
+    for c in dict.fromkeys(r["config"] for r in res["runs"]):
+        k = _last_key(S, c, "test_top1")
+        if k is None:
+            continue
+        counts = {m: _correct_counts(res, f"{c}/default/{m}", k) for m in METHODS}
+        if any(v is None for v in counts.values()):
+            continue
+        spread = {m: max(v) - min(v) for m, v in counts.items()}
+        n = next(int(r["test_n"]) for r in res["runs"] if r["config"] == c and r.get("test_n") is not None)
+        total += 1
+        passed += all(spread["implicit"] < spread[m] for m in ("standard", "fixed"))
+        lines.append(f"{c} {k} range over {len(counts['implicit'])} seeds, in correct test samples of {n}: "
+                     + ", ".join(f"{m} {spread[m]}" for m in METHODS))
+    return {"measured": "; ".join(lines), "verdict": _verdict(passed, total)}
+
+
+def _real_tables_counts(res) -> Dict[str, Any]:
+    """The two real-data rules together (early train top-1; seed range in integer samples)."""
+    return _real_tables_with(res, _real_variance_counts)
 
 
 def _ddn_optional_by(pair: Callable) -> Callable[[Any], Dict[str, Any]]:
@@ -359,6 +392,7 @@ CLAIMS: List[Dict[str, Any]] = [
     {"claim": "On UFMs with the paper's random start, the implicit ETF reaches 100% training accuracy in fewer "
               "steps than the standard and the fixed-ETF classifier, at every size from C=10 to C=1000",
      "paper": "Fig. 3, Figs. 12-14, §4.1", "experiment": "ufm_scaling_cpu", "check": _ufm_steps_merged, "factory": True,
+     "paper_experiment": "ufm_scaling_paper", "paper_check": _ufm_steps,
      "written": "merged from two rows after seeing results (they were near-duplicates)",
      "rule": "for every UFM size, from the paper-budget grid (2000 steps, 5 seeds) where that size is complete "
              "there, else from the CPU-budget grid: " + _OLD_UFM_RULE + ". Decided largely by the head start "
@@ -368,18 +402,19 @@ CLAIMS: List[Dict[str, Any]] = [
     {"claim": "Without the head start (a mean-free random start, every classifier at chance), the implicit ETF "
               "gets within 1% of the cross-entropy lower bound in fewer steps, whatever the optimiser",
      "paper": "Fig. 3, §4.1 (the claim behind it)", "experiment": "ufm_no_head_start",
+     "paper_experiment": "ufm_no_head_start_paper",
      "check": _no_head_start(("steps_to_loss",), "steps until (L - L*) <= 1% of (log C - L*)"),
      "written": "before the runs",
      "rule": "for every UFM size (C = 10, 100, 1000) and optimiser (AGD gain 10; Adam and SGD at the rate chosen "
              "for the standard classifier): the implicit ETF's median steps to the threshold (never = infinite) "
              "strictly below both others; reproduced if in every cell, partly if in some"},
     {"claim": "Without the head start, the implicit ETF reaches neural collapse sooner: NC1 <= 1e-3 and NC3 <= 1e-2",
-     "paper": "Fig. 2-3, §4.1", "experiment": "ufm_no_head_start",
+     "paper": "Fig. 2-3, §4.1", "experiment": "ufm_no_head_start", "paper_experiment": "ufm_no_head_start_paper",
      "check": _no_head_start(("steps_to_nc1", "steps_to_nc3"), "evaluated steps until NC1 <= 1e-3 and NC3 <= 1e-2"),
      "written": "before the runs",
      "rule": "as the row above, for both NC1 and NC3 in each cell (evaluated every 10 steps)"},
     {"claim": "Without the head start, the implicit ETF reaches 100% training accuracy in fewer steps",
-     "paper": "Fig. 3, §4.1", "experiment": "ufm_no_head_start",
+     "paper": "Fig. 3, §4.1", "experiment": "ufm_no_head_start", "paper_experiment": "ufm_no_head_start_paper",
      "check": _no_head_start(("steps_to_fit",), "steps to 100% train accuracy"),
      "written": "before the runs", "rule": "as the row above, for the steps to 100% training accuracy"},
     {"claim": "On UFM-10 the implicit ETF's loss approaches the cross-entropy lower bound faster", "paper": "Fig. 2",
@@ -393,19 +428,32 @@ CLAIMS: List[Dict[str, Any]] = [
              "and equinorm; reproduced if for all three, partly if for some"},
     {"claim": "On real data the implicit ETF trains faster (higher train accuracy early in training)",
      "paper": "Table 1, Fig. 4", "experiment": "real_offline", "check": _real_early,
+     "paper_experiment": "real_offline_paper",
      "rule": "reproduced if at the first report epoch the implicit ETF's median train top-1 is strictly above "
              "both others on every offline dataset; partly if on some"},
     {"claim": "On real data the implicit ETF varies less across seeds", "paper": "Tables 1-2, §4.2",
-     "experiment": "real_offline", "check": _real_variance,
-     "rule": "reproduced if the implicit ETF's min-max range of final test top-1 over seeds is strictly the "
-             "smallest of the three on every offline dataset; partly if on some"},
+     "experiment": "real_offline", "check": _real_variance_counts, "paper_experiment": "real_offline_paper",
+     "written": "after seeing results (the old rule compared fractions: on MNIST 5k 0.07099999... against "
+                "0.07100000..., 71 and 71 samples of 1,000, decided it by float rounding)",
+     "rule": "reproduced if the implicit ETF's min-max range over seeds of correctly classified test samples at "
+             "the last report epoch (an integer) is strictly the smallest of the three on every offline dataset; "
+             "partly if on some",
+     "previous": {"rule": "the same with the range of the test top-1 fractions", "verdict": "partly",
+                  "commit": "877947d", "check": _real_variance}},
     {"claim": "The same two at the paper's 200 epochs (faster early training: epoch 50; seed range: epoch 200)",
-     "paper": "Tables 1-2, §4.2", "experiment": "real_offline_200", "check": _real_tables,
+     "paper": "Tables 1-2, §4.2", "experiment": "real_offline_200", "check": _real_tables_counts,
+     "written": "after seeing results (the seed range in integer samples, as the row above)",
      "rule": "the two real-data rules above, on the offline datasets run for 200 epochs; reproduced if both "
-             "hold, partly if one does or if each holds on some datasets"},
+             "hold, partly if one does or if each holds on some datasets",
+     "previous": {"rule": "the same with the seed range of the fractions", "verdict": "partly", "commit": "877947d",
+                  "check": _real_tables}},
     {"claim": "The same two at 200 epochs on a convolutional network (MNIST 5k sample, small CNN)",
-     "paper": "Tables 1-2, §4.2", "experiment": "real_offline_cnn_200", "check": _real_tables,
-     "rule": "the rule of the row above, unchanged, on the one dataset of this experiment"},
+     "paper": "Tables 1-2, §4.2", "experiment": "real_offline_cnn_200", "check": _real_tables_counts,
+     "paper_experiment": "real_offline_cnn_200_paper",
+     "written": "after seeing results (the seed range in integer samples, as the row above)",
+     "rule": "the rule of the row above, unchanged, on the one dataset of this experiment",
+     "previous": {"rule": "the same with the seed range of the fractions", "verdict": "partly", "commit": "877947d",
+                  "check": _real_tables}},
     {"claim": "The DDN gradient through the nearest ETF can be dropped on small problems with little effect",
      "paper": "Fig. 15, §4.3", "experiment": "ablations", "check": _ddn_optional,
      "written": "after seeing results (the old rule compared floats and let the variant widen its own tolerance)",
@@ -457,9 +505,11 @@ def _apply(check: Callable, experiment: str, path: Path, missing: Optional[str])
 
 
 def evaluate_claims(root: Optional[Path] = None) -> List[Dict[str, Any]]:
-    """Every claim with ``claim``, ``paper``, ``rule``, ``measured``, ``verdict``, ``source`` and,
-    for a rule changed after results were seen, ``previous`` (its rule, the verdict it gave then,
-    and ``verdict_now``: the same old rule applied to today's files).
+    """Every claim with ``claim``, ``paper``, ``rule``, ``measured``, ``verdict``, ``source`` (the
+    one-switch protocol's results, ``protocol``), for a rule changed after results were seen
+    ``previous`` (its rule, the verdict it gave then, and ``verdict_now``: the same old rule applied
+    to today's files) and, where the code release's protocol was run too, ``released``: the same
+    rule on those results (``experiment``, ``source``, ``measured``, ``verdict``).
 
     ``root``: the results folder (default ``data/results``).
     """
@@ -476,6 +526,14 @@ def evaluate_claims(root: Optional[Path] = None) -> List[Dict[str, Any]]:
             now = _apply(prev["check"], c["experiment"], path, c.get("missing"))
             row["previous"] = {"rule": prev["rule"], "verdict": prev["verdict"], "commit": prev["commit"],
                                "verdict_now": now["verdict"]}
+        row["protocol"] = "one_switch"
+        if c.get("paper_experiment"):
+            # The same rule on the runs of the code release's protocol (written before those runs).
+            name = c["paper_experiment"]
+            ppath = (Path(root) / name) if root is not None else results_dir(name)
+            pcheck = c.get("paper_check", c["check"])
+            row["released"] = {"experiment": name, "source": str(ppath), **_apply(pcheck, name, ppath, None)}
+            assert row["released"]["verdict"] in VERDICTS
         assert row["verdict"] in VERDICTS
         out.append(row)
     return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ..core.metrics import cross_entropy_lower_bound
+from ..core.metric_formulas import cross_entropy_lower_bound
 from ..training.config import ConfigError
 
 __all__ = ["THRESHOLD_KEYS", "first_fit_step", "steps_to_thresholds", "step_counts", "median_of", "format_steps"]

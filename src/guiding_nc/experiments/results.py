@@ -5,7 +5,7 @@
   cell and reads back as ``None``; numbers and booleans read back as numbers and booleans);
 * :func:`load_results` -- a grid experiment's directory (``runs.csv``, ``curves.csv``,
   ``summary.json``, ``provenance.json`` and the per-step JSON files), as written by
-  :mod:`guiding_nc.experiments.reproduce`;
+  :mod:`guiding_nc.experiments.store`;
 * :func:`run_key` -- the key of one run in those files (``config/variant/method/seed``), and
   :func:`group_key` without the seed;
 * :func:`seed_bands` -- median and min-max over seeds of a curve, per group;

@@ -1,6 +1,6 @@
 """Second-order tools for any scalar function of one tensor, and the landscape constants built
 on them (book chapter 13, where they measure the UFM under four classifier parametrisations;
-the parametrisations themselves are in :mod:`guiding_nc.research.reduction`).
+the parametrisations themselves are in :mod:`guiding_nc.research.reduction.objective`).
 
 * :func:`hvp` — Hessian–vector product, forward-over-reverse (``jvp`` of ``grad``);
 * :func:`make_hvp` — the operator ``v -> ∇²f(x) v`` at a fixed ``x`` (torch.func forward-over-reverse,

@@ -45,18 +45,16 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from .curvature import hessian_matrix
-from .reduction import (
-    PARAMETRISATIONS,
-    class_block_labels,
+from .reduction.analysis import (
     curvature_at,
     generalized_eigenvalues,
-    gradient_descent,
     matched_weight_decay,
     morse_bott_constant,
     optimal_value,
     pullback_metric,
-    ufm_objective,
 )
+from .reduction.descent import gradient_descent
+from .reduction.objective import PARAMETRISATIONS, class_block_labels, ufm_objective
 from ..training.provenance import atomic_write_json, atomic_write_text, collect_provenance
 from ..experiments.results import csv_text
 

@@ -317,7 +317,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check names and sizes that can be checked without building anything."""
-        from .data import DATASET_NAMES
+        from .datasets import DATASET_NAMES
         from .models import MODEL_NAMES
         from .optim import OPTIMIZER_NAMES, SCHEDULER_NAMES
         from ..core.nearest import BACKWARDS, SOLVERS

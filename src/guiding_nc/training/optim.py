@@ -32,7 +32,7 @@ the whole flattened kernel is normalised at once and contributes ``s * ||grad||_
 Both agree for 1×1 convolutions and for matrices.
 
 Unconstrained feature models: the free feature matrix ``H`` of a
-:class:`guiding_nc.training.models.UFM`, shape ``(N, d)``, is one AGD "layer" like any other matrix
+:class:`guiding_nc.training.models.ufm.UFM`, shape ``(N, d)``, is one AGD "layer" like any other matrix
 (scale ``sqrt(N/d)`` under the ``(out, in)`` convention). A UFM's input is a one-hot sample
 index, not an input normalised as AGD's derivation assumes, so AGD's theory does not fix this
 scale; pass ``{"params": ..., "agd_scale": value}`` as a parameter group to override ``s`` for
@@ -41,14 +41,14 @@ some parameters. :func:`agd_init_` leaves ``H`` at its UFM initialisation.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from .models import UFM
+from .models.ufm import UFM
 
 __all__ = [
     "AGD",
@@ -285,7 +285,7 @@ def agd_init_(
 
     Args:
         params: an ``nn.Module`` or an iterable of parameters / ``(name, parameter)`` pairs.
-            The free features of every :class:`~guiding_nc.training.models.UFM` inside a module are
+            The free features of every :class:`~guiding_nc.training.models.ufm.UFM` inside a module are
             skipped (they keep the UFM's Gaussian initialisation).
         conv_norm: ``"per_position"`` or ``"full"`` (should match the optimiser's).
         generator: optional CPU ``torch.Generator`` for reproducibility.

@@ -23,8 +23,8 @@ released protocol with one difference switched::
     final_activation      true (features after a ReLU)      false (where the backbone has the option)
     agd_depth             trainable                         trainable
 
-The centrings are documented one class each in :mod:`guiding_nc.core.heads` (:func:`~guiding_nc.core.heads.build_centring`),
-the class-mean rules in :class:`~guiding_nc.core.heads.ClassMeanEMA`.  ``agd_depth="layers"`` is an
+The centrings are documented one class each in :mod:`guiding_nc.core.running_means` (:func:`~guiding_nc.core.running_means.build_centring`),
+the class-mean rules in :class:`~guiding_nc.core.running_means.ClassMeanEMA`.  ``agd_depth="layers"`` is an
 option of neither protocol: it gives every method AGD's depth of the whole network (the
 classifier counted as a layer whether or not it is trained), so the methods take equal feature
 steps.
@@ -36,7 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
-from ..core.heads import CENTRINGS, CLASS_MEAN_RULES
+from ..core.running_means import CENTRINGS, CLASS_MEAN_RULES
 from ..core.methods import family as method_family
 
 __all__ = ["ProtocolOption", "OPTIONS", "OPTION_KEYS", "PROTOCOL_NAMES", "SAMPLERS", "AGD_DEPTHS", "protocol_values",

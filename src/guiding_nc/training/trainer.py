@@ -1,8 +1,5 @@
 """Training loop for the paper's comparison: standard vs fixed-ETF vs implicit-ETF classifiers.
 
-One concept, kept in one module although it passes 800 lines: the loop, its evaluation, its
-checkpoints and its provenance are one object's life cycle (:class:`Trainer`).
-
 One switch (``method``) changes the classifier head (:mod:`guiding_nc.core.heads`); everything
 else -- data, sampler, model, optimiser, schedule, feature normalisation, temperature,
 evaluation -- is shared.
@@ -17,7 +14,11 @@ Entry points
 * :class:`Trainer` -- the object behind :func:`train_run` (tests and notebooks use it to
   reach the model/head after training).
 
-Decisions (see also :class:`guiding_nc.core.heads.ClassMeanEMA`)
+Beside it: the run directory's files (checkpoint, metrics, provenance, results) are the methods of
+:class:`~guiding_nc.training.run_files.RunFiles`, which :class:`Trainer` inherits; the evaluation is
+:func:`guiding_nc.training.evaluation.evaluate_split`.
+
+Decisions (see also :class:`guiding_nc.core.running_means.ClassMeanEMA`)
 ----------------------------------------------------------
 * **UFM epochs.** The paper runs UFMs for "2000 iterations" and plots them against
   "epochs"; the two coincide for full-batch gradient descent, which is what the UFM configs
@@ -50,8 +51,6 @@ Decisions (see also :class:`guiding_nc.core.heads.ClassMeanEMA`)
 """
 from __future__ import annotations
 
-import json
-import os
 import random
 import sys
 import time
@@ -67,31 +66,23 @@ from torch import Tensor, nn
 
 from .config import ConfigError, TrainConfig, load_config
 from ..core.heads import build_head
-from .checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_NAME, CheckpointError, read_checkpoint, rng_state, set_rng_state
+from .checkpoints import CHECKPOINT_NAME
 from ..core.distributed import all_reduce_, dist, init_distributed
 from ..core.errors import NonFiniteInputError
 from .timing import StepTimer
 from ..core.memory import peak_memory
-from ..core.metrics import neural_collapse_metrics
-from .provenance import (
-    atomic_torch_save,
-    atomic_write_json,
-    atomic_write_text,
-    collect_provenance,
-    to_jsonable,
-    write_provenance,
-)
+from .evaluation import evaluate_split
+from .loaders import SubsetDataset, stratified_subset_indices
+from .provenance import atomic_write_json, atomic_write_text, to_jsonable
+from .run_files import RunFiles
+from .samplers import EvalShardSampler
 
 __all__ = [
     "NonFiniteError",
-    "CheckpointError",
-    "read_checkpoint",
     "validate_labels",
     "Trainer",
     "train_run",
 ]
-
-_TIME_KEYS_PREFIX = ("time_", "peak_", "wall_")
 
 
 class NonFiniteError(RuntimeError):
@@ -141,67 +132,6 @@ class Network(nn.Module):
         return self.head(features, labels), features
 
 
-class _SubsetDataset(torch.utils.data.Dataset):
-    def __init__(self, base, indices: Tensor):
-        self.base = base
-        self.indices = indices.long()
-        self.targets = torch.as_tensor(base.targets)[self.indices]
-        self.num_classes = base.num_classes
-        self.input_shape = getattr(base, "input_shape", ())
-        self.name = getattr(base, "name", "")
-
-    def __len__(self) -> int:
-        return int(self.indices.numel())
-
-    def __getitem__(self, i: int):
-        return self.base[int(self.indices[i])]
-
-
-class _EvalShardSampler(torch.utils.data.Sampler):
-    """Evaluation batches over this rank's contiguous shard ``[r N / R, (r+1) N / R)``.
-
-    Every sample is evaluated exactly once over all ranks and no rank ever gets an empty
-    batch (ranks may get different numbers of batches; evaluation has no collectives inside
-    its loops).
-    """
-
-    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1):
-        self.start = rank * num_samples // world_size
-        self.end = (rank + 1) * num_samples // world_size
-        self.batch_size = int(batch_size)
-
-    def __iter__(self):
-        for i in range(self.start, self.end, self.batch_size):
-            yield list(range(i, min(i + self.batch_size, self.end)))
-
-    def __len__(self) -> int:
-        return -(-(self.end - self.start) // self.batch_size)
-
-
-def _stratified_subset_indices(targets: Tensor, k: int) -> Tensor:
-    """Deterministic class-balanced subset of about ``k`` indices (first ones of each class)."""
-    targets = torch.as_tensor(targets).long()
-    N = targets.numel()
-    if k >= N:
-        return torch.arange(N)
-    classes = torch.unique(targets)
-    per = max(1, k // len(classes))
-    keep = [torch.nonzero(targets == c).flatten()[:per] for c in classes]
-    return torch.sort(torch.cat(keep)).values
-
-
-def _margin_summary(m: np.ndarray) -> Dict[str, Any]:
-    if m.size == 0:
-        return {}
-    q = np.quantile(m, [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0])
-    hist, edges = np.histogram(m, bins=50)
-    return {
-        "quantiles": dict(zip(["min", "p05", "p25", "median", "p75", "p95", "max"], q.tolist())),
-        "mean": float(m.mean()),
-        "histogram": {"counts": hist.tolist(), "edges": edges.tolist()},
-    }
-
-
 def _is_interactive() -> bool:
     try:
         return sys.stderr.isatty()
@@ -210,7 +140,7 @@ def _is_interactive() -> bool:
 
 
 # ------------------------------------------------------------------------------ trainer
-class Trainer:
+class Trainer(RunFiles):
     """One (method, seed) run.  ``Trainer(config).fit() -> results``.
 
     ``config`` must name a single method and seed (use :func:`train` for sweeps).
@@ -269,7 +199,8 @@ class Trainer:
         torch.manual_seed(seed)
 
     def _build(self) -> None:
-        from .data import build_dataset, build_loader, dataset_collate_fn, ufm_dataset
+        from .datasets import build_dataset
+        from .loaders import build_loader, dataset_collate_fn, ufm_dataset
         from .models import build_model
         from .optim import agd_init_, build_optimizer, build_scheduler
 
@@ -292,12 +223,12 @@ class Trainer:
                                         augment=False, seed=cfg.split_seed)
             C = int(cfg.num_classes) if cfg.num_classes is not None else int(train_ds.num_classes)
             if cfg.max_train_samples:
-                idx = _stratified_subset_indices(train_ds.targets, int(cfg.max_train_samples))
-                train_ds = _SubsetDataset(train_ds, idx)
+                idx = stratified_subset_indices(train_ds.targets, int(cfg.max_train_samples))
+                train_ds = SubsetDataset(train_ds, idx)
                 if eval_train_ds is not None:
-                    eval_train_ds = _SubsetDataset(eval_train_ds, idx)
+                    eval_train_ds = SubsetDataset(eval_train_ds, idx)
             if cfg.max_test_samples and test_ds is not None:
-                test_ds = _SubsetDataset(test_ds, _stratified_subset_indices(test_ds.targets, int(cfg.max_test_samples)))
+                test_ds = SubsetDataset(test_ds, stratified_subset_indices(test_ds.targets, int(cfg.max_test_samples)))
             input_shape = tuple(train_ds.input_shape)
         validate_labels(train_ds.targets, C)
         if test_ds is not None:
@@ -357,7 +288,7 @@ class Trainer:
         for split, ds, wanted in (("train", eval_train_ds, cfg.eval_train), ("test", test_ds, cfg.eval_test)):
             if wanted and ds is not None:
                 self.eval_loaders[split] = torch.utils.data.DataLoader(
-                    ds, batch_sampler=_EvalShardSampler(len(ds), eval_bs, self.rank, self.world_size),
+                    ds, batch_sampler=EvalShardSampler(len(ds), eval_bs, self.rank, self.world_size),
                     num_workers=cfg.num_workers, pin_memory=pin, collate_fn=dataset_collate_fn(ds))
         self.steps_per_epoch = len(self.train_loader.batch_sampler)
         if self.steps_per_epoch < 1:
@@ -395,137 +326,6 @@ class Trainer:
         self.last_checkpoint_epoch: Optional[int] = None
         self.final_margins: Dict[str, np.ndarray] = {}
 
-    # -- checkpoints -----------------------------------------------------------------------
-    def state_dict(self) -> Dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "config": self.cfg.to_dict(),
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "model": self.network.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "sampler_epoch": self.epoch,
-            "rng": rng_state(self.device),
-            "history": self.history,
-            "step_losses": self.step_losses,
-            "step_accuracies": self.step_accuracies,
-        }
-
-    def save_checkpoint(self) -> Optional[Path]:
-        """Write ``checkpoint.pt`` atomically (rank 0 only); returns its path."""
-        if not self.is_main:
-            return None
-        state = self.state_dict()
-        path = atomic_torch_save(state, self.checkpoint_path)
-        if self.cfg.keep_checkpoints:
-            atomic_torch_save(state, self.run_dir / f"checkpoint_epoch{self.epoch:04d}.pt")
-        self.last_checkpoint_epoch = self.epoch
-        if hasattr(self, "_provenance"):
-            # What this process has computed so far that a later process can take over from: a
-            # killed run's segment is credited with this much wall time.
-            self._provenance["checkpoint_epoch"] = self.epoch
-            self._provenance["wall_time_at_checkpoint_s"] = time.time() - self._t0
-            write_provenance(self.run_dir / "provenance.json", self._provenance)
-        return path
-
-    _RESUME_MUST_MATCH = ("method", "seed", "dataset", "model", "num_classes", "num_samples", "feature_dim",
-                          "batch_size", "optimizer", "scheduler", "epochs", "tau", "delta",
-                          "ddn_backward", "max_train_samples", "protocol", "standard_centring", "fixed_centring",
-                          "implicit_centring", "standard_sampler", "fixed_sampler", "implicit_sampler",
-                          "implicit_class_means", "final_activation", "agd_depth")
-
-    def load_checkpoint(self, path: Union[str, os.PathLike]) -> None:
-        state = read_checkpoint(path, map_location=self.device)
-        old = state.get("config", {})
-        diffs = [k for k in self._RESUME_MUST_MATCH if k in old and old[k] != getattr(self.cfg, k)]
-        if diffs:
-            raise ConfigError("cannot resume: the checkpoint was written with a different "
-                              + ", ".join(f"{k} ({old[k]!r} vs {getattr(self.cfg, k)!r})" for k in diffs))
-        self.network.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch = int(state["epoch"])
-        self.global_step = int(state["global_step"])
-        self.history = list(state["history"])
-        self.step_losses = list(state.get("step_losses", []))
-        self.step_accuracies = list(state.get("step_accuracies", []))
-        self.last_checkpoint_epoch = self.epoch
-        set_rng_state(state["rng"])
-
-    # -- files -----------------------------------------------------------------------------
-    def _append_metrics(self, row: Dict[str, Any]) -> None:
-        """Append one epoch to ``metrics.jsonl`` (cheap: O(1) per epoch); the full files are
-        rewritten atomically at checkpoints and at the end (:meth:`_write_metrics`)."""
-        if not self.is_main:
-            return
-        import json
-
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(to_jsonable(row)) + "\n")
-
-    def _write_metrics(self) -> None:
-        if not self.is_main:
-            return
-        import csv
-        import io
-        import json
-
-        rows = [to_jsonable(r) for r in self.history]
-        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        keys: List[str] = []
-        for r in rows:
-            keys += [k for k in r if k not in keys]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(r)
-        atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
-
-    def _segments_before(self, epoch: int) -> List[Dict[str, Any]]:
-        """What the provenance of the interrupted process said: a resumed run keeps, under
-        ``resumed_segments``, the command, commit, device and date of every earlier process and
-        the epoch the next one took over at, so a result made by two commits names both."""
-        p = self.run_dir / "provenance.json"
-        if not self.is_main or not p.exists():
-            return []
-        try:
-            old = json.loads(p.read_text())
-        except (OSError, ValueError):
-            return []
-        git = old.get("git") or {}
-        status = old.get("status")
-        # A process that never wrote its end is a killed one; it is credited with the wall time it
-        # had spent when it wrote the checkpoint this process resumes from.
-        wall = old.get("wall_time_s") if status == "completed" else old.get("wall_time_at_checkpoint_s")
-        segment = {"command": old.get("command"), "commit": git.get("commit"), "dirty": git.get("dirty"),
-                   "date": old.get("date"), "device": old.get("device_name") or old.get("device"),
-                   "num_threads": old.get("num_threads"), "status": "killed" if status == "running" else status,
-                   "until_epoch": epoch, "wall_time_s": wall}
-        return list(old.get("resumed_segments") or []) + [segment]
-
-    def _earlier_wall(self) -> float:
-        """Wall time of the earlier processes of a resumed run (0 for a run in one process)."""
-        return float(sum(seg.get("wall_time_s") or 0.0 for seg in getattr(self, "_earlier_segments", None) or []))
-
-    def _write_provenance(self, status: str, wall: Optional[float]) -> None:
-        if not self.is_main:
-            return
-        if not hasattr(self, "_provenance"):
-            self._provenance = collect_provenance(self.cfg.to_dict(), seed=self.cfg.seed, device=self.device,
-                                                  argv=self.argv, world_size=self.world_size)
-            if getattr(self, "_earlier_segments", None):
-                self._provenance["resumed_segments"] = self._earlier_segments
-        self._provenance["status"] = status
-        self._provenance["wall_time_s"] = wall
-        self._provenance["wall_time_all_processes_s"] = None if wall is None else wall + self._earlier_wall()
-        self._provenance["epochs_completed"] = self.epoch
-        self._provenance["global_step"] = self.global_step
-        write_provenance(self.run_dir / "provenance.json", self._provenance)
 
     # -- evaluation ------------------------------------------------------------------------
     def _autocast(self):
@@ -539,7 +339,6 @@ class Trainer:
             for b in self.network.buffers():
                 dist().broadcast(b, 0)
 
-    @torch.no_grad()
     def evaluate(self, split: str) -> Tuple[Dict[str, float], np.ndarray]:
         """Loss, top-1/top-5, NC1-NC3, NCC mismatch (NC4), equinorm, cosine margins on a split
         (:func:`guiding_nc.core.metrics.neural_collapse_metrics`), and the dead units of the features.
@@ -547,51 +346,9 @@ class Trainer:
         Features are what the classifier sees (``head.transform``).  All sums are reduced over
         ranks; returns ``(metrics, per-sample cosine margins)``.
         """
-        loader = self.eval_loaders[split]
-        net, head = self.network, self.head
-        was_training = net.training
-        net.eval()
-        d, dev = self.feature_dim, self.device
-        cache_mode = self.cfg.eval_cache
-        if cache_mode == "auto":
-            cache = len(loader.dataset) * d * 4 <= (2 * 1024 ** 3 if dev.type == "cuda" else 4 * 1024 ** 3)
-        else:
-            cache = bool(cache_mode)
-        # Feature coordinates that are not zero on some sample; the rest are dead units (a ReLU
-        # that never fires), invisible to any classifier weight on them.
-        alive = torch.zeros(d, dtype=torch.bool, device=dev)
-
-        def batches():
-            for x, y in loader:
-                x = x.to(dev, non_blocking=True)
-                y = y.to(dev, non_blocking=True)
-                with self._autocast():
-                    f = net.backbone(x)
-                alive.logical_or_((f != 0).any(0))
-                yield head.transform(f.float()), y
-
-        W = head.weight.detach().to(dev)
-        distributed = self.world_size > 1
-        out = neural_collapse_metrics(
-            batches, W, num_classes=self.num_classes, logits_fn=lambda h: head.logits_from(h).float(), check=False,
-            cache=cache, empty_classes="nan", reduce=all_reduce_ if distributed else None,
-            gather=self._gather_margins if distributed else None)
-        margins = out.pop("cosine_margins").numpy()
-        alive_any = alive.to(torch.uint8)
-        if distributed:
-            dist().all_reduce(alive_any, op=dist().ReduceOp.MAX)
-        dead = alive_any == 0
-        out["dead_units"] = int(dead.sum())
-        # Share of the classifier's squared weight on dead units: 1 means it reads nothing alive.
-        w2 = W.double().pow(2).sum(0)
-        out["dead_weight"] = float(w2[dead].sum() / w2.sum().clamp_min(1e-300))
-        net.train(was_training)
-        return out, margins
-
-    def _gather_margins(self, local: np.ndarray) -> np.ndarray:
-        gathered: List[Any] = [None] * self.world_size
-        dist().all_gather_object(gathered, local)
-        return np.concatenate(gathered)
+        return evaluate_split(self.eval_loaders[split], self.network, self.head, num_classes=self.num_classes,
+                              feature_dim=self.feature_dim, device=self.device, cache_mode=self.cfg.eval_cache,
+                              autocast=self._autocast, world_size=self.world_size)
 
     # -- training --------------------------------------------------------------------------
     def _fire(self, event: str) -> None:
@@ -820,59 +577,6 @@ class Trainer:
         if self.is_main and cfg.verbose:
             print(self.summary_line(results), flush=True)
         return results
-
-    def _results(self, wall: float, resumed_from: Optional[int]) -> Dict[str, Any]:
-        cfg = self.cfg
-        last = self.history[-1] if self.history else {}
-        evaluated = [r for r in self.history if "train_top1" in r or "test_top1" in r]
-        final_eval = evaluated[-1] if evaluated else {}
-        at_epochs: Dict[str, Dict[str, Any]] = {}
-        for r in self.history:
-            if r["epoch"] in cfg.report_epochs or r["epoch"] == cfg.epochs:
-                at_epochs[str(r["epoch"])] = {k: v for k, v in r.items() if not k.startswith(_TIME_KEYS_PREFIX)}
-        return {
-            "status": self.status,
-            "method": cfg.method,
-            "seed": cfg.seed,
-            "run_dir": str(self.run_dir),
-            "epochs_completed": self.epoch,
-            "global_step": self.global_step,
-            "steps_per_epoch": self.steps_per_epoch,
-            "resumed_from_epoch": resumed_from,
-            # All processes of a resumed run (each credited up to the checkpoint the next took over).
-            "wall_time_s": wall + self._earlier_wall(),
-            "wall_time_this_process_s": wall,
-            "world_size": self.world_size,
-            "device": str(self.device),
-            "num_classes": self.num_classes,  # inferred from the data when the config leaves it out
-            "feature_dim": self.feature_dim,
-            "stratified": cfg.stratified_batches,
-            "protocol": cfg.protocol_label(),
-            "final": last,
-            "final_eval": final_eval,
-            "at_epochs": at_epochs,
-            "peak_mem_gb": max((r.get("peak_mem_gb", 0.0) for r in self.history), default=None),
-            "cosine_margin_distribution": {k: _margin_summary(v) for k, v in self.final_margins.items()},
-            "history": self.history,
-            "step_losses": list(self.step_losses) if cfg.record_step_losses else None,
-            "step_accuracies": list(self.step_accuracies) if cfg.record_step_accuracy else None,
-            "config": cfg.to_dict(),
-        }
-
-    def summary_line(self, results: Dict[str, Any]) -> str:
-        f = results["final_eval"] or results["final"]
-        parts = [f"[guiding_nc] {self.cfg.name} {self.cfg.method} seed={self.cfg.seed} {results['status']}: "
-                 f"{results['epochs_completed']}/{self.cfg.epochs} epochs, {results['global_step']} steps, "
-                 f"{results['wall_time_s']:.1f}s"]
-        for key, label in (("train_loss_running", "loss"), ("train_top1", "train top1"), ("test_top1", "test top1"),
-                           ("train_nc1", "NC1"), ("train_nc3", "NC3")):
-            v = f.get(key, results["final"].get(key))
-            if v is not None:
-                parts.append(f"{label} {v:.4g}")
-        if results.get("peak_mem_gb") is not None:
-            parts.append(f"peak mem {results['peak_mem_gb']:.2f} GB")
-        parts.append(f"-> {results['run_dir']}")
-        return ", ".join(parts)
 
 
 def train_run(config: Union[TrainConfig, Dict[str, Any], str], *, callbacks: Optional[Sequence[Callable]] = None,

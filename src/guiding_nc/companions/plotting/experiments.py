@@ -1,6 +1,6 @@
 """Figures and tables for the experiment chapters (paper Figs. 2-5, 15-18, Tables 1-3).
 
-Every function reads what :func:`guiding_nc.experiments.reproduce.load_results` (or
+Every function reads what :func:`guiding_nc.experiments.results.load_results` (or
 :mod:`guiding_nc.experiments.cost`) returns and draws it; nothing here trains or computes a
 metric.  Curves over seeds are drawn as the median with a shaded min-max band, as in the paper.
 Tables come back as Markdown strings (``IPython.display.Markdown`` renders them in the book).
@@ -50,8 +50,8 @@ def plot_ufm_dynamics(results: Mapping[str, Any], *, num_classes: int, loss_boun
                       config: Optional[str] = None) -> Figure:
     """The shape of the paper's Fig. 2: loss vs its lower bound, cosine margins, NC1, NC3, equinorm.
 
-    ``results``: :func:`~guiding_nc.experiments.reproduce.load_results` of a UFM experiment
-    with ``margins.json``.  ``loss_bound``: :func:`guiding_nc.core.metrics.cross_entropy_lower_bound`.
+    ``results``: :func:`~guiding_nc.experiments.results.load_results` of a UFM experiment
+    with ``margins.json``.  ``loss_bound``: :func:`guiding_nc.core.metric_formulas.cross_entropy_lower_bound`.
     """
     curves = results["curves"]
     where = {"config": config} if config else None
@@ -336,7 +336,7 @@ def steps_to_fit_markdown(results: Mapping[str, Mapping[str, Any]], *, configs: 
                           titles: Optional[Mapping[str, str]] = None) -> str:
     """Steps to 100% train accuracy, ``median [min, max]`` over seeds, one row per (config, result set).
 
-    ``results``: ``{label: loaded results}`` (what :func:`guiding_nc.experiments.reproduce.load_results`
+    ``results``: ``{label: loaded results}`` (what :func:`guiding_nc.experiments.results.load_results`
     returns), e.g. the same runs at two step budgets.  A run that never fits within its budget is
     counted in a "not fitted" note, never given a number.  The seeds column reads ``5``, or
     ``2/2/1`` (one count per method) while a grid is part-way through its slices.

@@ -1,8 +1,9 @@
 """Figures of the interactive UFM explorer (book page 06).
 
 Every function returns a :class:`matplotlib.figure.Figure` with labelled axes, a title and a
-legend.  Inputs are the objects of :mod:`guiding_nc.companions.explorer`: :class:`ExplorerResult` (curves)
-and :class:`ProjectionFrames` (class means moving towards the simplex ETF).
+legend.  Inputs are the objects of :mod:`guiding_nc.companions.explorer`:
+:class:`~guiding_nc.companions.explorer.runs.ExplorerResult` (curves) and
+:class:`~guiding_nc.companions.explorer.projection.ProjectionFrames` (class means moving towards the simplex ETF).
 
 * :func:`plot_curves` -- loss, train accuracy, NC1, NC2, NC3 and the distance of the class
   means to their nearest simplex ETF against the optimiser step, one line per run.

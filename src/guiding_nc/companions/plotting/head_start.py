@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from ...core import methods
 from ...experiments.measures import format_steps, step_counts
-from ...core.metrics import cross_entropy_lower_bound
+from ...core.metric_formulas import cross_entropy_lower_bound
 from .style import MAX_WIDTH_IN, tidy_log_x
 
 __all__ = ["plot_loss_gap_grid", "steps_table_markdown", "head_start_table_markdown"]

@@ -96,11 +96,11 @@ _DATA_CACHE: Dict[str, Tuple[torch.Tensor, ...]] = {}
 def load_tensors(name: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_train (N, d_0), y_train (N,), x_test (M, d_0), y_test (M,))`` of an offline dataset.
 
-    Standardised exactly as :func:`guiding_nc.training.data.build_dataset` does (no augmentation) and
+    Standardised exactly as :func:`guiding_nc.training.datasets.build_dataset` does (no augmentation) and
     flattened; ``name`` is ``"mnist1d"`` (d_0 = 40) or ``"mnist5k"`` (d_0 = 784). Nothing is
     downloaded. Cached per process.
     """
-    from ...training.data import build_dataset
+    from ...training.datasets import build_dataset
 
     if name not in ("mnist1d", "mnist5k", "digits"):
         raise ValueError(f"dataset must be one of 'mnist1d', 'mnist5k', 'digits' (offline), got {name!r}")

@@ -45,7 +45,7 @@ def random_mlp(
 
 
 def from_module(module: nn.Module) -> Params:
-    """Detached copy of the ``Linear`` layers of an ``nn.Sequential`` / ``guiding_nc.training.models.MLP``.
+    """Detached copy of the ``Linear`` layers of an ``nn.Sequential`` / ``guiding_nc.training.models.mlp.MLP``.
 
     The module must be ``[Flatten] -> Linear -> ReLU -> ... -> Linear`` (ReLU between linear
     layers and *no* activation after the last one, e.g. ``MLP(..., final_activation=False)``).
@@ -53,7 +53,7 @@ def from_module(module: nn.Module) -> Params:
     """
     if not isinstance(module, nn.Module):
         raise ValueError("module must be a torch.nn.Module")
-    # leaves in registration order (guiding_nc.training.models.MLP keeps them in a child Sequential)
+    # leaves in registration order (guiding_nc.training.models.mlp.MLP keeps them in a child Sequential)
     mods = [m for m in module.modules() if len(list(m.children())) == 0]
     params: Params = []
     expect_linear = True
@@ -77,7 +77,7 @@ def from_module(module: nn.Module) -> Params:
     if expect_linear:
         raise ValueError(
             "the functional MLP ends with a Linear layer producing logits; a trailing ReLU "
-            "is not supported (build guiding_nc.training.models.MLP with final_activation=False)"
+            "is not supported (build guiding_nc.training.models.mlp.MLP with final_activation=False)"
         )
     return check_params(params)
 

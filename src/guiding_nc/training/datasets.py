@@ -1,25 +1,19 @@
-"""Datasets, stratified batch samplers and loaders for the "Guiding Neural Collapse" experiments.
+"""Datasets for the "Guiding Neural Collapse" experiments: the registry and the builders.
 
-One concept, kept in one module although it passes 800 lines: turning a dataset name into batches.
-
-Everything a training script needs to turn a dataset name into batches:
-
+* :data:`DATASETS` -- one :class:`DatasetSpec` per dataset name (classes, input shape,
+  offline or not, normalisation); :data:`DATASET_NAMES`, :data:`OFFLINE_DATASET_NAMES` and
+  :data:`NORMALIZATION` are views of it.
 * :func:`build_dataset` — the paper's datasets (CIFAR10, CIFAR100, STL10, ImageNet-1k,
   plus MNIST) through torchvision, and three small datasets that work offline on any
   machine (``"mnist5k"``, ``"digits"``, ``"mnist1d"``). Every dataset returned has
   ``num_classes`` (int), ``targets`` (LongTensor ``(N,)``) and ``input_shape`` (tuple, the
   shape of one input; the batch shape is ``(B, *input_shape)``).
-* :class:`StratifiedBatchSampler` — every class in every batch (paper §3.5), or, when
-  there are more classes than batch slots, a class cycle so that every class is seen every
-  ``ceil(C / batch_size)`` batches. :class:`RandomBatchSampler` is the plain shuffled
-  counterpart with the same interface, so methods can be compared with and without
-  stratification (the public code release used stratification only for the implicit
-  method, a confound we avoid). :class:`SequentialBatchSampler` is for evaluation.
-* :func:`build_loader` — a :class:`torch.utils.data.DataLoader` over any of the above,
-  with DistributedDataParallel support (``num_replicas``/``rank``).
-* :func:`balanced_labels`, :class:`IndexDataset`, :func:`ufm_dataset` — labels and a
-  dataset of ``(index, label)`` pairs for unconstrained feature models (UFMs), whose
-  "input" is the sample index, so they can use the same samplers and loaders.
+* :class:`LabelledDataset`, :class:`ArrayDataset` -- the dataset classes it returns;
+  :func:`stratified_split` and :class:`RandomShiftRotate` -- the offline datasets' split and
+  augmentation.
+
+The batch samplers are in :mod:`guiding_nc.training.samplers`; :func:`build_loader` and the
+index dataset of unconstrained feature models in :mod:`guiding_nc.training.loaders`.
 
 Preprocessing (paper §4: "pixel-wise subtract the mean and divide by the standard
 deviation ... random horizontal flips, rotations, and crops"):
@@ -47,9 +41,8 @@ constants, :data:`NORMALIZATION`; for the offline image datasets they are comput
 their own (deterministic) training split, so the standardised training set has per-channel
 mean 0 and standard deviation 1 exactly.
 
-Randomness: the samplers use their own NumPy generators seeded from ``(seed, epoch)``; the
-augmentations draw from torch's global RNG (in the main process, seed it with
-``torch.manual_seed``; DataLoader workers are seeded from a generator seeded with ``seed``).
+Randomness: the augmentations draw from torch's global RNG (in the main process, seed it with
+``torch.manual_seed``; DataLoader workers are seeded by :func:`guiding_nc.training.loaders.build_loader`).
 """
 from __future__ import annotations
 
@@ -60,14 +53,14 @@ import gzip
 import math
 import os
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 __all__ = [
     "DatasetSpec",
@@ -78,16 +71,10 @@ __all__ = [
     "DatasetNotFoundError",
     "LabelledDataset",
     "ArrayDataset",
-    "IndexDataset",
     "RandomShiftRotate",
+    "as_long_targets",
     "build_dataset",
     "stratified_split",
-    "balanced_labels",
-    "ufm_dataset",
-    "StratifiedBatchSampler",
-    "RandomBatchSampler",
-    "SequentialBatchSampler",
-    "build_loader",
 ]
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +139,8 @@ class DatasetNotFoundError(FileNotFoundError):
 # --------------------------------------------------------------------------------------
 # Dataset classes
 # --------------------------------------------------------------------------------------
-def _as_long_targets(targets: Any) -> Tensor:
+def as_long_targets(targets: Any) -> Tensor:
+    """``targets`` as a one-dimensional LongTensor (``ValueError`` otherwise)."""
     t = torch.as_tensor(np.asarray(targets), dtype=torch.long)
     if t.ndim != 1:
         raise ValueError(f"targets must be one-dimensional, got shape {tuple(t.shape)}")
@@ -172,7 +160,7 @@ class LabelledDataset(Dataset):
 
     def __init__(self, base: Dataset, targets: Any, num_classes: int, input_shape: tuple, name: str = ""):
         self.base = base
-        self.targets = _as_long_targets(targets)
+        self.targets = as_long_targets(targets)
         self.num_classes = int(num_classes)
         self.input_shape = tuple(input_shape)
         self.name = name
@@ -212,7 +200,7 @@ class ArrayDataset(Dataset):
                  std: Sequence[float] | float = 1.0, augment: Optional[Callable[[Tensor], Tensor]] = None,
                  name: str = ""):
         inputs = torch.as_tensor(inputs, dtype=torch.float32)
-        self.targets = _as_long_targets(targets)
+        self.targets = as_long_targets(targets)
         if inputs.shape[0] != self.targets.shape[0]:
             raise ValueError(f"{inputs.shape[0]} inputs but {self.targets.shape[0]} targets")
         self.num_classes = int(num_classes)
@@ -240,86 +228,6 @@ class ArrayDataset(Dataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, N={len(self)}, num_classes={self.num_classes}, "
                 f"input_shape={self.input_shape}, augment={self.augment is not None})")
-
-
-class IndexBatch(tuple):
-    """``(idx, y)`` of one batch, already collated (what :meth:`IndexDataset.__getitems__` returns)."""
-
-    def __new__(cls, idx: Tensor, y: Tensor):
-        return super().__new__(cls, (idx, y))
-
-    def __getnewargs__(self):  # pickling (DataLoader workers) rebuilds it from its two tensors
-        return tuple(self)
-
-
-def collate_index_batch(batch: Any):
-    """Collate function for :class:`IndexDataset` loaders: an :class:`IndexBatch` is returned as
-    the pair of LongTensors ``(idx, y)``; a list of ``(index, label)`` samples is stacked."""
-    if isinstance(batch, IndexBatch):
-        return batch[0], batch[1]
-    return torch.utils.data.default_collate(batch)
-
-
-class IndexDataset(Dataset):
-    """Dataset of ``(index, label)`` pairs for unconstrained feature models.
-
-    A UFM has one free feature vector per sample, so its "input" is the sample index:
-    a batch from a DataLoader is ``(idx, y)`` with ``idx`` a LongTensor ``(B,)`` that indexes
-    the ``(N, d)`` feature parameter, and ``y`` a LongTensor ``(B,)``.
-
-    Attributes: ``targets`` (LongTensor ``(N,)``), ``num_classes``, ``input_shape = ()``.
-    """
-
-    def __init__(self, targets: Any, num_classes: Optional[int] = None):
-        self.targets = _as_long_targets(targets)
-        if self.targets.numel() and self.targets.min() < 0:
-            raise ValueError("labels must be non-negative")
-        inferred = int(self.targets.max()) + 1 if self.targets.numel() else 0
-        self.num_classes = inferred if num_classes is None else int(num_classes)
-        if inferred > self.num_classes:
-            raise ValueError(f"label {inferred - 1} out of range for num_classes={self.num_classes}")
-        self.input_shape: tuple = ()
-        self.name = "ufm"
-
-    def __len__(self) -> int:
-        return self.targets.shape[0]
-
-    def __getitem__(self, index: int):
-        return int(index), int(self.targets[index])
-
-    def __getitems__(self, indices: Sequence[int]) -> "IndexBatch":
-        # A full-batch UFM step asks for all N samples: two tensor ops instead of N Python
-        # calls and an N-way collate (which cost more than the step's own arithmetic at N=5000).
-        idx = torch.as_tensor(indices, dtype=torch.long)
-        return IndexBatch(idx, self.targets[idx])
-
-    # DataLoaders over this dataset must pass batches from __getitems__ through unchanged.
-    collate_fn = staticmethod(collate_index_batch)
-
-    def __repr__(self) -> str:
-        return f"IndexDataset(N={len(self)}, num_classes={self.num_classes})"
-
-
-def balanced_labels(num_samples: int, num_classes: int) -> Tensor:
-    """Labels of a balanced UFM: ``N / C`` samples per class, class-major order.
-
-    Returns LongTensor ``(N,)`` equal to ``arange(N) // (N / C)``, i.e.
-    ``[0]*(N/C) + [1]*(N/C) + ...``. The paper's UFMs (N, C) = (1000, 10), (5000, 100),
-    (5000, 200), (10000, 1000) are all divisible; we require divisibility (an unbalanced
-    UFM would silently change the problem) and raise ``ValueError`` otherwise.
-    """
-    num_samples, num_classes = int(num_samples), int(num_classes)
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    if num_samples < num_classes or num_samples % num_classes:
-        raise ValueError(f"num_samples={num_samples} must be a positive multiple of num_classes={num_classes} "
-                         "so that every class has the same number of samples")
-    return torch.arange(num_samples) // (num_samples // num_classes)
-
-
-def ufm_dataset(num_samples: int, num_classes: int) -> IndexDataset:
-    """A balanced UFM dataset: ``(index, label)`` pairs with :func:`balanced_labels`."""
-    return IndexDataset(balanced_labels(num_samples, num_classes), num_classes)
 
 
 # --------------------------------------------------------------------------------------
@@ -642,309 +550,3 @@ def build_dataset(name: str, *, root: Union[str, os.PathLike] = "data/raw", trai
     if key.startswith("synthetic"):
         return _build_synthetic(key, train, seed)
     return _build_torchvision(key, Path(root), train, download, augment)
-
-
-# --------------------------------------------------------------------------------------
-# Batch samplers
-# --------------------------------------------------------------------------------------
-class _GlobalBatchSampler(Sampler[list[int]]):
-    """Shared machinery: epoch seeding and slicing the global batch across replicas.
-
-    Subclasses implement :meth:`global_batches`, which yields the *global* batches of the
-    current epoch (identical on every rank); :meth:`__iter__` yields this rank's contiguous
-    slice ``batch[rank * b // R : (rank + 1) * b // R]`` of each of them.
-    """
-
-    def __init__(self, num_samples: int, batch_size: int, *, seed: int = 0, drop_last: bool = False,
-                 num_replicas: int = 1, rank: int = 0):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if isinstance(num_replicas, bool) or not isinstance(num_replicas, (int, np.integer)) or num_replicas < 1:
-            raise ValueError(f"num_replicas must be a positive integer, got {num_replicas!r}")
-        if not isinstance(rank, (int, np.integer)) or not 0 <= rank < num_replicas:
-            raise ValueError(f"rank must be in [0, num_replicas={num_replicas}), got {rank!r}")
-        if batch_size % num_replicas:
-            raise ValueError(f"batch_size={batch_size} is the global batch and must be divisible by "
-                             f"num_replicas={num_replicas} (each rank takes batch_size // num_replicas)")
-        if num_samples < 1:
-            raise ValueError("the dataset is empty")
-        self.num_samples = int(num_samples)
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        self.drop_last = bool(drop_last)
-        self.num_replicas = int(num_replicas)
-        self.rank = int(rank)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose (deterministic) order the next iteration produces.
-
-        As with ``DistributedSampler``, iterating twice without calling this gives the same
-        batches; call it at the start of every epoch.
-        """
-        self.epoch = int(epoch)
-
-    def _rng(self) -> np.random.Generator:
-        return np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch]))
-
-    def global_batches(self) -> Iterator[list[int]]:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def __iter__(self) -> Iterator[list[int]]:
-        r, R = self.rank, self.num_replicas
-        for batch in self.global_batches():
-            n = len(batch)
-            if R == 1:
-                yield batch
-            else:
-                yield batch[r * n // R:(r + 1) * n // R]
-
-
-def _labels_array(labels: Any) -> np.ndarray:
-    if isinstance(labels, Tensor):
-        labels = labels.detach().cpu().numpy()
-    y = np.asarray(labels)
-    if y.ndim != 1:
-        raise ValueError(f"labels must be one-dimensional, got shape {y.shape}")
-    if y.size and not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"labels must be integers, got dtype {y.dtype}")
-    return y.astype(np.int64)
-
-
-class _ClassStreams:
-    """Per-class endless streams of sample indices: a fresh random permutation of the class on every pass."""
-
-    def __init__(self, per_class: list[np.ndarray], rng: np.random.Generator):
-        self.per_class, self.rng = per_class, rng
-        self.buffers = [rng.permutation(ix) for ix in per_class]
-        self.pos = [0] * len(per_class)
-
-    def take(self, c: int, k: int = 1) -> np.ndarray:
-        out = []
-        while k > 0:
-            buf = self.buffers[c]
-            if self.pos[c] == len(buf):
-                self.buffers[c] = buf = self.rng.permutation(self.per_class[c])
-                self.pos[c] = 0
-            m = min(k, len(buf) - self.pos[c])
-            out.append(buf[self.pos[c]:self.pos[c] + m])
-            self.pos[c] += m
-            k -= m
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
-
-    def remaining(self, c: int) -> np.ndarray:
-        """The rest of the current pass of class ``c`` (indices not yet taken in this pass)."""
-        return self.buffers[c][self.pos[c]:]
-
-
-class StratifiedBatchSampler(_GlobalBatchSampler):
-    """Batch sampler in which every class appears in every batch (paper §3.5).
-
-    Yields lists of dataset indices. Let ``N`` samples, ``C`` classes (all must be present),
-    ``n_c`` samples of class ``c``, global batch size ``b``. Every global batch has exactly
-    ``b`` indices.
-
-    **Case b >= C.** The number of batches per epoch is ``B = ceil(N / b)`` (raised, only for
-    extremely imbalanced data, to the smallest ``B`` with ``sum_c max(n_c, B) <= B * b``), or
-    ``B = floor(N / b)`` with ``drop_last=True``. Each class's indices are randomly permuted.
-
-    1. *Guaranteed slots*: batch ``j`` gets one index of every class — the ``j``-th of its
-       permutation (classes with ``n_c < B`` start a fresh permutation when exhausted).
-    2. *Fill slots*: the remaining ``B * (b - C)`` slots take, in random order, every index
-       not used in step 1, then (when slots remain, at most ``b - 1`` + the slack of step 1)
-       indices drawn uniformly at random without replacement from the whole dataset — so the
-       fill is proportional to class frequency. With ``drop_last=True`` there are too few
-       slots for all leftovers; a uniformly random subset of them is used.
-    3. Each batch is shuffled.
-
-    Hence, with ``drop_last=False`` every index appears **at least once per epoch** (and at
-    most twice when ``n_c >= B`` for every class and ``N >= b``); with ``drop_last=True`` every
-    index appears **at most once** when ``n_c >= B`` for every class.
-
-    **Case b < C.** A random cyclic order ``π`` of the classes is drawn each epoch; batch
-    ``j`` holds the ``b`` distinct classes ``π[(j*b + i) mod C]``, ``i < b``, one sample each
-    (from the per-class permutation streams). Any ``ceil(C / b)`` consecutive batches of an
-    epoch therefore contain every class, so no class is missing for ``ceil(C / b)`` batches
-    in a row. ``B = ceil(N / b)`` (``floor`` with ``drop_last``). Classes are sampled equally
-    often (``B * b / C`` draws each): for balanced data every index appears at least once
-    per epoch with ``drop_last=False``; minority classes are oversampled otherwise.
-
-    **Distributed.** ``batch_size`` is the *global* batch; every rank builds the same global
-    batches (the RNG does not depend on ``rank``) and yields its contiguous slice
-    ``batch[rank*b//R:(rank+1)*b//R]``, so the union over ranks equals the batch of a
-    single-process run with the same seed. Class-completeness holds for the global batch
-    (gather features across ranks before computing class means).
-
-    Args:
-        labels: integer labels ``(N,)`` (sequence, array or tensor).
-        batch_size: global batch size ``b``; must be divisible by ``num_replicas``.
-        num_classes: ``C`` (default ``max(labels) + 1``); every class must occur in ``labels``.
-        seed: base seed; the order of epoch ``e`` depends only on ``(seed, e)`` (see :meth:`set_epoch`).
-        drop_last: use ``floor(N / b)`` batches instead of ``ceil(N / b)`` (zero batches if ``N < b``).
-        num_replicas, rank: distributed data parallel world size and this process's rank.
-    """
-
-    def __init__(self, labels: Any, batch_size: int, *, num_classes: Optional[int] = None, seed: int = 0,
-                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
-        y = _labels_array(labels)
-        super().__init__(len(y), batch_size, seed=seed, drop_last=drop_last, num_replicas=num_replicas, rank=rank)
-        if y.min() < 0:
-            raise ValueError("labels must be non-negative")
-        C = int(y.max()) + 1 if num_classes is None else int(num_classes)
-        if y.max() >= C:
-            raise ValueError(f"label {int(y.max())} out of range for num_classes={C}")
-        counts = np.bincount(y, minlength=C)
-        missing = np.flatnonzero(counts == 0)
-        if missing.size:
-            raise ValueError(f"stratified sampling needs every class present; classes {missing[:10].tolist()}"
-                             f"{'...' if missing.size > 10 else ''} have no samples")
-        self.labels = y
-        self.num_classes = C
-        self.class_counts = counts
-        order = np.argsort(y, kind="stable")
-        self._per_class = np.split(order, np.cumsum(counts)[:-1])
-        self._num_batches = self._count_batches()
-
-    def _count_batches(self) -> int:
-        N, b, C = self.num_samples, self.batch_size, self.num_classes
-        if self.drop_last:
-            return N // b
-        B = -(-N // b)
-        if b >= C:
-            while int(np.maximum(self.class_counts, B).sum()) > B * b:
-                B += 1
-        return B
-
-    def __len__(self) -> int:
-        return self._num_batches
-
-    def global_batches(self) -> Iterator[list[int]]:
-        B, b, C = self._num_batches, self.batch_size, self.num_classes
-        if B == 0:
-            return
-        rng = self._rng()
-        streams = _ClassStreams(self._per_class, rng)
-        if b < C:
-            # Slot k of the epoch (batch k // b) holds class pi[k % C]; it is that class's
-            # (k // C)-th draw of the epoch from its permutation stream.
-            pi = rng.permutation(C)
-            k = np.arange(B * b)
-            draws = np.stack([streams.take(c, -(-B * b // C)) for c in range(C)])  # (C, ceil(Bb/C))
-            batches = rng.permuted(draws[pi[k % C], k // C].reshape(B, b), axis=1)
-            for j in range(B):
-                yield batches[j].tolist()
-            return
-        guaranteed = np.stack([streams.take(c, B) for c in range(C)], axis=1)  # (B, C)
-        leftovers = np.concatenate([streams.remaining(c) for c in range(C)])
-        slots = B * (b - C)
-        if leftovers.size >= slots:
-            fill = rng.choice(leftovers, size=slots, replace=False) if slots else leftovers[:0]
-        else:
-            extra = slots - leftovers.size
-            reps = -(-extra // self.num_samples)
-            pool = np.concatenate([rng.permutation(self.num_samples) for _ in range(reps)])[:extra]
-            fill = rng.permutation(np.concatenate([leftovers, pool]))
-        fill = fill.reshape(B, b - C)
-        for j in range(B):
-            yield rng.permutation(np.concatenate([guaranteed[j], fill[j]])).tolist()
-
-
-class _UnstratifiedBatchSampler(_GlobalBatchSampler):
-    """Shared set-up of the samplers that ignore labels: ``ceil(N / b)`` batches (``floor`` with ``drop_last``)."""
-
-    def __init__(self, labels: Any, batch_size: int, *, num_classes: Optional[int] = None, seed: int = 0,
-                 drop_last: bool = False, num_replicas: int = 1, rank: int = 0):
-        n = int(labels) if isinstance(labels, (int, np.integer)) else len(_labels_array(labels))
-        super().__init__(n, batch_size, seed=seed, drop_last=drop_last, num_replicas=num_replicas, rank=rank)
-        self.num_classes = num_classes
-
-    def __len__(self) -> int:
-        N, b = self.num_samples, self.batch_size
-        return N // b if self.drop_last else -(-N // b)
-
-
-class RandomBatchSampler(_UnstratifiedBatchSampler):
-    """Plain shuffled batches (no stratification) with the same interface as :class:`StratifiedBatchSampler`.
-
-    Each epoch draws a random permutation of ``range(N)`` (seeded by ``(seed, epoch)``) and cuts
-    it into ``B = ceil(N / b)`` batches (``floor`` with ``drop_last``). Every batch has exactly
-    ``b`` indices: with ``drop_last=False`` an incomplete last batch is topped up from the start
-    of the permutation (as ``DistributedSampler`` pads), so every index appears at least once and
-    at most twice per epoch. Distributed slicing is as in :class:`StratifiedBatchSampler`.
-
-    Args:
-        labels: labels ``(N,)`` (only their number is used) or the integer ``N`` itself.
-        batch_size, num_classes, seed, drop_last, num_replicas, rank: as in
-            :class:`StratifiedBatchSampler` (``num_classes`` is accepted and ignored).
-    """
-
-    def global_batches(self) -> Iterator[list[int]]:
-        B, b, N = len(self), self.batch_size, self.num_samples
-        if B == 0:
-            return
-        perm = self._rng().permutation(N)
-        if B * b > N:
-            perm = np.resize(perm, B * b)  # cyclic top-up from the start of the permutation
-        for j in range(B):
-            yield perm[j * b:(j + 1) * b].tolist()
-
-
-class SequentialBatchSampler(_UnstratifiedBatchSampler):
-    """Evaluation batches ``[0..b), [b..2b), ...`` in dataset order; the last one may be shorter.
-
-    With ``num_replicas > 1`` each rank gets the contiguous slice ``batch[r*n//R:(r+1)*n//R]`` of
-    every global batch (``n`` its length), so the ranks together see every index exactly once.
-    ``set_epoch`` has no effect.
-    """
-
-    def global_batches(self) -> Iterator[list[int]]:
-        N, b = self.num_samples, self.batch_size
-        for j in range(len(self)):
-            yield list(range(j * b, min((j + 1) * b, N)))
-
-
-def _dataset_targets(dataset: Dataset) -> Tensor:
-    targets = getattr(dataset, "targets", None)
-    if targets is None:
-        raise ValueError("the dataset needs a `targets` attribute (labels, shape (N,)) for the batch samplers; "
-                         "use guiding_nc.training.data.build_dataset, IndexDataset or LabelledDataset")
-    return _as_long_targets(targets)
-
-
-def build_loader(dataset: Dataset, batch_size: int, *, stratified: bool = True, seed: int = 0,
-                 num_workers: int = 0, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
-                 drop_last: bool = False, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over ``dataset`` driven by one of this module's batch samplers.
-
-    * ``shuffle=True, stratified=True``: :class:`StratifiedBatchSampler` (training, §3.5).
-    * ``shuffle=True, stratified=False``: :class:`RandomBatchSampler` (training baseline).
-    * ``shuffle=False``: :class:`SequentialBatchSampler` (evaluation; ``stratified`` is ignored).
-
-    ``batch_size`` is the global batch; each of the ``num_replicas`` ranks receives
-    ``batch_size // num_replicas`` samples per step. Batches are ``(x, y)`` with ``x`` of shape
-    ``(B, *dataset.input_shape)`` and ``y`` a LongTensor ``(B,)``. Call
-    ``loader.batch_sampler.set_epoch(epoch)`` at the start of every training epoch.
-
-    The dataset must have ``targets``; ``num_classes`` is taken from ``dataset.num_classes`` when present.
-    """
-    targets = _dataset_targets(dataset)
-    num_classes = getattr(dataset, "num_classes", None)
-    common: dict[str, Any] = dict(num_classes=num_classes, seed=seed, drop_last=drop_last,
-                                  num_replicas=num_replicas, rank=rank)
-    if not shuffle:
-        sampler: _GlobalBatchSampler = SequentialBatchSampler(targets, batch_size, **common)
-    elif stratified:
-        sampler = StratifiedBatchSampler(targets, batch_size, **common)
-    else:
-        sampler = RandomBatchSampler(targets, batch_size, **common)
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    generator = torch.Generator().manual_seed(int(seed) * 1000003 + int(rank))
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
-                      generator=generator, persistent_workers=False, collate_fn=dataset_collate_fn(dataset))
-
-
-def dataset_collate_fn(dataset: Any) -> Optional[Callable]:
-    """The collate function a dataset asks for (its ``collate_fn`` attribute), else ``None``
-    (PyTorch's default)."""
-    return getattr(dataset, "collate_fn", None)

@@ -1,0 +1,528 @@
+"""The result files of an experiment, written and read back by the grid runner
+(:mod:`guiding_nc.experiments.runner`), and what makes a finished run count.
+
+* ``runs.csv``: one row per run (final metrics, snapshots at the report epochs, steps to
+  100% train accuracy, wall time, peak memory);
+* ``curves.csv``: one row per evaluated epoch of every run (loss, top-1, NC1-NC4, equinorm,
+  cosine margins, per-step time split);
+* ``step_accuracy.json`` / ``step_loss.json``: exact per-step train accuracy (loss) of every
+  full-batch run (UFMs), if asked; ``margins.json``: final per-sample cosine margins, if asked;
+* ``summary.json``: median and min-max over seeds per (config, variant, method) and metric
+  (:func:`summarize_records`);
+* ``provenance.json``: exact command, experiment spec, mode, seeds, git commit, date, device,
+  library versions, wall time and status, each slice's command under ``invocations`` and each
+  run's command, commit and settings hash under ``run_sources``.
+
+A run counts only with the settings its grid asks for now: :func:`effective_settings` and
+:func:`settings_hash`; :func:`stale_runs` lists the ones that do not.  Finished runs of other
+slices are merged in at every write (:func:`write_merged`) under a lock on the result directory;
+:class:`run_lock` keeps two slices from training one run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import yaml
+
+from ..training.config import ConfigError, load_config
+from ..training.provenance import (atomic_write_json, atomic_write_text, collect_provenance, local_command, local_path,
+                                   to_jsonable)
+from .results import csv_text, group_key, load_results
+from .spec import ExperimentSpec, load_experiment, run_config, run_key_of
+
+__all__ = ["SUMMARY_KEYS", "summarize_records", "stale_runs", "effective_settings", "settings_hash",
+           "legacy_config_hash", "finished_record", "read_results", "write_merged", "run_lock"]
+
+# Run-level numbers that summary.json aggregates over seeds (when a run has them).
+SUMMARY_KEYS = ("train_loss", "train_top1", "test_top1", "train_top5", "test_top5", "train_nc1", "train_nc2",
+                "train_nc3", "train_equinorm", "train_ncc_mismatch", "train_cosine_margin_mean",
+                "train_cosine_margin_min", "test_nc1", "test_ncc_mismatch", "steps_to_fit", "steps_to_loss",
+                "steps_to_nc1", "steps_to_nc3", "epochs_to_fit", "train_top1_step0", "train_dead_units", "train_dead_weight", "wall_time_s",
+                "time_step_ms", "time_backbone_ms", "time_etf_forward_ms", "time_ddn_backward_ms", "peak_mem_gb")
+
+
+def summarize_records(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """``{"config/variant/method": {metric: {"median", "min", "max", "n", "values"}}}`` over seeds."""
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(group_key(r["config"], r["variant"], r["method"]), []).append(r)
+    out: Dict[str, Any] = {}
+    for g, rs in groups.items():
+        cell: Dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
+        keys: List[str] = []
+        for r in rs:
+            keys += [k for k in r if (k in SUMMARY_KEYS or "@" in k) and k not in keys]
+        for k in keys:
+            vals = [float(r[k]) for r in rs if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                    and math.isfinite(float(r[k]))]
+            missing = len(rs) - len(vals)
+            steps = k.startswith("steps_to_")
+            if steps:
+                # Runs that were measured and never got there count as missing; runs where the
+                # measure does not apply (mini-batch training) leave no cell at all.
+                flag = "fitted" if k == "steps_to_fit" else "reached_" + k[len("steps_to_"):]
+                never = sum(r.get(flag) is False for r in rs)
+                if not vals and not never:
+                    continue
+                missing = never
+            if vals or steps:
+                cell[k] = {"median": statistics.median(vals) if vals else None, "min": min(vals) if vals else None,
+                           "max": max(vals) if vals else None, "n": len(vals), "missing": missing, "values": vals}
+        out[g] = cell
+    return out
+
+
+def _run_meta(work_dir: Path, key: str, settings_hash: Optional[str]) -> Dict[str, Any]:
+    """Where one finished run came from, read from its own provenance in ``work_dir``: command,
+    commit (``-dirty`` when the tree had code changes), device, threads, date and settings hash."""
+    p = work_dir / key / "provenance.json"
+    prov = json.loads(p.read_text()) if p.exists() else {}
+    git = prov.get("git") or {}
+    # A run resumed from a checkpoint names the commits of its earlier processes too.
+    earlier = [(seg.get("commit") or "unknown") + ("-dirty" if seg.get("dirty") else "")
+               for seg in prov.get("resumed_segments") or []]
+    return {"command": prov.get("command", "?"),
+            "commit": (git.get("commit") or "unknown") + ("-dirty" if git.get("dirty") else ""),
+            "earlier_commits": earlier,
+            "device": str(prov.get("device_name") or prov.get("device") or "?"),
+            "num_threads": prov.get("num_threads"), "first_date": prov.get("date"), "last_date": prov.get("date"),
+            "settings_hash": settings_hash}
+
+
+def _run_commits(sources: Dict[str, Dict[str, Any]]) -> List[str]:
+    """The git commits that produced the runs, in run order: a result rewritten later still names
+    the code that computed it."""
+    seen: List[str] = []
+    for meta in sources.values():
+        for c in [*meta.get("earlier_commits", []), meta["commit"]]:
+            if c not in seen:
+                seen.append(c)
+    return seen
+
+
+def _local_commands(sources: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """``sources`` with every recorded command's absolute paths made local (commands kept from
+    older result files may name the machine that ran them)."""
+    return {k: dict(m, command=local_command(str(m.get("command", "?")))) for k, m in sources.items()}
+
+
+def _invocations(sources: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The commands that produced the runs: one entry per (command, commit, device) with its runs,
+    first and last date, in order of first use."""
+    groups: Dict[Tuple[str, str, str], Dict[str, Any]] = {}
+    for k, meta in sources.items():
+        commit = meta["commit"]
+        if commit.endswith("-dirty"):
+            commit = commit[:-len("-dirty")][:12] + "-dirty"
+        else:
+            commit = commit[:12]
+        g = groups.setdefault((local_command(str(meta["command"])), commit, meta["device"]),
+                              {"command": local_command(str(meta["command"])), "commit": commit,
+                               "device": meta["device"],
+                               "num_threads": meta.get("num_threads"), "first_date": meta.get("first_date"),
+                               "last_date": meta.get("last_date"), "runs": []})
+        g["runs"].append(k)
+        d0, d1 = meta.get("first_date"), meta.get("last_date")
+        if d0 and (g["first_date"] is None or d0 < g["first_date"]):
+            g["first_date"] = d0
+        if d1 and (g["last_date"] is None or d1 > g["last_date"]):
+            g["last_date"] = d1
+    return sorted(groups.values(), key=lambda g: g["first_date"] or "")
+
+
+def _write_outputs(out: Path, spec: ExperimentSpec, records: Dict[str, Dict[str, Any]], status: str,
+                   start: float, mode: str, device: Optional[str], argv: Sequence[str], num_threads,
+                   work_dir: Path, sources: Dict[str, Dict[str, Any]], earlier: Iterable[str] = (),
+                   kept: Iterable[str] = ()) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    recs = list(records.values())
+    rows = [r["row"] for r in recs]
+    lead = ("config", "variant", "method", "seed")
+    atomic_write_text(out / "runs.csv", csv_text(rows, lead=lead))
+    curve_rows = []
+    for r in recs:
+        for c in r["curves"]:
+            curve_rows.append({**{k: r["row"][k] for k in lead}, **c})
+    atomic_write_text(out / "curves.csv", csv_text(curve_rows, lead=lead + ("epoch", "step")))
+    if spec.record_step_accuracy:
+        atomic_write_json(out / "step_accuracy.json", {run_key_of(r["row"]): r["step_accuracy"] for r in recs
+                                                        if r["step_accuracy"]}, indent=None)
+    if spec.record_step_losses:
+        atomic_write_json(out / "step_loss.json", {run_key_of(r["row"]): r.get("step_loss") for r in recs
+                                                   if r.get("step_loss")}, indent=None)
+    if spec.save_margins:
+        atomic_write_json(out / "margins.json", {run_key_of(r["row"]): r["margins"] for r in recs}, indent=None)
+    atomic_write_json(out / "summary.json", summarize_records(rows))
+    spec_dict = {k: v for k, v in spec.__dict__.items()}
+    prov = collect_provenance(
+        {"experiment": spec.name, "spec": spec_dict, "mode": mode, "num_threads": num_threads},
+        device=device, argv=list(argv),
+        extra={"status": status, "runs_done": len(rows), "runs_total": len(spec.jobs()),
+               "wall_time_s": time.time() - start,
+               "runs_wall_time_s": float(sum(r.get("wall_time_s") or 0.0 for r in rows)),
+               "run_commits": _run_commits(sources), "experiment": spec.name, "mode": mode,
+               # Runs that an earlier invocation produced and this one merged in: from the work
+               # directory, or (``runs_kept_from_results``) from the result files already in ``out``,
+               # e.g. committed results of runs whose work directory is on another machine.
+               "runs_from_earlier_invocations": sorted(set(earlier) | set(kept)),
+               "runs_kept_from_results": sorted(kept), "work_dir": local_path(work_dir),
+               "invocations": _invocations(sources), "run_sources": _local_commands(sources),
+               "seeds": list(spec.seeds), "configs": list(spec.configs), "notes": spec.notes},
+    )
+    atomic_write_json(out / "provenance.json", prov)
+
+
+def finished_record(run_dir: Path, cfg) -> Optional[Dict[str, Any]]:
+    """The record of a run finished in ``run_dir`` with the settings of ``cfg``: by its hash, or
+    (a record hashed by an earlier version of this module) by the run's own ``config.yaml``."""
+    rec_path = run_dir / "record.json"
+    if not rec_path.exists():
+        return None
+    rec = json.loads(rec_path.read_text())
+    if rec.get("config_hash") in (settings_hash(cfg), legacy_config_hash(cfg)):
+        return rec
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.exists():
+        try:
+            ran = load_config(yaml.safe_load(cfg_path.read_text()))
+        except (ConfigError, yaml.YAMLError):
+            return None
+        if effective_settings(ran) == effective_settings(cfg):
+            return rec
+    return None
+
+
+class _DirLock:
+    """An advisory ``fcntl.flock`` on a directory (no lock file left among the results), released
+    when the ``with`` block ends; subclasses say how it is taken."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.fd: Optional[int] = None
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            import fcntl
+            import os
+
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+        return False
+
+
+class run_lock(_DirLock):
+    """An exclusive, non-blocking lock on one run's directory for a ``with`` block; ``as`` gives
+    ``True`` when this process holds it, ``False`` when another does (it is training that run).
+    Without ``fcntl`` (or where the file system refuses locks) it always gives ``True``."""
+
+    def __enter__(self) -> bool:
+        import os
+
+        try:
+            import fcntl
+        except ImportError:
+            return True
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY)
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            return False
+        except OSError:
+            if self.fd is not None:
+                os.close(self.fd)
+            self.fd = None
+        return True
+
+
+def write_merged(out: Path, grid: ExperimentSpec, grid_keys: Sequence[str], records: Dict[str, Dict[str, Any]],
+                  others: Sequence[Dict[str, Any]], status: Optional[str], start: float, mode: str,
+                  used_device: Optional[str], argv: Sequence[str], num_threads, work_dir: Path,
+                  device: str) -> Tuple[Dict[str, Dict[str, Any]], str]:
+    """Write this invocation's runs merged with every other finished run of the grid.
+
+    The other runs are re-read from ``work_dir`` under an exclusive lock on ``out``, so slices
+    running at the same time cannot overwrite each other's runs: whichever writes last read the
+    work directory last, after every other slice had saved its finished runs' records.
+    ``status`` ``None`` means the invocation is over: ``completed`` or ``partial`` by the grid.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    with _locked(out):
+        earlier = _finished_records(grid, others, work_dir, device, num_threads)
+        # Runs already in the result files whose work directory is not here (committed results
+        # made on another machine or in another clone) are kept, never overwritten by absence.
+        in_results, result_sources = _results_records(out, grid, mode, work_dir, device, num_threads)
+        kept = {k: v for k, v in in_results.items() if k not in records and k not in earlier}
+        merged = _in_grid_order(grid_keys, records, earlier, kept)
+        jobs = {run_key_of(j): j for j in grid.jobs()}
+        sources = {k: (result_sources[k] if k in kept else _run_meta(
+            work_dir, k, settings_hash(run_config(grid, jobs[k], work_dir / k, device, num_threads, progress=False))))
+            for k in merged}
+        if status is None:
+            status = "completed" if len(merged) == len(grid_keys) else "partial"
+        _write_outputs(out, grid, merged, status, start, mode, used_device, argv, num_threads, work_dir, sources,
+                       earlier, kept)
+    return merged, status
+
+
+def _results_records(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, device: str,
+                     num_threads) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Dict[str, Any]]]:
+    """:func:`read_results` with a warning naming the runs it leaves out."""
+    records, metas, refused = read_results(out, grid, mode, work_dir, device, num_threads)
+    if refused:
+        import warnings
+
+        warnings.warn(f"{out} holds {len(refused)} run(s) not made with the settings of experiment "
+                      f"{grid.name!r} as it is now; they are left out of the rewritten files: "
+                      f"{', '.join(refused[:6])}{' ...' if len(refused) > 6 else ''}", stacklevel=3)
+    return records, metas
+
+
+def read_results(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, device: str,
+                  num_threads) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Dict[str, Any]], List[str]]:
+    """The finished runs of ``grid`` held by the result files in ``out``, as records, and where
+    each came from.
+
+    A run is taken only if it was made with the settings the grid asks for now: its settings hash
+    (``run_sources`` in ``provenance.json``; it leaves out where the run was executed, see
+    ``_PLACE_KEYS``) must match.  Files written before hashes were recorded have none; their runs
+    are taken when the whole experiment spec and mode recorded in the file equal the present ones,
+    and keep ``settings_hash: null``.  Runs that fail the check are
+    left out with a warning (the files' history keeps them).
+    """
+    if not (out / "runs.csv").exists() or not (out / "provenance.json").exists():
+        return {}, {}, []
+    old = load_results(out) if (out / "summary.json").exists() and (out / "curves.csv").exists() else None
+    if old is None:
+        return {}, {}, []
+    prov = old["provenance"]
+    sources = prov.get("run_sources") or {}
+    legacy: Dict[str, Dict[str, Any]] = {}
+    for inv in prov.get("invocations") or []:
+        for k in inv.get("runs", []):
+            legacy[k] = {"command": inv.get("command", "?"), "commit": inv.get("commit", "unknown"),
+                         "device": inv.get("device", "?"), "num_threads": inv.get("num_threads"),
+                         "first_date": inv.get("first_date"), "last_date": inv.get("last_date"), "settings_hash": None}
+    spec_now = json.loads(json.dumps(to_jsonable(dict(grid.__dict__))))
+    spec_then = (prov.get("config") or {}).get("spec")
+    same_spec = _same_spec(spec_then, spec_now) and prov.get("mode") == mode
+    jobs = {run_key_of(j): j for j in grid.jobs()}
+    curves: Dict[str, List[Dict[str, Any]]] = {}
+    for c in old["curves"]:
+        curves.setdefault(run_key_of(c), []).append({k: v for k, v in c.items()
+                                               if k not in ("config", "variant", "method", "seed") and v is not None})
+    records: Dict[str, Dict[str, Any]] = {}
+    metas: Dict[str, Dict[str, Any]] = {}
+    refused: List[str] = []
+    for row in old["runs"]:
+        k = run_key_of(row)
+        if k not in jobs:
+            refused.append(k)
+            continue
+        meta = dict(sources.get(k) or legacy.get(k) or _file_level_meta(prov))
+        if meta.get("settings_hash"):
+            ok = meta["settings_hash"] == settings_hash(run_config(grid, jobs[k], work_dir / k, device, num_threads,
+                                                                     progress=False))
+        else:
+            # No hash recorded: the same settings under the spec that made it as under today's
+            # (the same spec, or one that spells the same run another way), and a method whose
+            # definition has not changed since.
+            from ..core.heads import HEAD_REVISIONS
+
+            ok = HEAD_REVISIONS.get(str(row.get("method")), 1) == 1 and (
+                same_spec or _same_run_then(spec_then, grid, jobs[k], work_dir / k, device, num_threads))
+        if not ok:
+            refused.append(k)
+            continue
+        records[k] = {"row": dict(row), "curves": curves.get(k, []),
+                      "step_accuracy": (old.get("step_accuracy") or {}).get(k),
+                      "step_loss": (old.get("step_loss") or {}).get(k),
+                      "margins": (old.get("margins") or {}).get(k)}
+        metas[k] = meta
+    return records, metas, refused
+
+
+def stale_runs(out: Path) -> List[str]:
+    """The runs held by the result files in ``out`` (a ``data/results/<name>`` folder written by
+    :func:`run_experiment`) that the experiment as defined now would not keep: made with other
+    settings than its config asks for today (a changed hyper-parameter or a revised method), or no
+    longer in its grid.  An empty list: every committed run is what a rerun would compute.
+    """
+    out = Path(out)
+    prov_path = out / "provenance.json"
+    if not prov_path.is_file():
+        raise ConfigError(f"{out} holds no provenance.json: not a folder of experiment results")
+    prov = json.loads(prov_path.read_text())
+    if not prov.get("experiment"):
+        raise ConfigError(f"{prov_path} names no experiment: not written by run_experiment")
+    spec = load_experiment(prov["experiment"])
+    mode = prov.get("mode", "full")
+    grid = spec.quick_spec() if mode == "quick" else spec
+    device = str(prov.get("device") or "cpu")
+    _, _, refused = read_results(out, grid, mode, out / "work", device, prov.get("num_threads"))
+    return refused
+
+
+def _file_level_meta(prov: Dict[str, Any]) -> Dict[str, Any]:
+    """Where a run came from when the files that hold it predate per-run provenance: what the
+    files say of all their runs together (their command, the commits that made their runs, their
+    device and date), so a rewrite keeps it rather than writing "unknown"."""
+    git = prov.get("git") or {}
+    commits = prov.get("run_commits") or ([(git.get("commit") or "unknown") + ("-dirty" if git.get("dirty") else "")]
+                                          if git else ["unknown"])
+    return {"command": prov.get("command", "?"), "commit": " or ".join(str(c) for c in commits),
+            "device": str(prov.get("device_name") or prov.get("device") or "?"),
+            "num_threads": prov.get("num_threads"), "first_date": None, "last_date": prov.get("date"),
+            "settings_hash": None}
+
+
+def _same_run_then(then: Optional[Dict[str, Any]], grid: ExperimentSpec, job: Dict[str, Any], run_dir: Path,
+                   device: str, num_threads) -> bool:
+    """The run ``job`` of ``grid`` has the same effective settings under the spec recorded with
+    its results (``then``, a dict) as under ``grid``: e.g. a spec that now states a value its
+    config already gave."""
+    import dataclasses
+
+    if not isinstance(then, dict):
+        return False
+    names = {f.name for f in dataclasses.fields(ExperimentSpec)}
+    try:
+        old = ExperimentSpec(**{k: v for k, v in then.items() if k in names})
+        old_job = next((j for j in old.jobs() if run_key_of(j) == run_key_of(job)), None)
+        if old_job is None:
+            return False
+        before = effective_settings(run_config(old, old_job, run_dir, device, num_threads, progress=False))
+    except (ConfigError, TypeError, ValueError, KeyError):
+        return False
+    return before == effective_settings(run_config(grid, job, run_dir, device, num_threads, progress=False))
+
+
+def _same_spec(then: Optional[Dict[str, Any]], now: Dict[str, Any]) -> bool:
+    """The spec recorded in old result files equals the present one; a key the old files do not
+    have (added to :class:`ExperimentSpec` later) counts as equal when it has its default now."""
+    if not isinstance(then, dict):
+        return False
+    defaults = json.loads(json.dumps(to_jsonable(ExperimentSpec(name=str(now.get("name"))).__dict__)))
+    return all(then.get(k, defaults.get(k)) == now.get(k, defaults.get(k)) for k in set(then) | set(now))
+
+
+class _locked(_DirLock):
+    """An exclusive, blocking lock on the directory ``path`` for a ``with`` block.  A no-op where
+    ``fcntl`` does not exist (Windows), and with a warning where the file system refuses the lock:
+    slices must then not run at the same time."""
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        import os
+
+        try:
+            self.fd = os.open(self.path, os.O_RDONLY)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+            import warnings
+
+            warnings.warn(f"cannot lock {self.path} ({exc}); do not run slices into it at the same time",
+                          stacklevel=2)
+        return self
+
+
+def _finished_records(spec: ExperimentSpec, jobs: Sequence[Dict[str, Any]], work_dir: Path, device: str,
+                      num_threads) -> Dict[str, Dict[str, Any]]:
+    """Records of ``jobs`` already finished in ``work_dir`` with exactly their settings."""
+    found: Dict[str, Dict[str, Any]] = {}
+    for job in jobs:
+        rec_path = work_dir / run_key_of(job) / "record.json"
+        if not rec_path.exists():
+            continue
+        cfg = run_config(spec, job, work_dir / run_key_of(job), device, num_threads, progress=False)
+        rec = finished_record(work_dir / run_key_of(job), cfg)
+        if rec is not None:
+            found[run_key_of(job)] = rec
+    return found
+
+
+def _in_grid_order(keys: Sequence[str], *parts: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    have = {k: v for part in parts for k, v in part.items()}
+    return {k: have[k] for k in keys if k in have}
+
+
+def legacy_config_hash(cfg, ignore: Sequence[str] = ("progress", "verbose", "resume", "device", "num_threads")) -> str:
+    """The hash work-directory records carried before :func:`settings_hash` (the whole config but
+    how it ran, its location included): a record holding it still counts as finished."""
+    import hashlib
+
+    from ..core.heads import HEAD_REVISIONS
+
+    d = cfg.to_dict()
+    for k in ignore:
+        d.pop(k, None)
+    # A method whose definition changed (its revision) computes something else with the same
+    # settings; revision 1 adds nothing, so hashes recorded before revisions existed still hold.
+    if HEAD_REVISIONS.get(cfg.method, 1) != 1:
+        d["head_revision"] = HEAD_REVISIONS[cfg.method]
+    return hashlib.sha256(json.dumps(to_jsonable(d), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Where and how a run was executed, not what it computes: left out of the settings hash that the
+# result files record, so a run made in another clone, work directory or data folder still counts.
+_PLACE_KEYS = ("progress", "verbose", "resume", "device", "num_threads", "run_dir", "output_dir", "data_root",
+               "download", "overwrite", "num_workers", "pin_memory", "keep_checkpoints")
+
+
+def effective_settings(cfg) -> Dict[str, Any]:
+    """The settings that determine a run's result, spelled one way: without where and how it ran
+    (``_PLACE_KEYS``), with ``model_kwargs`` entries that equal the model's defaults left out, and
+    with the revision of a method whose definition changed (``HEAD_REVISIONS``).
+
+    The protocol (:mod:`guiding_nc.training.protocol`) enters as the values of the options that change
+    this run (:func:`~guiding_nc.training.protocol.relevant`), not as the protocol's name: the run's sampler
+    as ``stratified``, the final activation as the model's ``final_activation`` entry, and any
+    other option only where it departs from the one-switch protocol, which every run made before
+    the options existed used.  So a run's hash names what it computed, and those runs keep theirs.
+    """
+    from ..core.heads import HEAD_REVISIONS
+    from ..training.models import model_defaults
+    from ..training.protocol import OPTION_KEYS, protocol_values, relevant
+
+    d = cfg.to_dict()
+    for k in _PLACE_KEYS:
+        d.pop(k, None)
+    defaults = model_defaults(cfg.model)
+    values = cfg.protocol_choices()
+    has_final = "final_activation" in defaults
+    keep = relevant(values, cfg.method, model_has_final_activation=has_final, agd=str(cfg.optimizer).lower() == "agd")
+    for k in ("protocol",) + OPTION_KEYS:
+        d.pop(k, None)
+    d["stratified"] = cfg.stratified_batches
+    if has_final:
+        d["model_kwargs"] = {**(d.get("model_kwargs") or {}), "final_activation": bool(values["final_activation"])}
+    before = protocol_values("one_switch")
+    for k, v in keep.items():
+        if k not in ("final_activation",) and not k.endswith("_sampler") and v != before[k]:
+            d[k] = v
+    d["model_kwargs"] = {k: v for k, v in (d.get("model_kwargs") or {}).items()
+                         if not (k in defaults and defaults[k] == v)}
+    if HEAD_REVISIONS.get(cfg.method, 1) != 1:
+        d["head_revision"] = HEAD_REVISIONS[cfg.method]
+    return json.loads(json.dumps(to_jsonable(d), sort_keys=True))
+
+
+def settings_hash(cfg) -> str:
+    """Hash of :func:`effective_settings`: what the result files record for every run."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(effective_settings(cfg), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,231 @@
+"""What a training run keeps in its run directory, and how the trainer writes and reads it back.
+
+The checkpoint (``checkpoint.pt``: :meth:`RunFiles.state_dict`, :meth:`RunFiles.save_checkpoint`,
+:meth:`RunFiles.load_checkpoint`), the metrics (``metrics.jsonl`` and ``metrics.csv``), the provenance
+(``provenance.json``, with the earlier segments of a resumed run) and the results dict with its summary
+line.  :class:`RunFiles` holds these methods; :class:`guiding_nc.training.trainer.Trainer` inherits them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import numpy as np
+
+from .checkpoints import CHECKPOINT_FORMAT, read_checkpoint, rng_state, set_rng_state
+from .config import ConfigError
+from .provenance import atomic_torch_save, atomic_write_text, collect_provenance, to_jsonable, write_provenance
+
+__all__ = ["RunFiles"]
+
+_TIME_KEYS_PREFIX = ("time_", "peak_", "wall_")
+
+
+def _margin_summary(m: np.ndarray) -> Dict[str, Any]:
+    if m.size == 0:
+        return {}
+    q = np.quantile(m, [0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0])
+    hist, edges = np.histogram(m, bins=50)
+    return {
+        "quantiles": dict(zip(["min", "p05", "p25", "median", "p75", "p95", "max"], q.tolist())),
+        "mean": float(m.mean()),
+        "histogram": {"counts": hist.tolist(), "edges": edges.tolist()},
+    }
+
+
+class RunFiles:
+    """The run-directory part of :class:`~guiding_nc.training.trainer.Trainer`, which inherits it.
+
+    A mixin without state of its own: it reads and sets the trainer's ``cfg``, ``run_dir``,
+    ``checkpoint_path``, ``is_main``, ``network``, optimiser, scheduler, scaler, epoch counters,
+    history and margins.
+    """
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "model": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler_epoch": self.epoch,
+            "rng": rng_state(self.device),
+            "history": self.history,
+            "step_losses": self.step_losses,
+            "step_accuracies": self.step_accuracies,
+        }
+
+    def save_checkpoint(self) -> Optional[Path]:
+        """Write ``checkpoint.pt`` atomically (rank 0 only); returns its path."""
+        if not self.is_main:
+            return None
+        state = self.state_dict()
+        path = atomic_torch_save(state, self.checkpoint_path)
+        if self.cfg.keep_checkpoints:
+            atomic_torch_save(state, self.run_dir / f"checkpoint_epoch{self.epoch:04d}.pt")
+        self.last_checkpoint_epoch = self.epoch
+        if hasattr(self, "_provenance"):
+            # What this process has computed so far that a later process can take over from: a
+            # killed run's segment is credited with this much wall time.
+            self._provenance["checkpoint_epoch"] = self.epoch
+            self._provenance["wall_time_at_checkpoint_s"] = time.time() - self._t0
+            write_provenance(self.run_dir / "provenance.json", self._provenance)
+        return path
+
+    _RESUME_MUST_MATCH = ("method", "seed", "dataset", "model", "num_classes", "num_samples", "feature_dim",
+                          "batch_size", "optimizer", "scheduler", "epochs", "tau", "delta",
+                          "ddn_backward", "max_train_samples", "protocol", "standard_centring", "fixed_centring",
+                          "implicit_centring", "standard_sampler", "fixed_sampler", "implicit_sampler",
+                          "implicit_class_means", "final_activation", "agd_depth")
+
+    def load_checkpoint(self, path: Union[str, os.PathLike]) -> None:
+        state = read_checkpoint(path, map_location=self.device)
+        old = state.get("config", {})
+        diffs = [k for k in self._RESUME_MUST_MATCH if k in old and old[k] != getattr(self.cfg, k)]
+        if diffs:
+            raise ConfigError("cannot resume: the checkpoint was written with a different "
+                              + ", ".join(f"{k} ({old[k]!r} vs {getattr(self.cfg, k)!r})" for k in diffs))
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.history = list(state["history"])
+        self.step_losses = list(state.get("step_losses", []))
+        self.step_accuracies = list(state.get("step_accuracies", []))
+        self.last_checkpoint_epoch = self.epoch
+        set_rng_state(state["rng"])
+
+    # -- files -----------------------------------------------------------------------------
+    def _append_metrics(self, row: Dict[str, Any]) -> None:
+        """Append one epoch to ``metrics.jsonl`` (cheap: O(1) per epoch); the full files are
+        rewritten atomically at checkpoints and at the end (:meth:`_write_metrics`)."""
+        if not self.is_main:
+            return
+        import json
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(to_jsonable(row)) + "\n")
+
+    def _write_metrics(self) -> None:
+        if not self.is_main:
+            return
+        import csv
+        import io
+        import json
+
+        rows = [to_jsonable(r) for r in self.history]
+        atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        keys: List[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(r)
+        atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+
+    def _segments_before(self, epoch: int) -> List[Dict[str, Any]]:
+        """What the provenance of the interrupted process said: a resumed run keeps, under
+        ``resumed_segments``, the command, commit, device and date of every earlier process and
+        the epoch the next one took over at, so a result made by two commits names both."""
+        p = self.run_dir / "provenance.json"
+        if not self.is_main or not p.exists():
+            return []
+        try:
+            old = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return []
+        git = old.get("git") or {}
+        status = old.get("status")
+        # A process that never wrote its end is a killed one; it is credited with the wall time it
+        # had spent when it wrote the checkpoint this process resumes from.
+        wall = old.get("wall_time_s") if status == "completed" else old.get("wall_time_at_checkpoint_s")
+        segment = {"command": old.get("command"), "commit": git.get("commit"), "dirty": git.get("dirty"),
+                   "date": old.get("date"), "device": old.get("device_name") or old.get("device"),
+                   "num_threads": old.get("num_threads"), "status": "killed" if status == "running" else status,
+                   "until_epoch": epoch, "wall_time_s": wall}
+        return list(old.get("resumed_segments") or []) + [segment]
+
+    def _earlier_wall(self) -> float:
+        """Wall time of the earlier processes of a resumed run (0 for a run in one process)."""
+        return float(sum(seg.get("wall_time_s") or 0.0 for seg in getattr(self, "_earlier_segments", None) or []))
+
+    def _write_provenance(self, status: str, wall: Optional[float]) -> None:
+        if not self.is_main:
+            return
+        if not hasattr(self, "_provenance"):
+            self._provenance = collect_provenance(self.cfg.to_dict(), seed=self.cfg.seed, device=self.device,
+                                                  argv=self.argv, world_size=self.world_size)
+            if getattr(self, "_earlier_segments", None):
+                self._provenance["resumed_segments"] = self._earlier_segments
+        self._provenance["status"] = status
+        self._provenance["wall_time_s"] = wall
+        self._provenance["wall_time_all_processes_s"] = None if wall is None else wall + self._earlier_wall()
+        self._provenance["epochs_completed"] = self.epoch
+        self._provenance["global_step"] = self.global_step
+        write_provenance(self.run_dir / "provenance.json", self._provenance)
+
+    # -- results -------------------------------------------------------------------------
+    def _results(self, wall: float, resumed_from: Optional[int]) -> Dict[str, Any]:
+        cfg = self.cfg
+        last = self.history[-1] if self.history else {}
+        evaluated = [r for r in self.history if "train_top1" in r or "test_top1" in r]
+        final_eval = evaluated[-1] if evaluated else {}
+        at_epochs: Dict[str, Dict[str, Any]] = {}
+        for r in self.history:
+            if r["epoch"] in cfg.report_epochs or r["epoch"] == cfg.epochs:
+                at_epochs[str(r["epoch"])] = {k: v for k, v in r.items() if not k.startswith(_TIME_KEYS_PREFIX)}
+        return {
+            "status": self.status,
+            "method": cfg.method,
+            "seed": cfg.seed,
+            "run_dir": str(self.run_dir),
+            "epochs_completed": self.epoch,
+            "global_step": self.global_step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "resumed_from_epoch": resumed_from,
+            # All processes of a resumed run (each credited up to the checkpoint the next took over).
+            "wall_time_s": wall + self._earlier_wall(),
+            "wall_time_this_process_s": wall,
+            "world_size": self.world_size,
+            "device": str(self.device),
+            "num_classes": self.num_classes,  # inferred from the data when the config leaves it out
+            "feature_dim": self.feature_dim,
+            "stratified": cfg.stratified_batches,
+            "protocol": cfg.protocol_label(),
+            "final": last,
+            "final_eval": final_eval,
+            "at_epochs": at_epochs,
+            "peak_mem_gb": max((r.get("peak_mem_gb", 0.0) for r in self.history), default=None),
+            "cosine_margin_distribution": {k: _margin_summary(v) for k, v in self.final_margins.items()},
+            "history": self.history,
+            "step_losses": list(self.step_losses) if cfg.record_step_losses else None,
+            "step_accuracies": list(self.step_accuracies) if cfg.record_step_accuracy else None,
+            "config": cfg.to_dict(),
+        }
+
+    def summary_line(self, results: Dict[str, Any]) -> str:
+        f = results["final_eval"] or results["final"]
+        parts = [f"[guiding_nc] {self.cfg.name} {self.cfg.method} seed={self.cfg.seed} {results['status']}: "
+                 f"{results['epochs_completed']}/{self.cfg.epochs} epochs, {results['global_step']} steps, "
+                 f"{results['wall_time_s']:.1f}s"]
+        for key, label in (("train_loss_running", "loss"), ("train_top1", "train top1"), ("test_top1", "test top1"),
+                           ("train_nc1", "NC1"), ("train_nc3", "NC3")):
+            v = f.get(key, results["final"].get(key))
+            if v is not None:
+                parts.append(f"{label} {v:.4g}")
+        if results.get("peak_mem_gb") is not None:
+            parts.append(f"peak mem {results['peak_mem_gb']:.2f} GB")
+        parts.append(f"-> {results['run_dir']}")
+        return ", ".join(parts)
