@@ -95,3 +95,27 @@ def test_modules_stay_small_enough_to_live_in():
     long = {name: len(path.read_text().splitlines()) for name, path in _modules()}
     over = {n: k for n, k in long.items() if k > MAX_LINES}
     assert not over, f"split these along their seams (at most {MAX_LINES} lines): {over}"
+
+
+def test_no_module_re_exports_another_modules_names():
+    """One import path per name: a module's ``__all__`` lists only what it defines (the package's
+    public API, ``guiding_nc/__init__.py``, is the one place that gathers names)."""
+    bad = []
+    for name, path in _modules():
+        if name == "__init__" or name in SHIMS:
+            continue
+        tree = ast.parse(path.read_text())
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+        for n in tree.body:
+            targets = n.targets if isinstance(n, ast.Assign) else [n.target] if isinstance(n, ast.AnnAssign) else []
+            for t in targets:
+                for e in (t.elts if isinstance(t, ast.Tuple) else [t]):
+                    if isinstance(e, ast.Name):
+                        defined.add(e.id)
+        exported = next((n.value for n in tree.body if isinstance(n, ast.Assign)
+                         and any(isinstance(t, ast.Name) and t.id == "__all__" for t in n.targets)), None)
+        if exported is None:
+            continue
+        names = [e.value for e in exported.elts] if isinstance(exported, (ast.List, ast.Tuple)) else []
+        bad += [f"{name} exports {n}, defined elsewhere" for n in names if n not in defined]
+    assert not bad, "\n".join(bad)

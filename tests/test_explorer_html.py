@@ -21,8 +21,9 @@ from guiding_nc.training.config import ConfigError
 from guiding_nc.companions import explorer_grid as eg
 from guiding_nc.companions.explorer.projection import projection_frames
 from guiding_nc.companions.explorer.runs import run_ufm
-from guiding_nc.companions.explorer_html import (GRID_ENV, explorer_viewer, grid_description, grid_path, load_grid,
-                                      viewer_html)
+from guiding_nc.companions.explorer_grid import load_grid
+from guiding_nc.companions.explorer_html import (GRID_ENV, explorer_viewer, grid_description, grid_path,
+                                                 viewer_html)
 from guiding_nc.core.metric_formulas import cross_entropy_lower_bound
 
 TINY = {

@@ -9,6 +9,7 @@ import torch
 import guiding_nc as gnc
 from guiding_nc.core.reference import kkt_gradient as ddn
 from guiding_nc.companions import gradient_checks as gck
+from guiding_nc.companions import paper_appendix as appendix
 F64 = torch.float64
 
 
@@ -23,26 +24,26 @@ def problem(d=6, C=3, seed=0, delta=1e-3):
 def test_appendix_eq20_has_the_wrong_sign_and_eq32_the_right_one():
     H, U, P, delta = problem()
     auto0 = torch.autograd.functional.jacobian(lambda u: gnc.nearest_etf_objective(u, H), U)
-    eq20 = gck.paper_objective_gradient(H, U, as_in="eq20")
-    eq32 = gck.paper_objective_gradient(H, U, as_in="eq32")
+    eq20 = appendix.paper_objective_gradient(H, U, as_in="eq20")
+    eq32 = appendix.paper_objective_gradient(H, U, as_in="eq32")
     assert torch.allclose(eq32, auto0, atol=1e-14)
     assert float((eq20 - auto0).norm() / auto0.norm()) > 0.5
     # Flipping the sign of the H M term in Eq. 20 repairs it.
     C = H.shape[1]
-    Mc = gck.centring_matrix(C)
+    Mc = appendix.centring_matrix(C)
     assert torch.allclose(eq20 - 4 / math.sqrt(C - 1) * H @ Mc, auto0, atol=1e-14)
     auto = torch.autograd.functional.jacobian(lambda u: gnc.nearest_etf_objective(u, H, P, delta), U)
-    assert torch.allclose(gck.paper_objective_gradient(H, U, prox=P, delta=delta), auto, atol=1e-14)
+    assert torch.allclose(appendix.paper_objective_gradient(H, U, prox=P, delta=delta), auto, atol=1e-14)
 
 
 def test_appendix_constants_are_for_the_unnormalised_centring_matrix():
     d, C = 5, 4
     H, U, P, delta = problem(d, C)
     B_auto = torch.autograd.functional.jacobian(lambda h: ddn.objective_gradient(h, U, P, delta), H).reshape(d * C, d * C)
-    assert torch.allclose(gck.paper_mixed_hessian(d, C), B_auto, atol=1e-14)
-    assert torch.allclose(gck.paper_mixed_hessian(d, C, unit_frobenius=True) * math.sqrt(C - 1), B_auto, atol=1e-14)
-    assert not torch.allclose(gck.paper_mixed_hessian(d, C, unit_frobenius=True), B_auto, atol=1e-3)
-    Mc = gck.centring_matrix(C)
+    assert torch.allclose(appendix.paper_mixed_hessian(d, C), B_auto, atol=1e-14)
+    assert torch.allclose(appendix.paper_mixed_hessian(d, C, unit_frobenius=True) * math.sqrt(C - 1), B_auto, atol=1e-14)
+    assert not torch.allclose(appendix.paper_mixed_hessian(d, C, unit_frobenius=True), B_auto, atol=1e-3)
+    Mc = appendix.centring_matrix(C)
     assert torch.allclose(Mc @ Mc, Mc, atol=1e-15)  # Eq. 19 relies on idempotence
     # Eq. 21: rvec(D^2_UU f) = 2/(C-1) (I kron M~) (centring matrix), delta = 0.
     hess = torch.autograd.functional.hessian(lambda u: gnc.nearest_etf_objective(u, H), U).reshape(d * C, d * C)
@@ -52,7 +53,7 @@ def test_appendix_constants_are_for_the_unnormalised_centring_matrix():
 def test_eq27_elimination_matrix_permutes_the_rows_of_A_and_prop1_does_not_care():
     H, U, P, delta = problem(7, 4)
     d, C = U.shape
-    L27 = gck.paper_elimination_matrix(C)
+    L27 = appendix.paper_elimination_matrix(C)
     assert L27.shape == (C * (C + 1) // 2, C * C)
     K = ddn.commutation_matrix(C, C)
     A27 = L27 @ (K + torch.eye(C * C, dtype=F64)) @ torch.kron(U, torch.eye(C, dtype=F64)).T

@@ -8,6 +8,7 @@ import torch
 import guiding_nc as gnc
 from guiding_nc.core.reference import kkt_gradient as ddn
 from guiding_nc.companions import manifold_checks as mc
+from guiding_nc.companions import paper_appendix as appendix
 F64 = torch.float64
 
 
@@ -277,8 +278,8 @@ def test_paper_eq19_needs_the_centring_matrix():
     C = H.shape[1]
     X = torch.randn(H.shape, generator=g, dtype=F64)
     f = float(gnc.nearest_etf_objective(X, H))
-    assert mc.paper_eq19_objective(H, X, mc.centring_matrix(C)) == pytest.approx(f, abs=1e-13)
-    assert abs(mc.paper_eq19_objective(H, X, gnc.standard_simplex_etf(C, dtype=F64)) - f) > 0.1
+    assert appendix.paper_eq19_objective(H, X, appendix.centring_matrix(C)) == pytest.approx(f, abs=1e-13)
+    assert abs(appendix.paper_eq19_objective(H, X, gnc.standard_simplex_etf(C, dtype=F64)) - f) > 0.1
 
 
 def test_paper_eq20_sign_error_and_eq32_is_right():
@@ -289,12 +290,12 @@ def test_paper_eq20_sign_error_and_eq32_is_right():
     h = 1e-6
     f6 = lambda V: float(gnc.nearest_etf_objective(V, H))
     fd = (f6(X + h * dU) - f6(X - h * dU)) / (2 * h)
-    lines = mc.paper_eq20_lines(H, X, dU, mc.centring_matrix(C))
+    lines = appendix.paper_eq20_lines(H, X, dU, appendix.centring_matrix(C))
     assert lines["Eq. 20, line 1"] == pytest.approx(fd, abs=1e-7)
     assert lines["Eq. 32"] == pytest.approx(fd, abs=1e-7)
     assert abs(lines["Eq. 20, line 2"] - fd) > 1e-2
     Ur = U.clone().requires_grad_()
     gnc.nearest_etf_objective(Ur, H, P, delta).backward()
-    rel = {k: float((v - Ur.grad).norm() / Ur.grad.norm()) for k, v in mc.paper_gradient_candidates(H, U, P, delta).items()}
+    rel = {k: float((v - Ur.grad).norm() / Ur.grad.norm()) for k, v in appendix.paper_gradient_candidates(H, U, P, delta).items()}
     assert rel["Eq. 32 (P)"] < 1e-14 and rel["book"] < 1e-14
     assert rel["Eq. 20 (P)"] > 0.1 and rel["Eq. 20 (M)"] > 0.1 and rel["Eq. 32 (M)"] > 0.1

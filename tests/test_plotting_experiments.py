@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from guiding_nc.experiments import paper
+from guiding_nc.experiments import paper, results
 from guiding_nc.experiments.results import load_results
 from guiding_nc.experiments.runner import run_experiment
 from guiding_nc.experiments.spec import load_experiment
@@ -38,7 +38,7 @@ def _labelled(fig):
 def test_seed_bands_keep_only_steps_every_seed_reached():
     rows = [{"config": "c", "variant": "v", "method": "m", "seed": s, "step": t, "y": float(s + t)}
             for s in (0, 1) for t in ((1, 2, 3) if s == 0 else (1, 2))]
-    ((key, (xs, med, lo, hi)),) = plots.seed_bands(rows, "y").items()
+    ((key, (xs, med, lo, hi)),) = results.seed_bands(rows, "y").items()
     assert key == ("c", "v", "m") and list(xs) == [1, 2]
     assert np.allclose(med, [1.5, 2.5]) and np.allclose(lo, [1, 2]) and np.allclose(hi, [2, 3])
 
@@ -86,11 +86,11 @@ def test_tables(quick):
     assert "[" in md.splitlines()[2]
     pm = plots.paper_table_markdown(paper.TABLE1)
     assert "| CIFAR10 ResNet18 | 87.42 | 96.69 | 86.89 | 97.18 | 88.71 | 98.09 |" in pm
-    cap = plots.provenance_caption(quick["provenance"])
+    cap = results.provenance_caption(quick["provenance"])
     assert "command : python -m guiding_nc.experiments.reproduce" in cap and "runs at : commit" in cap
     clean = dict(quick["provenance"], run_commits=["abc"])
-    assert "-dirty" not in plots.provenance_caption(clean)  # the legend only where a commit has the suffix
-    assert "-dirty: code changes not committed" in plots.provenance_caption(dict(clean, run_commits=["abc-dirty"]))
+    assert "-dirty" not in results.provenance_caption(clean)  # the legend only where a commit has the suffix
+    assert "-dirty: code changes not committed" in results.provenance_caption(dict(clean, run_commits=["abc-dirty"]))
 
 
 def test_steps_to_fit_and_significant_digit_tables(quick):

@@ -195,7 +195,7 @@ def test_grid_run_in_slices_merges_into_one_result_directory(tmp_path, monkeypat
     by_seeds = {inv["command"].split("--seeds ")[1].split()[0]: sorted(inv["runs"]) for inv in prov["invocations"]}
     assert len(prov["invocations"]) == 2
     assert by_seeds == {str(s): [f"ufm10/default/{m}/{s}" for m in ("fixed", "implicit", "standard")] for s in (1, 0)}
-    from guiding_nc.companions.plotting.experiments import provenance_caption
+    from guiding_nc.experiments.results import provenance_caption
     assert provenance_caption(prov).count("slice   : 3 runs by `python -m guiding_nc.experiments.reproduce") == 2
     assert {k for inv in prov["invocations"] for k in inv["runs"]} == {run_key_of(r) for r in res["runs"]}
     # A slice with another setting never drops the runs the files hold: it stops before any run...

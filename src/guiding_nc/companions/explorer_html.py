@@ -33,7 +33,7 @@ from ..training.config import project_root
 from .explorer_grid import DEFAULT_OUT, FORMAT, MODULE, load_grid
 from ..core.methods import METHODS
 
-__all__ = ["DEFAULT_GRID", "GRID_ENV", "grid_path", "load_grid", "viewer_html", "grid_description",
+__all__ = ["DEFAULT_GRID", "GRID_ENV", "grid_path", "viewer_html", "grid_description",
            "explorer_viewer"]
 
 DEFAULT_GRID = DEFAULT_OUT  # relative to the project root

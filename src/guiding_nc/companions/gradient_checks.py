@@ -20,8 +20,6 @@ from torch import Tensor
 
 from ..core.reference import kkt_gradient as ddn
 from ..experiments.paper import TABLE3
-from .paper_appendix import (centring_matrix, paper_elimination_matrix, paper_mixed_hessian,  # noqa: F401
-                             paper_objective_gradient)
 from ..core.etf import simplex_etf, standard_simplex_etf
 from ..core.nearest import nearest_etf
 
@@ -35,10 +33,6 @@ __all__ = [
     "collapse_path",
     "collapse_sweep",
     "delta_sweep",
-    "centring_matrix",
-    "paper_objective_gradient",
-    "paper_mixed_hessian",
-    "paper_elimination_matrix",
     "lagrange_multipliers",
     "constraint_hessian_contraction",
     "PAPER_TABLE3_GB",

@@ -27,8 +27,6 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .paper_appendix import (centring_matrix, paper_eq19_objective, paper_eq20_lines,  # noqa: F401
-                             paper_gradient_candidates)
 from ..core.etf import euclidean_to_riemannian_hessian, projection, retraction, standard_simplex_etf, sym
 from ..core.nearest import nearest_etf_objective
 
@@ -48,10 +46,6 @@ __all__ = [
     "taylor_remainders",
     "loglog_slope",
     "tangent_hessian_matrix",
-    "centring_matrix",
-    "paper_eq19_objective",
-    "paper_eq20_lines",
-    "paper_gradient_candidates",
 ]
 
 

@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence
 from ..core.memory import process_memory_bytes, reset_peak_rss
 from ..core.reference.kkt_gradient import kkt_memory_bytes
 from ..training.provenance import atomic_write_json, atomic_write_text, collect_provenance
-from .results import csv_text
+from ..training.tables import csv_text
 from ..training.config import CONFIG_DIR, load_config
 
 DEFAULT_CONFIGS = ("ufm10", "ufm100", "ufm200", "ufm1000")

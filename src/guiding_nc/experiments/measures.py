@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..core.metric_formulas import cross_entropy_lower_bound
 from ..training.config import ConfigError
+from ..training.tables import band_text
 
 __all__ = ["THRESHOLD_KEYS", "first_fit_step", "steps_to_thresholds", "step_counts", "median_of", "format_steps"]
 
@@ -90,5 +91,4 @@ def format_steps(values: Optional[Sequence[float]]) -> str:
     """``median [min, max]`` of step counts, ``never`` for an infinite one, ``–`` for none."""
     if not values:
         return "–"
-    show = lambda x: "never" if math.isinf(x) else f"{x:g}"
-    return f"{show(median_of(values))} [{show(min(values))}, {show(max(values))}]"
+    return band_text(median_of(values), min(values), max(values), fmt="g")

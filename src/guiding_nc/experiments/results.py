@@ -16,19 +16,18 @@ Book: every experiment chapter reads its numbers through these.
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..training.config import project_root
+from ..training.tables import band_text, read_csv
 
-__all__ = ["results_dir", "csv_text", "read_csv", "parse_value", "load_results", "run_key", "group_key",
+__all__ = ["results_dir", "load_results", "run_key", "group_key",
            "seed_bands", "provenance_caption", "is_finite_number", "summary_cell", "format_cell"]
 
 
@@ -45,51 +44,6 @@ def run_key(config: str, variant: str, method: str, seed: int) -> str:
 def group_key(config: str, variant: str, method: str) -> str:
     """The key of one (config, variant, method) group in ``summary.json``: its seeds pooled."""
     return f"{config}/{variant}/{method}"
-
-
-def csv_text(rows: Sequence[Mapping[str, Any]], keys: Optional[Sequence[str]] = None, *, lead: Sequence[str] = (),
-             nan_empty: bool = False, list_format: Optional[str] = None) -> str:
-    """Rows as CSV text.  Columns: ``keys``, or ``lead`` then every other key in order of first
-    appearance.  ``None`` is an empty cell; ``nan_empty`` makes NaN one too; ``list_format``
-    (e.g. ``".6g"``) writes a list as its ``;``-joined formatted items."""
-    if keys is None:
-        keys = list(lead)
-        for r in rows:
-            keys += [k for k in r if k not in keys]
-    keys = list(keys)
-
-    def cell(v: Any) -> Any:
-        if v is None or (nan_empty and isinstance(v, float) and math.isnan(v)):
-            return ""
-        if list_format is not None and isinstance(v, list):
-            return ";".join(format(x, list_format) for x in v)
-        return v
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: cell(r.get(k)) for k in keys})
-    return buf.getvalue()
-
-
-def parse_value(v: str) -> Any:
-    """One CSV cell back to Python: ``""`` -> ``None``, ``True``/``False``, ints, floats, text."""
-    if v == "":
-        return None
-    if v in ("True", "False"):
-        return v == "True"
-    try:
-        f = float(v)
-    except ValueError:
-        return v
-    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
-
-
-def read_csv(path: Path) -> List[Dict[str, Any]]:
-    """A CSV file written by :func:`csv_text`, as a list of dicts of parsed values."""
-    with Path(path).open(newline="") as fh:
-        return [{k: parse_value(v) for k, v in r.items()} for r in csv.DictReader(fh)]
 
 
 def load_results(path) -> Dict[str, Any]:
@@ -186,9 +140,7 @@ def summary_cell(summary: Mapping[str, Any], group: str, key: str,
 
 
 def format_cell(cell: Optional[Tuple[float, float, float]], fmt: str = ".4g", unit: str = "") -> str:
-    """``median [min, max]`` of a :func:`summary_cell`, ``–`` for none."""
-    if cell is None:
-        return "–"
-    m, lo, hi = cell
-    return f"{m:{fmt}}{unit} [{lo:{fmt}}, {hi:{fmt}}]"
+    """``median [min, max]`` of a :func:`summary_cell` (:func:`~guiding_nc.training.tables.band_text`),
+    ``–`` for none."""
+    return band_text(*(cell or (None,)), fmt=fmt, unit=unit)
 

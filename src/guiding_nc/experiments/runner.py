@@ -45,6 +45,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 
 from ..training.config import ConfigError, project_root
+from ..training.tables import band_text
 from ..training.provenance import atomic_write_json, atomic_write_text
 from ..training.trainer import train_run
 from .measures import first_fit_step, steps_to_thresholds
@@ -270,8 +271,7 @@ def format_summary(summary: Dict[str, Any], metrics: Iterable[str]) -> str:
         vals = []
         for m in metrics:
             c = cell.get(m)
-            vals.append(f"{'-':>24}" if not c or c["median"] is None else
-                        f"{c['median']:.4g} [{c['min']:.4g}, {c['max']:.4g}]".rjust(24))
+            vals.append(band_text(*((c["median"], c["min"], c["max"]) if c else (None,)), none="-").rjust(24))
         lines.append("  ".join([f"{g:<36}"] + vals))
     return "\n".join(lines)
 

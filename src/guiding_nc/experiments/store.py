@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -32,7 +31,8 @@ import yaml
 from ..training.config import ConfigError, load_config
 from ..training.provenance import (atomic_write_json, atomic_write_text, collect_provenance, local_command, local_path,
                                    to_jsonable)
-from .results import csv_text, group_key, load_results
+from ..training.tables import csv_text, seed_summary
+from .results import group_key, load_results
 from .spec import ExperimentSpec, load_experiment, run_config, run_key_of
 
 __all__ = ["SUMMARY_KEYS", "summarize_records", "stale_runs", "effective_settings", "settings_hash",
@@ -71,8 +71,7 @@ def summarize_records(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
                     continue
                 missing = never
             if vals or steps:
-                cell[k] = {"median": statistics.median(vals) if vals else None, "min": min(vals) if vals else None,
-                           "max": max(vals) if vals else None, "n": len(vals), "missing": missing, "values": vals}
+                cell[k] = seed_summary(vals, missing=missing)
         out[g] = cell
     return out
 

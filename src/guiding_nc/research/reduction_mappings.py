@@ -56,7 +56,7 @@ from .reduction.analysis import (
 from .reduction.descent import gradient_descent
 from .reduction.objective import PARAMETRISATIONS, class_block_labels, ufm_objective
 from ..training.provenance import atomic_write_json, atomic_write_text, collect_provenance
-from ..experiments.results import csv_text
+from ..training.tables import csv_text
 
 __all__ = [
     "CONFIGS", "QUICK_CONFIGS", "GAP_FLOOR", "TOLERANCE", "LATE_WINDOW",

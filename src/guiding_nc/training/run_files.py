@@ -119,21 +119,13 @@ class RunFiles:
     def _write_metrics(self) -> None:
         if not self.is_main:
             return
-        import csv
-        import io
         import json
+
+        from .tables import csv_text
 
         rows = [to_jsonable(r) for r in self.history]
         atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        keys: List[str] = []
-        for r in rows:
-            keys += [k for k in r if k not in keys]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow(r)
-        atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+        atomic_write_text(self.run_dir / "metrics.csv", csv_text(rows))
 
     def _segments_before(self, epoch: int) -> List[Dict[str, Any]]:
         """What the provenance of the interrupted process said: a resumed run keeps, under

@@ -9,11 +9,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 
 from .config import TrainConfig, load_config
 from ..core.distributed import world
 from .provenance import atomic_write_json, atomic_write_text
+from .tables import band_text, csv_text, seed_summary
 from .trainer import train_run
 
 __all__ = ["train", "summarize_runs"]
@@ -56,12 +56,11 @@ def summarize_runs(per_run: Sequence[Tuple[str, int, Dict[str, float]]]) -> Dict
     for method, metrics in grouped.items():
         table[method] = {}
         for metric, pairs in metrics.items():
-            values = np.array([v for _, v in pairs])
-            row = {"method": method, "metric": metric, "n": int(values.size), "median": float(np.median(values)),
-                   "min": float(values.min()), "max": float(values.max()),
-                   "seeds": [s for s, _ in pairs], "values": values.tolist()}
+            stats = seed_summary([v for _, v in pairs])
+            row = {"method": method, "metric": metric, **{k: stats[k] for k in ("n", "median", "min", "max")},
+                   "seeds": [s for s, _ in pairs], "values": stats["values"]}
             rows.append(row)
-            table[method][metric] = f"{row['median']:.2f} [{row['min']:.2f}, {row['max']:.2f}]"
+            table[method][metric] = band_text(row["median"], row["min"], row["max"], fmt=".2f")
     return {"rows": rows, "table": table}
 
 
@@ -98,17 +97,11 @@ def train(config: Union[TrainConfig, Dict[str, Any], str], *, callbacks: Optiona
     out_dir = Path(cfg.run_dir) if cfg.run_dir else Path(cfg.output_dir) / cfg.name
     rank, _ = world()
     if rank == 0:
-        import csv
-        import io
-
         atomic_write_json(out_dir / "summary.json", {"name": cfg.name, "methods": cfg.method_list,
                                                      "seeds": cfg.seed_list, "stratified": cfg.stratified_batches, **summary})
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["method", "metric", "n", "median", "min", "max", "seeds", "values"])
-        w.writeheader()
-        for r in summary["rows"]:
-            w.writerow({**r, "seeds": " ".join(map(str, r["seeds"])), "values": " ".join(f"{v:.6g}" for v in r["values"])})
-        atomic_write_text(out_dir / "summary.csv", buf.getvalue())
+        atomic_write_text(out_dir / "summary.csv", csv_text(
+            [{**r, "seeds": " ".join(map(str, r["seeds"])), "values": " ".join(f"{v:.6g}" for v in r["values"])}
+             for r in summary["rows"]], ["method", "metric", "n", "median", "min", "max", "seeds", "values"]))
         if cfg.verbose and len(runs) > 1:
             metrics = sorted({r["metric"] for r in summary["rows"] if "top1@" in r["metric"]},
                              key=lambda m: (m.split("@")[0] != "train_top1", int(m.split("@")[1])))

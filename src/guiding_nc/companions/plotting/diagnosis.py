@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .style import MAX_WIDTH_IN
+from ...training.tables import band_text
 
 __all__ = ["plot_fixed_etf_diagnosis", "diagnosis_table_markdown"]
 
@@ -81,6 +82,7 @@ def diagnosis_table_markdown(runs: Sequence[Mapping[str, Any]], *, variants: Seq
                 continue
             acc = [100 * float(r["train_top1"]) for r in rows]
             dead = [int(r.get("train_dead_units") or 0) for r in rows]
-            cells.append(f"{np.median(acc):.1f} [{min(acc):.1f}, {max(acc):.1f}]; dead units {int(np.median(dead))}")
+            cells.append(band_text(float(np.median(acc)), min(acc), max(acc), fmt=".1f")
+                         + f"; dead units {int(np.median(dead))}")
         lines.append(f"| {labels.get(v, v)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -14,13 +14,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 from matplotlib.figure import Figure
 
-from ...experiments.results import is_finite_number, provenance_caption, seed_bands  # noqa: F401 (the chapters read them here)
+from ...experiments.results import is_finite_number, seed_bands
 from ...core.methods import METHODS
 from .collapse import method_style
+from ...training.tables import band_text
 from .style import panel_grid, tidy_log_x
 
 __all__ = [
-    "seed_bands",
     "plot_ufm_dynamics",
     "plot_step_accuracy",
     "plot_accuracy_curves",
@@ -32,7 +32,6 @@ __all__ = [
     "paper_table_markdown",
     "paper_comparison_markdown",
     "cost_table_markdown",
-    "provenance_caption",
 ]
 
 # Read from the registry of methods (kept as a mapping for the chapters' tables).
@@ -309,8 +308,7 @@ def _cell(summary: Mapping[str, Any], group: str, key: str, scale: float = 100.0
     c = summary.get(group, {}).get(key)
     if not c or c.get("median") is None:
         return "–"
-    f = f".{digits}{number_format}"
-    return f"{scale * c['median']:{f}} [{scale * c['min']:{f}}, {scale * c['max']:{f}}]"
+    return band_text(c["median"], c["min"], c["max"], fmt=f".{digits}{number_format}", scale=scale)
 
 
 def summary_table_markdown(summary: Mapping[str, Any], *, configs: Sequence[str], key_at: Sequence[str],
@@ -357,7 +355,7 @@ def steps_to_fit_markdown(results: Mapping[str, Mapping[str, Any]], *, configs: 
                     cells.append(f"not fitted ({stf['missing'] if stf else '?'})")
                 else:
                     extra = f", {stf['missing']} not fitted" if stf["missing"] else ""
-                    cells.append(f"{stf['median']:g} [{stf['min']:g}, {stf['max']:g}]{extra}")
+                    cells.append(band_text(stf["median"], stf["min"], stf["max"], fmt="g") + extra)
             budget = max(r["steps"] for r in runs)
             lines.append(f"| {(titles or {}).get(c, c)} | {label} | {budget} | " + " | ".join(cells)
                          + f" | {seeds[0] if len(set(seeds)) == 1 else '/'.join(map(str, seeds))} |")

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 from ...core import methods
 from ...experiments.measures import format_steps, step_counts
 from ...core.metric_formulas import cross_entropy_lower_bound
+from ...training.tables import band_text
 from .style import MAX_WIDTH_IN, tidy_log_x
 
 __all__ = ["plot_loss_gap_grid", "steps_table_markdown", "head_start_table_markdown"]
@@ -110,6 +111,6 @@ def head_start_table_markdown(runs: Sequence[Mapping[str, Any]], *, configs: Seq
         for m in methods.PAPER_METHODS:
             acc = [100 * float(r["train_top1_step0"]) for r in rows if r["method"] == m and
                    r.get("train_top1_step0") is not None]
-            cells.append(f"{np.median(acc):.2f} [{min(acc):.2f}, {max(acc):.2f}]" if acc else "–")
+            cells.append(band_text(float(np.median(acc)), min(acc), max(acc), fmt=".2f") if acc else "–")
         lines.append(f"| {(titles or {}).get(c, c)} | {100 / C:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -42,9 +42,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .. import forward_gradients as fg
+from . import analysis, mlp, training
 from ...training.provenance import atomic_write_json, atomic_write_text, collect_provenance
-from ...experiments.results import csv_text
+from ...training.tables import csv_text
 
 #: (gradient source, k) pairs trained in the training part; k is set from the config.
 TRAIN_METHODS = ("backprop", "weight", "activation", "wt", "upstream", "upstream_ns")
@@ -138,15 +138,15 @@ def run_spectra(cfg: Dict, progress: bool = True) -> Dict[str, List[Dict]]:
         B = cfg["spectra_batch"]
         for stage, steps in (("init", 0), ("trained", cfg["spectra_train_steps"])):
             if steps:
-                rec = fg.train_mlp("backprop", dims, xtr, ytr, xte, yte, steps=steps, batch_size=cfg["batch_size"],
+                rec = training.train_mlp("backprop", dims, xtr, ytr, xte, yte, steps=steps, batch_size=cfg["batch_size"],
                                    lr=cfg["lr"], seed=0, eval_every=steps, return_params=True)
                 params = rec["params"]
             else:
-                params = fg.random_mlp(dims, generator=torch.Generator().manual_seed(0))
+                params = mlp.random_mlp(dims, generator=torch.Generator().manual_seed(0))
             xb, yb = xtr[:B], ytr[:B]
-            for r in fg.gradient_spectra(params, xb, yb):
+            for r in analysis.gradient_spectra(params, xb, yb):
                 spectra.append({"dataset": ds, "stage": stage, "width": cfg["spectra_width"], "batch": B, **r})
-            for r in fg.upstream_subspace_energy(params, xb, yb, cfg["energy_ks"]):
+            for r in analysis.upstream_subspace_energy(params, xb, yb, cfg["energy_ks"]):
                 energy.append({"dataset": ds, "stage": stage, "batch": B, **r})
     return {"spectra": spectra, "energy": energy}
 
@@ -164,9 +164,9 @@ def quality_jobs(cfg: Dict) -> List[Tuple[int, str, Optional[int]]]:
 
 def run_quality_job(cfg: Dict, width: int, method: str, k: Optional[int]) -> List[Dict]:
     xtr, ytr, _, _ = load_tensors(cfg["quality_dataset"])
-    params = fg.random_mlp(_dims(xtr.shape[1], width, cfg["depth"]), generator=torch.Generator().manual_seed(0))
+    params = mlp.random_mlp(_dims(xtr.shape[1], width, cfg["depth"]), generator=torch.Generator().manual_seed(0))
     B = cfg["quality_batch"]
-    recs = fg.estimator_quality(method, params, xtr[:B], ytr[:B], cfg["quality_samples"], k=k,
+    recs = training.estimator_quality(method, params, xtr[:B], ytr[:B], cfg["quality_samples"], k=k,
                                 generator=torch.Generator().manual_seed(1))
     return [{"dataset": cfg["quality_dataset"], "width": width, "method": method, "k": k,
              "label": method_label(method, k), "batch": B, **r} for r in recs]
@@ -180,7 +180,7 @@ def training_jobs(cfg: Dict) -> List[Tuple[str, int, str, Optional[int], int]]:
 def run_training_job(cfg: Dict, ds: str, width: int, method: str, k: Optional[int], seed: int) -> Tuple[Dict, Dict]:
     xtr, ytr, xte, yte = load_tensors(ds)
     t0 = time.time()
-    rec = fg.train_mlp(method, _dims(xtr.shape[1], width, cfg["depth"]), xtr, ytr, xte, yte, steps=cfg["steps"],
+    rec = training.train_mlp(method, _dims(xtr.shape[1], width, cfg["depth"]), xtr, ytr, xte, yte, steps=cfg["steps"],
                        batch_size=cfg["batch_size"], lr=cfg["lr"], k=k, seed=seed, eval_every=cfg["eval_every"])
     wall = time.time() - t0
     cos = rec["cosine"]
@@ -302,7 +302,7 @@ def _saved_bytes_backprop(params, x, y) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fg.true_gradient(params, x, y)
+        analysis.true_gradient(params, x, y)
     leaves = {t.untyped_storage().data_ptr() for W, b in params for t in (W, b) if t is not None}
     leaves.add(x.untyped_storage().data_ptr())
     return sum(n for p, n in seen.items() if p not in leaves)
@@ -346,7 +346,7 @@ def run_benchmark(widths: Sequence[int] = (64, 128, 256, 512, 1024), *, batch_si
 
     for batch_size, w, m, k in tqdm(jobs, desc="benchmark", disable=not progress, dynamic_ncols=True):
         g = torch.Generator().manual_seed(0)
-        params = fg.random_mlp(_dims(in_features, w, depth), generator=g)
+        params = mlp.random_mlp(_dims(in_features, w, depth), generator=g)
         x = torch.randn(batch_size, in_features, generator=g)
         y = torch.randint(0, 10, (batch_size,), generator=g)
         n_params = sum(t.numel() for W, b in params for t in (W, b) if t is not None)
@@ -358,14 +358,14 @@ def run_benchmark(widths: Sequence[int] = (64, 128, 256, 512, 1024), *, batch_si
                        ms=None, peak_bytes=None)
             rows.append(row)
             continue
-        call = lambda: fg.gradient(m, params, x, y, k=k, generator=g)  # noqa: E731
+        call = lambda: training.gradient(m, params, x, y, k=k, generator=g)  # noqa: E731
         call()
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
             call()
             times.append(time.perf_counter() - t0)
-        with fg.PeakMemoryMeter() as meter:
+        with analysis.PeakMemoryMeter() as meter:
             call()
         row.update(ms=1000 * statistics.median(times), peak_bytes=meter.peak_bytes, skipped=None)
         if m == "backprop":
