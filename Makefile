@@ -5,7 +5,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env book browser test bench reproduce explore gpu-check clean
+.PHONY: env book serve browser test bench reproduce explore gpu-check clean
 
 env:
 	@bash scripts/setup_env.sh
@@ -27,6 +27,15 @@ book: env
 	$(VENV)/bin/jupyter-book build . -W --keep-going || { rm -rf _build/.doctrees; \
 	  echo "error: the book build failed (warnings are errors); see the messages above" >&2; exit 1; }
 	@echo "Book built: file://$(CURDIR)/_build/html/index.html"
+
+# The built book over HTTP on http://127.0.0.1:$(PORT) (default 8000; Ctrl-C stops it). Opened from
+# the file system the book works too, but a browser will not let the search page read the other
+# pages from disk, so its hits come without excerpts; served, they have them.
+PORT ?= 8000
+serve:
+	@test -f _build/html/index.html || { echo "error: no built book in _build/html: run make book first" >&2; exit 1; }
+	@echo "Serving the book on http://127.0.0.1:$(PORT)/ (Ctrl-C stops it)"
+	@python3 -m http.server $(PORT) --bind 127.0.0.1 --directory _build/html
 
 # Chromium + chromedriver for tests/test_book_browser.py (apt-get, when root and missing).
 browser:

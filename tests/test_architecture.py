@@ -119,3 +119,13 @@ def test_no_module_re_exports_another_modules_names():
         names = [e.value for e in exported.elts] if isinstance(exported, (ast.List, ast.Tuple)) else []
         bad += [f"{name} exports {n}, defined elsewhere" for n in names if n not in defined]
     assert not bad, "\n".join(bad)
+
+
+def test_the_public_api_offers_the_layer_the_heads_the_metrics_and_the_trainer():
+    import guiding_nc as gnc
+
+    for name in ("nearest_etf", "NearestETF", "etf_classifier", "build_head", "METHODS", "ImplicitETFHead",
+                 "neural_collapse_metrics", "nc1", "TrainConfig", "Trainer", "train_run"):
+        assert name in gnc.__all__, name
+    assert all(getattr(gnc, n) is not None for n in gnc.__all__)
+    assert len(set(gnc.__all__)) == len(gnc.__all__)

@@ -7,8 +7,17 @@ network) typeset every math node with no TeX error and its fonts loaded, that no
 ``\\begin{``, inline TeX or Markdown table is left in the visible text, that every image of the
 main content loaded, that the page requested nothing over the network and threw no JavaScript
 error, that every figure a code cell drew shows its smallest text (7 pt) at 9 px or more, and that
-no code line is clipped at the column width. It saves a full-page
-screenshot of each chapter to ``artifacts/screenshots/<page>.png``.
+no code line is clipped at the column width. It then checks that nothing is cut off, with every
+folded block (hidden inputs, solutions) unfolded: at 1280 px wide, no display equation, table or
+code block is wider than the text column; at 390 px (a phone), the page itself does not scroll
+sideways, anything wider than the screen sits inside a box that scrolls sideways, and such a box
+that hides content shows the fade of ``_static/scroll-cue.js``. It saves full-page screenshots of
+each page at both widths to ``artifacts/screenshots/<page>.1280.png`` and ``<page>.390.png``.
+
+Without a browser, it checks that every page of the toc is linked from the text of another page
+(no orphan: the sidebar alone does not count), and that every notebook page offers its ``.ipynb``
+(``book/_ext/downloads.py``) next to its ``.md``. With one, it serves the book over HTTP
+(``make serve`` does the same) and checks that a search finds a page and shows an excerpt of it.
 
 Needs the Debian packages ``chromium`` and ``chromium-driver`` (``make test`` installs them when
 run as root) and a built book. Where either is missing the test skips with the reason, except in
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import html.parser
+import http.server
 import json
 import os
 import re
@@ -31,7 +41,8 @@ import yaml
 from guiding_nc.companions.plotting.style import MIN_FONT_PT, MIN_TEXT_PX, SCREEN_DPI
 
 ROOT = Path(__file__).resolve().parents[1]
-HTML_DIR = ROOT / "_build" / "html"
+# The built book (BOOK_HTML: another build of it, e.g. a copy kept while the next one runs).
+HTML_DIR = Path(os.environ.get("BOOK_HTML", ROOT / "_build" / "html"))
 SCREENSHOT_DIR = ROOT / "artifacts" / "screenshots"
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver"))
@@ -46,10 +57,15 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
     "--hide-scrollbars",
     "--window-size=1280,900",
-    # No network: every host name fails to resolve. Pages are loaded over file://.
-    "--host-resolver-rules=MAP * ~NOTFOUND",
+    # No network: every host name fails to resolve. Pages are loaded over file://, and the search
+    # page from the test's own server on 127.0.0.1.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 ]
 MAX_SCREENSHOT_HEIGHT = 16000  # Chromium cannot capture much taller surfaces
+# The widths every page is checked and photographed at: a laptop and a phone (CSS pixels), with
+# the height of each screen.
+WIDE, NARROW = 1280, 390
+SCREEN_HEIGHT = {WIDE: 900, NARROW: 844}
 
 pytestmark = pytest.mark.browser
 
@@ -100,8 +116,8 @@ def toc_pages(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
 PAGES = toc_pages()
 
 
-def screenshot_name(page: str) -> str:
-    return page.removeprefix("book/").replace("/", "__") + ".png"
+def screenshot_name(page: str, width: int = WIDE) -> str:
+    return page.removeprefix("book/").replace("/", "__") + f".{width}.png"
 
 
 def test_toc_lists_pages():
@@ -245,28 +261,107 @@ def network_requests(driver) -> list[str]:
     return urls
 
 
-def full_page_screenshot(driver, path: Path) -> None:
-    """Screenshot of the whole page: the viewport is made as tall as the page, then restored.
+def set_viewport(driver, width: int, height: int | None = None) -> None:
+    """Lay the page out for a screen ``width`` CSS pixels wide (a phone below 600 px)."""
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height or SCREEN_HEIGHT.get(width, 900), "deviceScaleFactor": 1,
+         "mobile": width < 600},
+    )
+    next_frames(driver)
+
+
+def next_frames(driver) -> None:
+    """Let a relayout paint: two animation frames."""
+    driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "requestAnimationFrame(() => requestAnimationFrame(() => done(true)));"
+    )
+
+
+def full_page_screenshot(driver, path: Path, width: int = WIDE) -> None:
+    """Screenshot of the whole page at ``width``: the viewport is made as tall as the page, then
+    set back to a screen's height.
 
     (Page.captureScreenshot's captureBeyondViewport mis-renders this theme: the article comes out
     shifted sideways, so the page is laid out at full height instead.)"""
+    set_viewport(driver, width)
     size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
-    width = driver.execute_script("return window.innerWidth")
     height = max(1, min(int(size["height"]), MAX_SCREENSHOT_HEIGHT))
-    driver.execute_cdp_cmd(
-        "Emulation.setDeviceMetricsOverride",
-        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
-    )
+    set_viewport(driver, width, height)
     try:
-        driver.execute_async_script(  # let the relayout paint: two animation frames
-            "const done = arguments[arguments.length - 1];"
-            "requestAnimationFrame(() => requestAnimationFrame(() => done(true)));"
-        )
         shot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png"})
     finally:
-        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        set_viewport(driver, width)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(base64.b64decode(shot["data"]))
+
+
+# Unfolds every folded block (hidden cell inputs, solutions, dropdowns), so it is measured too.
+UNFOLD_JS = r"""
+document.querySelectorAll("details").forEach((d) => { d.open = true; });
+document.querySelectorAll(".toggle-hidden").forEach((e) => e.classList.remove("toggle-hidden"));
+"""
+
+# Measures what does not fit, at the current width: arguments[0] is "column" (every display
+# equation, table and code block fits the text column) or "screen" (the page does not scroll
+# sideways; whatever is wider than the screen is inside a box that scrolls sideways, and such a
+# box that hides content shows its cue); arguments[1] is the screen's width. (A phone lays out a
+# page too wide for it at the page's width and zooms out, so the window's own width says nothing.)
+FIT_REPORT_JS = r"""
+const mode = arguments[0], screenWidth = arguments[1];
+const main = document.querySelector("article.bd-article") || document.querySelector("main")
+             || document.body;
+const visible = (el) => el.getClientRects().length > 0;
+const describe = (el) => {
+  const cls = (el.getAttribute("class") || "").trim().split(/\s+/)[0];
+  const text = (el.textContent || "").trim().replace(/\s+/g, " ").slice(0, 70);
+  return `${el.tagName.toLowerCase()}${cls ? "." + cls : ""} "${text}"`;
+};
+const style = getComputedStyle(main);
+const box = main.getBoundingClientRect();
+const left = box.left + parseFloat(style.paddingLeft);
+const right = box.right - parseFloat(style.paddingRight);
+const report = {column: right - left, screen: screenWidth,
+                page: document.documentElement.scrollWidth, problems: []};
+if (mode === "column") {
+  for (const el of main.querySelectorAll('mjx-container[display="true"], table, pre')) {
+    if (!visible(el)) continue;
+    const r = el.getBoundingClientRect();
+    const width = Math.max(el.scrollWidth, r.width);
+    if (width > report.column + 1 || r.right > right + 1) {
+      report.problems.push(`${describe(el)} is ${Math.round(width)} px wide`);
+    }
+  }
+} else {
+  const scrolls = (el) => ["auto", "scroll"].includes(getComputedStyle(el).overflowX);
+  const fits = (r) => r.left >= -1 && r.right <= screenWidth + 1;
+  const reported = [];
+  for (const el of main.querySelectorAll("*")) {
+    const mjx = el.closest("mjx-container");
+    if ((mjx && mjx !== el) || !visible(el) || reported.some((p) => p.contains(el))) continue;
+    if (fits(el.getBoundingClientRect())) continue;
+    let a = el.parentElement, boxed = false;
+    while (a && a !== document.documentElement && !boxed) {
+      boxed = scrolls(a) && fits(a.getBoundingClientRect());
+      a = a.parentElement;
+    }
+    if (!boxed) {
+      reported.push(el);
+      report.problems.push(`${describe(el)} runs past the screen, in no box that scrolls`);
+    }
+  }
+  const cued = 'mjx-container[display="true"], .pst-scrollable-table-container, ' +
+               "div.cell_output .output.text_html, span.math";
+  for (const el of main.querySelectorAll(cued)) {
+    if (visible(el) && el.scrollWidth > el.clientWidth + 12 && el.scrollLeft < 1 &&
+        !el.classList.contains("scroll-cue-right")) {
+      report.problems.push(`${describe(el)} scrolls sideways without its fade`);
+    }
+  }
+}
+return report;
+"""
 
 
 @pytest.fixture(scope="module")
@@ -289,9 +384,17 @@ def test_chapter_renders_offline(page, request, screenshot_dir):
 
     network_requests(browser)  # drain whatever came before this page
     browser.get_log("browser")
+    set_viewport(browser, WIDE)
     browser.get(html_path.as_uri())
     report = browser.execute_async_script(PAGE_REPORT_JS)
-    full_page_screenshot(browser, screenshot_dir / screenshot_name(page))
+    # As a reader first sees it, at both widths; then unfolded, measured at both.
+    full_page_screenshot(browser, screenshot_dir / screenshot_name(page, WIDE), WIDE)
+    full_page_screenshot(browser, screenshot_dir / screenshot_name(page, NARROW), NARROW)
+    browser.execute_script(UNFOLD_JS)
+    next_frames(browser)
+    on_phone = browser.execute_script(FIT_REPORT_JS, "screen", NARROW)
+    set_viewport(browser, WIDE)
+    on_laptop = browser.execute_script(FIT_REPORT_JS, "column", WIDE)
     requested = network_requests(browser)
     script_errors = [e["message"][:200] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
 
@@ -334,6 +437,13 @@ def test_chapter_renders_offline(page, request, screenshot_dir):
         problems.append(f"figures whose {MIN_FONT_PT:g}-pt text displays under {MIN_TEXT_PX:g} px: {small[:4]}")
     if report["clipped"]:
         problems.append(f"code lines clipped at the column width: {report['clipped'][:3]}")
+    if on_laptop["problems"]:
+        problems.append(f"at {WIDE} px, wider than the {on_laptop['column']:.0f}-px column: "
+                        f"{on_laptop['problems'][:4]}")
+    if on_phone["page"] > on_phone["screen"] + 1:
+        problems.append(f"at {NARROW} px the page scrolls sideways ({on_phone['page']} px wide)")
+    if on_phone["problems"]:
+        problems.append(f"at {NARROW} px: {on_phone['problems'][:4]}")
     # The machine that built the book: its checkout and its Python environment (folded cells too).
     source = html_path.read_text(errors="replace")
     local = sorted({p for p in (str(ROOT), os.path.realpath(sys.prefix)) if p + os.sep in source})
@@ -360,3 +470,113 @@ def test_code_cells_fit_the_column(source):
     long = [f"{len(line)}: {line.strip()[:60]}" for cell in cells for line in cell.splitlines()
             if len(line) > CODE_LINE_MAX]
     assert not long, f"{source.name}: code lines over {CODE_LINE_MAX} characters: {long[:5]}"
+
+
+# --------------------------------------------------------------------------- links and downloads
+
+
+def article_of(html: str) -> str:
+    """The page's own text (the article), without the sidebars and the header."""
+    start = html.find('<article class="bd-article"')
+    end = html.find("</article>", start)
+    return html[start:end] if start >= 0 else ""
+
+
+def test_no_page_is_an_orphan():
+    """Every page of the toc but the first is linked from the text of another page: a reader
+    following the prose reaches it, not only one scanning the sidebar."""
+    built_html_files()
+    linked = set()
+    for page in PAGES:
+        path = HTML_DIR / f"{page}.html"
+        if not path.is_file():
+            unavailable(f"{path.relative_to(ROOT)} is not built: run `make book`")
+        for href in re.findall(r'href="([^"#]+)(?:#[^"]*)?"', article_of(path.read_text())):
+            target = (path.parent / href).resolve()
+            if target != path.resolve():
+                linked.add(target)
+    orphans = [p for p in PAGES[1:] if (HTML_DIR / f"{p}.html").resolve() not in linked]
+    assert not orphans, f"pages no other page's text links to: {orphans}"
+
+
+def test_every_notebook_page_offers_its_ipynb():
+    """The download button of a MyST notebook page offers the page as .md and as .ipynb; the
+    .ipynb is the page converted by jupytext, with its code cells, and it opens as a notebook."""
+    import nbformat
+
+    built_html_files()
+    for page in PAGES:
+        source = ROOT / f"{page}.md"
+        html = (HTML_DIR / f"{page}.html").read_text()
+        if "kernelspec:" not in source.read_text()[:2000]:
+            continue
+        for suffix in (".ipynb", ".md"):
+            assert f'_sources/{page}{suffix}"' in html, f"{page}: no {suffix} download link"
+        notebook = nbformat.read(HTML_DIR / "_sources" / f"{page}.ipynb", as_version=4)
+        nbformat.validate(notebook)
+        assert notebook.metadata["kernelspec"]["name"] == "python3"
+        code = [c for c in notebook.cells if c.cell_type == "code"]
+        assert code and any("parameters" in c.metadata.get("tags", []) for c in code), page
+
+
+# --------------------------------------------------------------------------- search, served
+
+
+@pytest.fixture(scope="module")
+def served_book():
+    """The built book over HTTP on 127.0.0.1 (what `make serve` does), for the search page."""
+    import functools
+    import threading
+
+    built_html_files()
+    handler = functools.partial(_QuietHandler, directory=str(HTML_DIR))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+SEARCH_JS = r"""
+const done = arguments[arguments.length - 1];
+const deadline = Date.now() + 60000;
+(function poll() {
+  const items = [...document.querySelectorAll("#search-results li")];
+  const status = document.querySelector("#search-results .search-summary, #search-results p");
+  const finished = status && /found|did not match/i.test(status.textContent);
+  if ((finished && items.length) || Date.now() > deadline) {
+    done({items: items.map((li) => ({
+            title: (li.querySelector("a") || li).textContent.trim(),
+            excerpt: ((li.querySelector("p.context") || {}).textContent || "").trim()})),
+          status: status ? status.textContent.trim() : ""});
+  } else {
+    setTimeout(poll, 250);
+  }
+})();
+"""
+
+
+@pytest.mark.slow
+def test_search_finds_pages_with_excerpts(request, served_book):
+    browser = request.getfixturevalue("browser")
+    set_viewport(browser, WIDE)
+    browser.get_log("browser")
+    browser.get(f"{served_book}/search.html?q=Procrustes")
+    result = browser.execute_async_script(SEARCH_JS)
+    # (Over HTTP the browser also asks for /favicon.ico, which the book has none of.)
+    errors = [e["message"][:200] for e in browser.get_log("browser")
+              if e["level"] == "SEVERE" and "/favicon.ico" not in e["message"]]
+    assert result["items"], f"no search result for 'Procrustes': {result['status']!r}"
+    titles = [i["title"] for i in result["items"]]
+    assert any("nearest simplex ETF" in t for t in titles), titles
+    with_excerpt = [i for i in result["items"] if "procrustes" in i["excerpt"].lower()]
+    assert with_excerpt, f"no result shows an excerpt with the word: {result['items'][:3]}"
+    assert not errors, f"JavaScript errors on the search page: {errors[:3]}"

@@ -76,3 +76,18 @@ def test_no_committed_file_names_a_local_path():
             text = path.read_text(errors="replace")
             found.append(f"{path.relative_to(ROOT)}: ...{text[max(0, m.start() - 40): m.end() + 30]!r}...")
     assert not found, "absolute local paths in committed files:\n" + "\n".join(found[:10])
+
+
+# A relative path that climbs out of the repository (a sibling checkout, the temporary directory):
+# two or more '..' in a row, or one leading into a directory outside the project's own.
+ESCAPING_PATH = re.compile(r"(?<![\w.])(?:\.\./){2,}|(?<![\w./])\.\./(?!(?:data|src|configs|book|runs|tests|scripts)\b)\w")
+
+
+def test_no_committed_file_names_a_path_that_leaves_the_repository():
+    found = []
+    for path in committed_text_files():
+        text = path.read_text(errors="replace")
+        m = ESCAPING_PATH.search(text)
+        if m:
+            found.append(f"{path.relative_to(ROOT)}: ...{text[max(0, m.start() - 40): m.end() + 30]!r}...")
+    assert not found, "relative paths leaving the repository in committed files:\n" + "\n".join(found[:10])

@@ -16,10 +16,10 @@ from guiding_nc.research.curvature import (
     secant_smoothness,
     smoothness_estimate,
 )
+from guiding_nc.core.newton_schulz import inverse_sqrt_newton_schulz
 from guiding_nc.research.reduction.objective import (
     PARAMETRISATIONS,
     class_block_labels,
-    inverse_sqrt_newton_schulz,
     ufm_objective,
 )
 from guiding_nc.core.etf import canonical_point, etf_classifier, random_point

@@ -252,6 +252,13 @@ def test_build_explorer_and_run_handler():
     assert list(out) == ["implicit"] and ex.settings().optimizer == "sgd" and "projection_3d" not in ex.figures
     with pytest.raises(KeyError, match="no control"):
         ex.set(colour="red")
+    # beyond MAX_3D_CLASSES classes the 3-D view is not drawn, and a note says why
+    from guiding_nc.companions.explorer.settings import MAX_3D_CLASSES
+
+    C = MAX_3D_CLASSES + 1
+    ex.set(C=C, d=C + 1, N=C, optimizer="agd", steps=2, dims3=True)
+    ex.run()
+    assert "projection_3d" not in ex.figures and f"3-D is drawn up to C = {MAX_3D_CLASSES}" in ex.note
     import matplotlib.pyplot as plt
 
     plt.close("all")

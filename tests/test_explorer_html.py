@@ -74,7 +74,11 @@ def test_the_shipped_spec_is_a_few_hundred_runs_with_20_to_40_snapshots():
     assert 200 <= len(spec.runs()) <= 600
     assert 20 <= len(spec.snapshot_steps()) <= 40
     assert set(spec.axes()["method"]) == {"standard", "fixed", "implicit"}
-    assert set(spec.axes()["optimizer"]) >= {"agd", "adam", "sgd"}
+    assert set(spec.axes()["optimizer"]) >= {"agd", "agd10", "adam", "sgd"}
+    # AGD at the paper's gain 10 is in the grid, with the sizes and the delta sweep
+    assert spec.optimizers["agd10"] == {"optimizer": "agd", "gain": 10.0}
+    agd10 = [k for k in spec.runs() if k["optimizer"] == "agd10"]
+    assert {k["C"] for k in agd10} == {3, 4, 10} and len({k["delta"] for k in agd10}) >= 4
     quick = eg.load_spec(quick=True)
     assert quick.quick and len(quick.runs()) < 30
 
@@ -433,7 +437,7 @@ def test_the_viewer_moves_with_its_controls_in_headless_chromium(tiny_grid, brow
 def diverging_grid(tmp_path_factory):
     """Three runs whose SGD learning rate makes the features blow up within a few steps."""
     out = tmp_path_factory.mktemp("explorer_grid_diverging") / "grid.json.gz"
-    spec = tiny_spec(optimizers={"sgd": {"lr": 1e10}},
+    spec = tiny_spec(optimizers={"sgd": {"lr": 1e6}},  # the largest learning rate a config takes
                      defaults={**TINY["defaults"], "C": [3], "optimizer": ["sgd"]}, blocks=[{"name": "base"}])
     eg.generate(spec, out, progress=False, allow_dirty=True)
     return out
@@ -463,3 +467,73 @@ def test_the_viewer_marks_a_diverged_run(diverging_grid, browser, tmp_path_facto
     assert any("diverged after step" in p for p in state["panels"])
     assert "diverged after step" in state["readout"]
     browser.save_screenshot(str(tmp_path_factory.mktemp("explorer_screenshots_diverging") / "diverged.png"))
+
+
+def test_the_delta_note_says_how_much_delta_moves_the_implicit_runs(tiny_grid):
+    from guiding_nc.companions.explorer_html import delta_effect
+
+    note = delta_effect(load_grid(tiny_grid))
+    assert note.startswith("From δ = 10⁻³ to 10⁻¹ the implicit runs' final numbers change at most")
+    assert "agd (gain 1): loss by" in note and "NC3 by" in note and note.endswith("The other methods do not use δ.")
+    meta = re.search(r'-meta">(.*?)</script>', viewer_html(load_grid(tiny_grid))).group(1)
+    assert json.loads(meta)["hints"]["delta"] == note and json.loads(meta)["max_3d"] == 6
+
+
+# A phone: the controls, the step slider, the panels and the numbers at that step, in that order,
+# within the first screen; no number wraps and nothing is cut off.
+PHONE = """
+const root = document.querySelector('.gnc-explorer');
+const top = (s) => root.querySelector(s).getBoundingClientRect().top - root.getBoundingClientRect().top;
+const readout = root.querySelector('.gnc-readout');
+const wrapped = [...readout.querySelectorAll('td, th')].filter((c) => {
+  const lh = parseFloat(getComputedStyle(c).lineHeight) || 1.35 * parseFloat(getComputedStyle(c).fontSize);
+  return c.getBoundingClientRect().height > 1.9 * lh + 8;
+}).map((c) => c.innerText);
+return {controls: top('.gnc-controls'), step: top('.gnc-steprow'), panels: top('.gnc-panels'),
+        readout: top('.gnc-readout'), charts: top('.gnc-charts'), width: root.clientWidth,
+        readoutCut: readout.scrollWidth - readout.clientWidth, overflow: root.scrollWidth - root.clientWidth,
+        wrapped: wrapped, narrow: !!readout.querySelector('table.gnc-narrow'),
+        hint: (root.querySelector('.gnc-hint') || {}).innerText || ''};
+"""
+
+
+@pytest.mark.browser
+def test_the_viewer_fits_a_phone(tiny_grid, browser, tmp_path_factory):
+    page = tmp_path_factory.mktemp("explorer_page_phone") / "viewer.html"
+    page.write_text("<!doctype html><html><head><meta charset='utf-8'>"
+                    "<meta name='viewport' content='width=device-width, initial-scale=1'><title>explorer</title>"
+                    "</head><body style='margin:0;padding:8px'>" + viewer_html(load_grid(tiny_grid), initial={"C": 4})
+                    + "</body></html>")
+    size = browser.get_window_size()
+    try:
+        browser.set_window_size(390, 844)
+        browser.get(page.as_uri())
+        _wait(browser, "return document.querySelectorAll('.gnc-explorer .gnc-panel').length === 3")
+        look = browser.execute_script(PHONE)
+        browser.save_screenshot(str(tmp_path_factory.mktemp("explorer_screenshots_phone") / "phone.png"))
+    finally:
+        browser.set_window_size(size["width"], size["height"])
+    assert look["width"] <= 390
+    assert look["controls"] < look["step"] < look["panels"] < look["readout"] < look["charts"]
+    assert look["panels"] < 260, look  # the panels start within the first screen, not 500 px down
+    assert look["narrow"] and look["readoutCut"] <= 0 and look["overflow"] <= 0 and look["wrapped"] == []
+    assert look["hint"].startswith("δ: From δ")
+
+
+@pytest.mark.browser
+def test_3d_is_offered_only_up_to_the_largest_legible_C(tiny_grid, browser, tmp_path_factory, monkeypatch):
+    from selenium.webdriver.common.by import By
+
+    import guiding_nc.companions.explorer_html as eh
+
+    monkeypatch.setattr(eh, "MAX_3D_CLASSES", 3)  # the tiny grid has C = 3 and 4: pretend 4 is too many
+    page = tmp_path_factory.mktemp("explorer_page_3d") / "viewer.html"
+    page.write_text("<!doctype html><html><head><meta charset='utf-8'><title>explorer</title></head><body>"
+                    "<div style='width:784px'>" + eh.viewer_html(load_grid(tiny_grid), initial={"C": 4})
+                    + "</div></body></html>")
+    browser.get(page.as_uri())
+    _wait(browser, "return document.querySelectorAll('.gnc-explorer .gnc-panel').length === 3")
+    root = browser.find_element(By.CSS_SELECTOR, ".gnc-explorer")
+    option = root.find_element(By.CSS_SELECTOR, 'select[data-view] option[value="3d"]')
+    assert option.get_attribute("disabled") and "C ≤ 3 only" in option.text
+    assert browser.execute_script(READ_STATE)["state"]["view"] == "2d"

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from guiding_nc.core.newton_schulz import newton_schulz_steps
 from guiding_nc.research.forward_gradients import analysis, estimators, mlp, training, validation
 DT = torch.float64
 ACT = ("activation", "wt", "upstream", "upstream_ns", "upstream_precond")
@@ -172,16 +173,16 @@ def test_newton_schulz_converges_to_polar_factor():
     A = Q1 @ torch.diag(torch.linspace(1.0, 0.2, 7, dtype=DT)) @ Q2.T  # 12 x 7, cond 5
     U, _, Vh = torch.linalg.svd(A, full_matrices=False)
     polar = U @ Vh
-    errs = [float((estimators.newton_schulz(A, n) - polar).norm()) for n in (2, 5, 8, 10)]
+    errs = [float((newton_schulz_steps(A, n) - polar).norm()) for n in (2, 5, 8, 10)]
     assert all(a > b for a, b in zip(errs, errs[1:]))  # monotone until machine precision
-    assert float((estimators.newton_schulz(A, 30) - polar).norm()) < 1e-12
-    torch.testing.assert_close(estimators.newton_schulz(A.T, 30), polar.T)  # wide input path
+    assert float((newton_schulz_steps(A, 30) - polar).norm()) < 1e-12
+    torch.testing.assert_close(newton_schulz_steps(A.T, 30), polar.T)  # wide input path
     # rank-deficient: converges to the pseudo-polar factor (zero singular values stay zero)
     P, _ = torch.linalg.qr(torch.randn(9, 3, generator=g, dtype=DT))
     R = Q1[:, :3] @ torch.diag(torch.tensor([1.0, 0.5, 0.3], dtype=DT)) @ P.T  # 12 x 9, rank 3
-    torch.testing.assert_close(estimators.newton_schulz(R, 30), Q1[:, :3] @ P.T, atol=1e-10, rtol=0)
+    torch.testing.assert_close(newton_schulz_steps(R, 30), Q1[:, :3] @ P.T, atol=1e-10, rtol=0)
     # batched
-    torch.testing.assert_close(estimators.newton_schulz(torch.stack([A, 2 * A]), 30), torch.stack([polar, polar]))
+    torch.testing.assert_close(newton_schulz_steps(torch.stack([A, 2 * A]), 30), torch.stack([polar, polar]))
 
 
 def test_ns_topk_subspace_approximates_svd_subspace():
@@ -333,8 +334,8 @@ def test_ns_topk_matrix_free_equals_materialised_iteration():
     Omega = torch.randn(8, 3, generator=torch.Generator().manual_seed(validation.NS_SKETCH_SEED), dtype=DT)
     Y = M @ Omega
     for _ in range(2):
-        Y = M @ (M.transpose(1, 2) @ estimators.newton_schulz(Y, 7))
-    torch.testing.assert_close(Q, estimators.newton_schulz(Y, 7))
+        Y = M @ (M.transpose(1, 2) @ newton_schulz_steps(Y, 7))
+    torch.testing.assert_close(Q, newton_schulz_steps(Y, 7))
 
 
 # ----------------------------------------------------------------------------- measurement tools
@@ -374,7 +375,7 @@ def test_estimator_quality_unbiased_mc_within_variance(name):
     """E||mean_n - g||^2 = tr Cov / n for an unbiased estimator: the MC bias must respect it."""
     params, x, y = tiny(25)
     n = 400
-    for r in training.estimator_quality(name, params, x, y, n, generator=torch.Generator().manual_seed(0)):
+    for r in analysis.estimator_quality(name, params, x, y, n, generator=torch.Generator().manual_seed(0)):
         assert r["exact_relative_bias"] < 1e-10
         assert r["bias_norm"] ** 2 < 4 * r["variance"] / n
         assert r["relative_mse"] == pytest.approx(r["relative_variance"])
@@ -382,8 +383,8 @@ def test_estimator_quality_unbiased_mc_within_variance(name):
 
 def test_estimator_quality_biased_guesses():
     params, x, y = tiny(26, dims=(5, 9, 8, 3))
-    wt = training.estimator_quality("wt", params, x, y, 50, generator=torch.Generator().manual_seed(0))
-    up = training.estimator_quality("upstream", params, x, y, 50, k=1, generator=torch.Generator().manual_seed(0))
+    wt = analysis.estimator_quality("wt", params, x, y, 50, generator=torch.Generator().manual_seed(0))
+    up = analysis.estimator_quality("upstream", params, x, y, 50, k=1, generator=torch.Generator().manual_seed(0))
     assert wt[0]["exact_relative_bias"] > 1e-3 and up[0]["exact_relative_bias"] > 1e-3
     assert wt[-1]["exact_relative_bias"] < 1e-10  # last layer: plain activation perturbation
     for r in up + wt:
@@ -393,17 +394,17 @@ def test_estimator_quality_biased_guesses():
 
 def test_running_mean_error_unbiased_decays_biased_levels_off():
     params, x, y = tiny(27)
-    e = training.running_mean_error("activation", params, x, y, [10, 1500], generator=torch.Generator().manual_seed(0))
-    q = training.estimator_quality("activation", params, x, y, 400, generator=torch.Generator().manual_seed(1))
+    e = analysis.running_mean_error("activation", params, x, y, [10, 1500], generator=torch.Generator().manual_seed(0))
+    q = analysis.estimator_quality("activation", params, x, y, 400, generator=torch.Generator().manual_seed(1))
     tot_var = sum(r["variance"] for r in q) / sum(r["true_norm"] ** 2 for r in q)
     assert e[1] < 4 * math.sqrt(tot_var / 1500) and e[1] < e[0]
-    w = training.running_mean_error("upstream", params, x, y, [1500], k=1, generator=torch.Generator().manual_seed(0))
+    w = analysis.running_mean_error("upstream", params, x, y, [1500], k=1, generator=torch.Generator().manual_seed(0))
     E = analysis.expected_estimate("upstream", params, x, y, k=1)
     true = analysis.true_gradient(params, x, y)
     bias = float((flat(E) - flat(true)).norm() / flat(true).norm())
     assert abs(w[0] - bias) < 0.25 * bias
     with pytest.raises(ValueError, match="positive int"):
-        training.running_mean_error("activation", params, x, y, [0])
+        analysis.running_mean_error("activation", params, x, y, [0])
 
 
 def test_peak_memory_meter_counts_only_new_live_tensors():

@@ -14,9 +14,9 @@ F64 = torch.float64
 
 
 def problem(d=6, C=3, seed=0, delta=1e-3):
-    H0 = gck.class_means(d, C, seed)
+    H0 = gnc.random_class_means(d, C, seed=seed)
     P = gnc.nearest_etf(H0, None, delta)
-    H = H0 + 0.2 * gck.class_means(d, C, seed + 1)
+    H = H0 + 0.2 * gnc.random_class_means(d, C, seed=seed + 1)
     H = H / H.norm()
     return H, gnc.nearest_etf(H, P, delta), P, delta
 

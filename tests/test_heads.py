@@ -7,13 +7,13 @@ from conftest import device_params
 
 from guiding_nc.core.etf import canonical_point, etf_classifier
 from guiding_nc.core.heads import (
-    METHOD_NAMES,
     FixedETFHead,
     ImplicitETFHead,
     LinearHead,
-    build_head,
     normalize_features,
 )
+from guiding_nc.core.heads import HeadOptions
+from guiding_nc.core.methods import METHOD_NAMES, METHODS, Method, build_head
 from guiding_nc.core.running_means import ClassMeanEMA, ema_alpha
 
 
@@ -212,11 +212,17 @@ def test_build_head_errors():
         build_head("learned", 8, 3)
     with pytest.raises(ValueError, match="exceeds the feature dimension"):
         build_head("implicit", 4, 6)
-    assert set(METHOD_NAMES) == {"standard", "standard-no-norm", "fixed", "fixed-random", "fixed-uncentred", "implicit"}
+    # Every registered method builds its head through its own registry entry (no fall-through).
+    assert METHOD_NAMES == tuple(METHODS)
     for m in METHOD_NAMES:
         head = build_head(m, 8, 3)
         f, y = _batch(6, 8, 3)
         assert head(f, y).shape == (6, 3)
+        assert type(head) is type(METHODS[m].build(8, 3, HeadOptions())), m
+    with pytest.raises(TypeError, match="has no builder"):
+        Method("learned", "learned", "#000000", family="standard")
+    with pytest.raises(ValueError, match="centring"):
+        build_head("fixed", 8, 3, centring="sideways")
 
 
 def test_normalize_features_matches_plain_division_and_gradchecks():

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 import guiding_nc as gnc
 from conftest import device_params
 from guiding_nc.core.reference.kkt_gradient import kkt_jacobian
+from guiding_nc.core.etf import random_class_means
 from guiding_nc.core.nearest import _canonical_limit
 
 F64 = torch.float64
@@ -16,10 +17,7 @@ F64 = torch.float64
 
 def class_means(d, C, seed, dtype=F64):
     """A centred, unit-Frobenius (d, C) class-mean matrix (Eq. 5)."""
-    g = torch.Generator().manual_seed(seed)
-    H = torch.randn(d, C, generator=g, dtype=F64)
-    H = H - H.mean(1, keepdim=True)
-    return (H / H.norm()).to(dtype)
+    return random_class_means(d, C, seed=seed, dtype=dtype)
 
 
 def riemannian_descent(H, prox, delta, U0, steps=600, lr=0.2):
@@ -322,7 +320,7 @@ def test_module_gradient_flows_and_rejects_bad_shapes(device):
     assert H.grad is not None and torch.isfinite(H.grad).all()
     with pytest.raises(ValueError, match=r"shape \(8, 3\)"):
         layer(torch.zeros(8, 4, device=device))
-    with pytest.raises(ValueError, match="delta > 0"):
+    with pytest.raises(ValueError, match=r"delta must be a number in \(0, "):
         gnc.NearestETF(8, 3, delta=0.0)
     with pytest.raises(ValueError, match="dim >= num_classes"):
         gnc.NearestETF(2, 3)
@@ -389,12 +387,137 @@ def test_module_initialized_flag_survives_state_dict_round_trip():
     assert torch.allclose(fresh(H), layer(H))  # uses the stored proximal point, not a fresh start
 
 
-def test_second_derivatives_are_refused_not_wrong():
-    H = class_means(6, 3, 22).requires_grad_()
-    P = gnc.nearest_etf(H.detach(), None)
-    (g,) = torch.autograd.grad(gnc.nearest_etf(H, P).sum(), H, create_graph=True)
-    with pytest.raises(RuntimeError, match="does not require grad|once_differentiable|differentiable"):
-        torch.autograd.grad(g.sum(), H)
+# --------------------------------------------- forward mode and second derivatives
+# Each derivative is compared with central differences in float64, to a tolerance (not bits: the
+# LAPACK routines behind the solve may round differently from machine to machine).
+EPS = 1e-6
+
+
+def _derivative_problem(d=7, C=4, seed=30, delta=0.1, collapsed=False):
+    g = torch.Generator().manual_seed(seed)
+    H = gnc.simplex_etf(C, d, "random", generator=g, dtype=F64) if collapsed else class_means(d, C, seed)
+    P = gnc.nearest_etf(H if collapsed else class_means(d, C, seed + 1), None, 1e-3)
+    G = torch.randn(d, C, generator=g, dtype=F64)
+    V = torch.randn(d, C, generator=g, dtype=F64)
+    return H, P, G, V, delta
+
+
+def _central(f, x, v, eps=EPS):
+    return (f(x + eps * v) - f(x - eps * v)) / (2 * eps)
+
+
+def _close(a, b, rtol=1e-6):
+    scale = max(1.0, float(torch.as_tensor(b).abs().max()))
+    return float((torch.as_tensor(a) - torch.as_tensor(b)).abs().max()) <= rtol * scale
+
+
+@pytest.mark.parametrize("polar", ["svd", "gram", "newton_schulz"])
+@pytest.mark.parametrize("collapsed", [False, True], ids=["random", "collapsed"])
+def test_forward_mode_matches_central_differences(polar, collapsed):
+    from guiding_nc.core import forward_mode
+
+    H, P, G, V, delta = _derivative_problem(collapsed=collapsed)
+    f = lambda h: (gnc.nearest_etf(h, P, delta, polar=polar) * G).sum()  # noqa: E731
+    value, tangent = forward_mode.jvp(f, (H,), (V,))
+    fd = _central(f, H, V)
+    assert _close(value, f(H), 1e-12)
+    assert _close(tangent, fd) and abs(float(tangent)) > 1e-3, (float(tangent), float(fd))  # never a silent zero
+
+
+def test_forward_mode_in_the_proximal_point_and_with_dual_tensors():
+    from torch.autograd import forward_ad
+
+    from guiding_nc.core import forward_mode
+
+    H, P, G, V, delta = _derivative_problem()
+    W = torch.randn(P.shape, generator=torch.Generator().manual_seed(5), dtype=F64)
+    f = lambda p: (gnc.nearest_etf(H, p, delta, check=False) * G).sum()  # noqa: E731
+    assert _close(forward_mode.jvp(f, (P,), (W,))[1], _central(f, P, W))
+    with forward_ad.dual_level():
+        U = gnc.nearest_etf(forward_ad.make_dual(H, V), P, delta)
+        tangent = forward_ad.unpack_dual(U).tangent
+    assert _close((tangent * G).sum(), _central(lambda h: (gnc.nearest_etf(h, P, delta) * G).sum(), H, V))
+
+
+def test_forward_and_reverse_jacobians_agree_with_differences():
+    H, P, _, _, delta = _derivative_problem(d=5, C=3)
+    f = lambda h: gnc.nearest_etf(h, P, delta)  # noqa: E731
+    J_fwd = torch.func.jacfwd(f)(H)
+    J_rev = torch.func.jacrev(f)(H)
+    J_fd = torch.stack([_central(f, H, e.view_as(H)) for e in torch.eye(H.numel(), dtype=F64)], dim=-1).view_as(J_fwd)
+    assert _close(J_fwd, J_rev, 1e-10) and _close(J_fwd, J_fd)
+
+
+def test_the_layer_carries_a_forward_mode_tangent():
+    from torch.autograd import forward_ad
+
+    H, _, G, V, _ = _derivative_problem()
+    layer = gnc.NearestETF(*H.shape, delta=0.1).double()
+    layer(H)  # the proximal point is now the first solution
+    P = layer.prox.clone()
+    with forward_ad.dual_level():
+        tangent = forward_ad.unpack_dual(layer(forward_ad.make_dual(H, V))).tangent
+    assert _close((tangent * G).sum(), _central(lambda h: (gnc.nearest_etf(h, P, 0.1) * G).sum(), H, V))
+    assert layer.prox.dtype == F64 and forward_ad.unpack_dual(layer.prox).tangent is None  # state holds no tangent
+
+
+@pytest.mark.parametrize("collapsed", [False, True], ids=["random", "collapsed"])
+def test_second_derivatives_match_central_differences(collapsed):
+    H, P, G, V, delta = _derivative_problem(collapsed=collapsed)
+    T = torch.randn(H.shape, generator=torch.Generator().manual_seed(9), dtype=F64)
+    f = lambda h: ((gnc.nearest_etf(h, P, delta) - T) ** 2).sum() + (gnc.nearest_etf(h, P, delta) * G).sum()  # noqa
+
+    def grad(h):
+        h = h.clone().requires_grad_()
+        return torch.autograd.grad(f(h), h)[0]
+
+    h = H.clone().requires_grad_()
+    (g,) = torch.autograd.grad(f(h), h, create_graph=True)
+    (hv,) = torch.autograd.grad((g * V).sum(), h)
+    fd = _central(grad, H, V)
+    assert _close(hv, fd, 1e-5) and float(hv.abs().max()) > 1e-3
+    hess = torch.autograd.functional.hessian(f, H)
+    n = H.numel()
+    assert _close(hess.reshape(n, n), hess.reshape(n, n).T, 1e-8)  # symmetric
+    assert _close(torch.einsum("ijkl,kl->ij", hess, V), fd, 1e-5)
+    assert _close(torch.func.hessian(f)(H), hess, 1e-8)
+
+
+def test_gradgradcheck_passes_in_both_inputs():
+    H, P, _, _, delta = _derivative_problem(d=5, C=3)
+    h, p = H.clone().requires_grad_(), P.clone().requires_grad_()
+    fn = lambda a, b: gnc.nearest_etf(a, b, delta, check=False)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (h, p))
+    assert torch.autograd.gradgradcheck(fn, (h, p))
+
+
+def test_derivatives_that_are_not_implemented_are_refused_not_zero():
+    from torch.autograd import forward_ad
+
+    from guiding_nc.core import forward_mode
+
+    H, P, G, V, delta = _derivative_problem(d=6, C=3)
+    kkt = lambda h: (gnc.nearest_etf(h, P, delta, backward="kkt") * G).sum()  # noqa: E731
+    with pytest.raises(RuntimeError, match="forward-mode derivatives through nearest_etf\\(backward='kkt'\\)"):
+        forward_mode.jvp(kkt, (H,), (V,))
+    h = H.clone().requires_grad_()
+    torch.autograd.grad(kkt(h), h)  # a first derivative is fine
+    with pytest.raises(RuntimeError, match="second derivatives through nearest_etf\\(backward='kkt'\\)"):
+        torch.autograd.grad(kkt(h), h, create_graph=True)  # a graph of it would hold the factors constant
+    with pytest.raises(RuntimeError, match="second derivatives through nearest_etf\\(backward='kkt'\\)"):
+        torch.autograd.functional.hessian(lambda x: ((gnc.nearest_etf(x, P, delta, backward="kkt") - G) ** 2).sum(), H)
+    with pytest.raises(ValueError, match="delta = 0"):
+        forward_mode.jvp(lambda x: gnc.nearest_etf(x, P, 0.0), (H,), (V,))
+    with pytest.raises(RuntimeError, match="torch.func transforms"):
+        forward_mode.jvp(lambda x: gnc.nearest_etf(x, P, delta, method="trust_region"), (H,), (V,))
+    # torch.autograd's own forward mode reaches the trust-region solution (its closed-form derivative)
+    with forward_ad.dual_level():
+        U = gnc.nearest_etf(forward_ad.make_dual(H, V), P, delta, method="trust_region")
+        tangent = forward_ad.unpack_dual(U).tangent
+    assert _close((tangent * G).sum(), _central(lambda x: (gnc.nearest_etf(x, P, delta) * G).sum(), H, V), 1e-4)
+    # backward="none" is documented as a constant: a zero tangent is what was asked for
+    _, t = forward_mode.jvp(lambda x: (gnc.nearest_etf(x, P, delta, backward="none") * G).sum(), (H,), (V,))
+    assert float(t) == 0.0
 
 
 # ------------------------------------------------------------ the two polar routes

@@ -63,3 +63,69 @@ def test_committed_notebooks_name_no_local_path():
     out = _scrub({"outputs": [{"text": [text]}]}, local_replacements())["outputs"][0]["text"][0]
     assert out.splitlines() == ["<site-packages>/torch/jit/_script.py:1491: FutureWarning", "<venv>/bin/python",
                                 "data/results/x", "<tmp>/guiding_nc_nb_1/a.ipynb"]
+
+
+TINY_PAGE = """---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+
+# A tiny page
+
+```{code-cell} ipython3
+:tags: [parameters]
+
+QUICK = True
+SEED = 0
+```
+
+```{code-cell} ipython3
+if SEED == 1:
+    raise RuntimeError("asked to fail")
+print("quick" if QUICK else "full")
+```
+"""
+
+
+def _tiny_book(tmp_path, monkeypatch):
+    from guiding_nc.experiments import notebooks
+
+    book = tmp_path / "book"
+    book.mkdir()
+    (book / "tiny.md").write_text(TINY_PAGE)
+    monkeypatch.setattr(notebooks, "_book_dir", lambda: book)
+    monkeypatch.setitem(notebooks.PAGES, "tiny", notebooks.Page("tiny", "tiny.md", "tiny"))
+    return notebooks
+
+
+@pytest.mark.slow
+def test_reproduce_ends_with_a_summary_line_and_no_kernel_warning(tmp_path, monkeypatch, capfd):
+    """What `make reproduce` prints: no warning from the kernel (it talks over IPC, not TCP), and
+    a last line that says what ran and where its notebook is; a failing cell ends it with the page,
+    the cell, the error and the notebook up to that cell."""
+    notebooks = _tiny_book(tmp_path, monkeypatch)
+    out_dir = tmp_path / "nb"
+    assert notebooks.main(["--only", "tiny", "--quick", "--no-progress", "--out-dir", str(out_dir)]) == 0
+    out, err = capfd.readouterr()
+    assert "TCP" not in out + err, out + err
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("reproduced 1 page in quick mode in "), last
+    assert "every cell ran without error" in last and last.endswith(f"tiny -> {out_dir / 'tiny.ipynb'}")
+    assert (out_dir / "tiny.ipynb").is_file()
+
+    assert notebooks.main(["--only", "tiny", "--quick", "--no-progress", "--out-dir", str(out_dir),
+                           "-p", "SEED=1"]) == 1
+    out, err = capfd.readouterr()
+    assert "TCP" not in out + err
+    last = err.strip().splitlines()[-1]
+    # cell [3]: papermill puts the injected parameters before it
+    assert last.startswith("reproduce failed: page tiny (book/tiny.md), cell [3] raised RuntimeError: "
+                           "asked to fail; the notebook up to that cell: "), last
+    failed = json.loads((out_dir / "tiny.ipynb").read_text())
+    assert any(o.get("output_type") == "error" for c in failed["cells"] for o in c.get("outputs", []))

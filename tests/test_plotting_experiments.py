@@ -48,8 +48,12 @@ def test_ufm_dynamics_figure(quick):
     assert isinstance(fig, Figure)
     _labelled(fig)
     loss_ax = fig.axes[0]
-    assert len(loss_ax.get_lines()) == 4  # three methods + the bound
-    assert "lower bound" in loss_ax.get_legend().get_texts()[-1].get_text()
+    # three methods (the float32 resolution of the loss is drawn only where the curves come near it)
+    assert [ln.get_label() for ln in loss_ax.get_lines()] == ["standard", "fixed ETF", "implicit ETF"]
+    assert "above its lower bound" in loss_ax.get_title() and loss_ax.get_yscale() == "log"
+    # the fixed and implicit ETF's curves nearly coincide: a panel divides one by the other
+    ratio_ax = fig.axes[6]
+    assert "÷" in ratio_ax.get_title() and len(ratio_ax.get_lines()) == 5  # four ratios + the line at 1
 
 
 def test_step_accuracy_figure(quick):
@@ -77,13 +81,15 @@ def test_delta_and_cost_figures_and_tables():
             {"config": "ufm10", "variant": "implicit, DDN dense KKT", "kkt_need_gb": 70.0, "status": "skipped: big"}]
     _labelled(plots.plot_cost(rows, configs=["ufm10"]))
     md = plots.cost_table_markdown(rows)
-    assert "skipped: big" in md and "| 3.0 |" in md
+    # memory in GiB throughout; a case not run says what it would need, and in which precision
+    assert "not run: needs 70.0 GiB (float32)" in md.replace("\u00a0", " ") and "| 3.00 |" in md
 
 
 def test_tables(quick):
     md = plots.summary_table_markdown(quick["summary"], configs=["ufm10"], key_at=["train_top1"])
     assert md.splitlines()[0].startswith("| experiment | metric | standard | fixed ETF | implicit ETF |")
-    assert "[" in md.splitlines()[2]
+    # every seed fits the quick UFM: 100% shown once, with the human label
+    assert md.splitlines()[2].startswith("| ufm10 | train top-1 (%) | 100.0")
     pm = plots.paper_table_markdown(paper.TABLE1)
     assert "| CIFAR10 ResNet18 | 87.42 | 96.69 | 86.89 | 97.18 | 88.71 | 98.09 |" in pm
     cap = results.provenance_caption(quick["provenance"])
@@ -110,14 +116,18 @@ def test_steps_to_fit_and_significant_digit_tables(quick):
     small = {"u/default/implicit": {"train_nc1": {"median": 1.234e-7, "min": 1e-7, "max": 2e-7}}}
     md = plots.summary_table_markdown(small, configs=["u"], key_at=["train_nc1"], methods=["implicit"], scale=1.0,
                                       digits=3, number_format="g")
-    assert md.splitlines()[2] == "| u | train_nc1 | 1.23e-07 [1e-07, 2e-07] |"
+    assert md.replace("\u00a0", " ").splitlines()[2] == "| u | NC1 (train) | 1.23e-07 [1e-07, 2e-07] |"
+    # without explicit formatting, a key's own rule: accuracies in percent, to 0.1 point
+    acc = {"u/default/implicit": {"test_top1@200": {"median": 0.97345, "min": 0.9612, "max": 0.9801}}}
+    md = plots.summary_table_markdown(acc, configs=["u"], key_at=["test_top1@200"], methods=["implicit"])
+    assert md.replace("\u00a0", " ").splitlines()[2] == "| u | test top-1 (%), epoch 200 | 97.3 [96.1, 98.0] |"
 
 
 def test_paper_tables_have_every_experiment_and_method():
     assert len(paper.TABLE1) == len(paper.TABLE2) == 7
     for t in (paper.TABLE1, paper.TABLE2):
         for row in t.values():
-            assert set(row) == set(paper.METHODS) and all(len(v) == 2 and 0 < v[0] <= 100 for v in row.values())
+            assert set(row) == set(paper.PAPER_METHODS) and all(len(v) == 2 and 0 < v[0] <= 100 for v in row.values())
     assert paper.TABLE3["UFM-200"]["implicit, DDN on"] == 70.3 and paper.TABLE3["UFM-1000"]["implicit, DDN on"] is None
 
 

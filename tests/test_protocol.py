@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from guiding_nc.training.config import ConfigError, TrainConfig, load_config
-from guiding_nc.core.heads import build_head, normalize_features
+from guiding_nc.core.heads import normalize_features
+from guiding_nc.core.methods import build_head
 from guiding_nc.training.protocol import OPTION_KEYS, OPTIONS, describe, protocol_values
 
 TAU = 5.0

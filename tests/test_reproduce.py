@@ -600,3 +600,25 @@ def test_only_source_and_config_changes_make_a_tree_dirty(tmp_path):
     assert git_info(tmp_path)["dirty"] is False  # the book, results and stray files do not count
     (tmp_path / "src/m.py").write_text("b\n")
     assert git_info(tmp_path)["dirty"] is True
+
+
+def test_remake_dirty_trains_again_only_the_runs_made_from_uncommitted_code(tmp_path, monkeypatch):
+    spec = load_experiment(_write(tmp_path, QUICK))
+    out = tmp_path / "out"
+    runner.run_experiment(spec, out=out, work_dir=tmp_path / "work", progress=False, seeds=[0])
+    # The files say one run came from a tree with uncommitted changes (as older result files do).
+    prov = json.loads((out / "provenance.json").read_text())
+    key = f"{spec.configs[0]}/default/fixed/0"
+    for k, meta in prov["run_sources"].items():  # whatever the state of this checkout
+        meta["commit"], meta["earlier_commits"] = ("0123456789ab-dirty" if k == key else "0123456789ab"), []
+    (out / "provenance.json").write_text(json.dumps(prov))
+    calls = []
+    real = runner.train_run
+    monkeypatch.setattr(runner, "train_run", lambda cfg, **kw: calls.append((cfg.method, cfg.seed)) or real(cfg, **kw))
+    runner.run_experiment(spec, out=out, work_dir=tmp_path / "work2", progress=False, seeds=[0])
+    assert calls == []  # without the flag every run is kept
+    runner.run_experiment(spec, out=out, work_dir=tmp_path / "work3", progress=False, seeds=[0], remake_dirty=True)
+    assert calls == [("fixed", 0)]
+    sources = json.loads((out / "provenance.json").read_text())["run_sources"]
+    assert sources[key]["commit"] != "0123456789ab-dirty" and len(sources) == 3
+    assert all(m["commit"] == "0123456789ab" for k, m in sources.items() if k != key)

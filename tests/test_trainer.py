@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from guiding_nc.core.heads import METHOD_NAMES
+from guiding_nc.core.methods import METHOD_NAMES
 from guiding_nc.training.config import CONFIG_DIR, ConfigError, TrainConfig, load_config, parse_overrides
-from guiding_nc.training.seed_sweep import summarize_runs, train
+from guiding_nc.training.seed_sweep import run_seeds, summarize_runs
 from guiding_nc.training.trainer import NonFiniteError, Trainer, train_run, validate_labels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,7 +229,7 @@ def test_all_finite_flags_nan_and_inf():
 
 # ------------------------------------------------------------------------- sweeps
 def test_multi_seed_summary_table(tmp_path):
-    out = train(ufm(tmp_path, methods=["fixed", "implicit"], seeds=[0, 1, 2], epochs=2, checkpoint_every=0))
+    out = run_seeds(ufm(tmp_path, methods=["fixed", "implicit"], seeds=[0, 1, 2], epochs=2, checkpoint_every=0))
     assert len(out["runs"]) == 6
     rows = [r for r in out["summary"]["rows"] if r["metric"] == "train_top1@2"]
     assert {r["method"] for r in rows} == {"fixed", "implicit"}

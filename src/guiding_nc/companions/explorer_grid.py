@@ -69,7 +69,7 @@ SPEC_PATH = CONFIG_DIR / "explorer" / "grid.yaml"
 DEFAULT_OUT = "data/explorer/grid.json.gz"
 # The order of a run's key, and of the viewer's selectors.
 AXES: Tuple[str, ...] = ("C", "d", "n", "optimizer", "tau", "delta", "seed", "method")
-# Only the implicit head reads delta (heads.build_head); a run of another method is the same
+# Only the implicit head reads delta (methods.build_head); a run of another method is the same
 # for every delta, so it is made once.
 DELTA_METHODS: Tuple[str, ...] = ("implicit",)
 # The recorded metrics kept per snapshot (the trainer's evaluation on all N features), plus the

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..training.config import project_root
+from .explorer.settings import MAX_3D_CLASSES
 from .explorer_grid import DEFAULT_OUT, FORMAT, MODULE, load_grid
 from ..core.methods import METHODS
 
-__all__ = ["DEFAULT_GRID", "GRID_ENV", "grid_path", "viewer_html", "grid_description",
-           "explorer_viewer"]
+__all__ = ["DEFAULT_GRID", "GRID_ENV", "grid_path", "delta_effect", "viewer_html",
+           "grid_description", "explorer_viewer"]
 
 DEFAULT_GRID = DEFAULT_OUT  # relative to the project root
 GRID_ENV = "GUIDING_NC_EXPLORER_GRID"
@@ -69,6 +70,61 @@ def _method_meta(methods: List[str]) -> Dict[str, Dict[str, str]]:
     return out
 
 
+def _pow10(x: float) -> str:
+    from .tables import power_text
+
+    return power_text(x)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%" if x >= 0.1 else f"{100 * x:.2g}%"
+
+
+def delta_effect(grid: Mapping[str, Any], keys=(("loss", "loss"), ("nc3", "NC3"))) -> Optional[str]:
+    """What the proximal coefficient changes in the grid, in one sentence for the viewer's delta
+    control.  For each optimiser, over every setting the implicit method was run at with several
+    deltas: the largest relative spread of its final loss and NC3 across delta, and whether that
+    spread follows delta (monotone, largest at one end) or not.  ``None`` when the grid has a
+    single delta."""
+    groups: Dict[tuple, List[Mapping[str, Any]]] = {}
+    for r in grid.get("runs", []):
+        if r.get("delta") is None or r.get("status") != "completed":
+            continue
+        groups.setdefault(tuple(r.get(a) for a in _AXES if a != "delta"), []).append(r)
+    by_opt: Dict[str, Dict[str, Any]] = {}
+    deltas = set()
+    for key, runs in groups.items():
+        if len(runs) < 2:
+            continue
+        runs = sorted(runs, key=lambda r: r["delta"])
+        deltas |= {r["delta"] for r in runs}
+        o = by_opt.setdefault(key[_AXES.index("optimizer")], {k: (0.0, True, None) for k, _ in keys})
+        for k, _ in keys:
+            vals = [r["metrics"][k][-1] for r in runs]
+            if any(v is None or v <= 0 for v in vals):
+                continue
+            spread = (max(vals) - min(vals)) / min(vals)
+            if spread > o[k][0]:
+                steps = [b - a for a, b in zip(vals, vals[1:])]
+                monotone = all(x >= 0 for x in steps) or all(x <= 0 for x in steps)
+                end = runs[-1]["delta"] if abs(vals[-1] - vals[-2]) >= abs(vals[1] - vals[0]) else runs[0]["delta"]
+                o[k] = (spread, monotone, end)
+    if not deltas:
+        return None
+    parts = []
+    for opt, o in sorted(by_opt.items()):
+        amounts = " and ".join(f"{name} by {_pct(o[k][0])}" for k, name in keys)
+        ordered = all(o[k][1] for k, _ in keys if o[k][0] > 0.01)
+        ends = {o[k][2] for k, _ in keys if o[k][0] > 0.01}
+        how = ("" if not ends else f", most at δ = {_pow10(ends.pop())}" if ordered and len(ends) == 1
+               else ", in no order of δ" if not ordered else "")
+        o_set = (grid.get("optimizers") or {}).get(opt) or {}
+        shown = o_set.get("optimizer", opt) + (f" (gain {o_set['gain']:g})" if "gain" in o_set else "")
+        parts.append(f"{shown}: {amounts}{how}")
+    return (f"From δ = {_pow10(min(deltas))} to {_pow10(max(deltas))} the implicit runs' final numbers change "
+            f"at most — " + "; ".join(parts) + ". The other methods do not use δ.")
+
+
 def viewer_html(grid: Mapping[str, Any], *, initial: Optional[Mapping[str, Any]] = None,
                 element_id: Optional[str] = None) -> str:
     """One self-contained HTML fragment that shows ``grid`` (as :func:`load_grid` returns it).
@@ -98,7 +154,9 @@ def viewer_html(grid: Mapping[str, Any], *, initial: Optional[Mapping[str, Any]]
     defaults = ((grid.get("provenance") or {}).get("config") or {}).get("defaults") or {}
     start = {a: v[0] for a, v in defaults.items() if a in _AXES and isinstance(v, list) and v}
     start.update(initial or {})
-    meta = {"methods": _method_meta(list(grid.get("methods", []))), "initial": start}
+    hints = {"delta": delta_effect(grid)}
+    meta = {"methods": _method_meta(list(grid.get("methods", []))), "initial": start,
+            "hints": {k: v for k, v in hints.items() if v}, "max_3d": MAX_3D_CLASSES}
     if element_id is None:
         _counter += 1
         digest = hashlib.sha256(text + _script_json(meta).encode()).hexdigest()[:10]
@@ -119,6 +177,11 @@ def viewer_html(grid: Mapping[str, Any], *, initial: Optional[Mapping[str, Any]]
 
 def _fmt_axis(values: List[Any]) -> str:
     return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def _opt_text(name: str, settings: Mapping[str, Any]) -> str:
+    base = [settings["optimizer"]] if settings.get("optimizer", name) != name else []
+    return ", ".join(base + [f"{a} {b}" for a, b in settings.items() if a != "optimizer"])
 
 
 def grid_description(grid: Mapping[str, Any]) -> str:
@@ -149,7 +212,7 @@ def grid_description(grid: Mapping[str, Any]) -> str:
     opts = grid.get("optimizers", {})
     if opts:
         lines.append("- **Optimisers**: " + "; ".join(
-            f"{k} ({', '.join(f'{a} {b}' for a, b in v.items() if a != 'optimizer')})" for k, v in opts.items())
+            f"{k} ({_opt_text(k, v)})" for k, v in opts.items())
             + ".")
     commit = (git.get("commit") or "unknown")[:12] + ("-dirty" if git.get("dirty") else "")
     lines.append(f"- **Made by** `{prov.get('command', '?')}` (every run by `{prov.get('trainer', '?')}`) at "

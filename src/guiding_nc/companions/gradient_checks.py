@@ -20,11 +20,10 @@ from torch import Tensor
 
 from ..core.reference import kkt_gradient as ddn
 from ..experiments.paper import TABLE3
-from ..core.etf import simplex_etf, standard_simplex_etf
+from ..core.etf import random_class_means, simplex_etf, standard_simplex_etf
 from ..core.nearest import nearest_etf
 
 __all__ = [
-    "class_means",
     "central_difference_gradient",
     "central_difference_jacobian",
     "svd_autograd_polar",
@@ -42,14 +41,6 @@ __all__ = [
 
 
 # ------------------------------------------------------------------ problems
-def class_means(d: int, C: int, seed: int = 0, dtype=torch.float64) -> Tensor:
-    """Random centred, unit-Frobenius class means (Eq. 5), shape (d, C)."""
-    g = torch.Generator().manual_seed(seed)
-    H = torch.randn(d, C, generator=g, dtype=torch.float64)
-    H = H - H.mean(1, keepdim=True)
-    return (H / H.norm()).to(dtype)
-
-
 def central_difference_gradient(fn: Callable[[Tensor], Tensor], H: Tensor, eps: float = 1e-6) -> Tensor:
     """Gradient of the scalar ``fn`` at ``H`` by central differences, one entry at a time (2 dC calls)."""
     # Fresh contiguous buffers: H may be a transposed view.
@@ -124,7 +115,7 @@ def collapse_path(d: int, C: int, seed: int = 0, dtype=torch.float64):
     """
     g = torch.Generator().manual_seed(seed)
     H_etf = simplex_etf(C, d, "random", generator=g, dtype=torch.float64)
-    H_rand = class_means(d, C, seed + 1)
+    H_rand = random_class_means(d, C, seed=seed + 1)
     prox = nearest_etf(H_etf, None, 1e-3)
     return H_etf.to(dtype), H_rand.to(dtype), prox.to(dtype)
 
@@ -184,9 +175,9 @@ def delta_sweep(
     ``dL/dH`` and of ``dL/dprox`` (closed form) for a fixed random ``dL/dU``, and
     the relative distance between the dense KKT and closed-form ``dL/dH``.
     """
-    H = class_means(d, C, seed)
+    H = random_class_means(d, C, seed=seed)
     prox = nearest_etf(H, None, 1e-3)
-    H = H + 0.1 * class_means(d, C, seed + 1)
+    H = H + 0.1 * random_class_means(d, C, seed=seed + 1)
     H = H / H.norm()
     Gu = torch.randn(d, C, generator=torch.Generator().manual_seed(seed + 2), dtype=torch.float64)
     res = {k: [] for k in ("delta", "g_min", "grad_H_norm", "grad_P_norm", "kkt_vs_closed")}
@@ -271,3 +262,125 @@ def memory_rows(bench_json: Optional[str] = None) -> list:
             }
         )
     return rows
+
+
+def memory_table(bench_json: str):
+    """:func:`memory_rows` as the chapter's table, every memory of this package in GiB (the paper's
+    Table 3 in its own unit, GB)."""
+    from .tables import band, table
+
+    def gib(mb):
+        return band("peak_extra_gb", None if mb is None else mb / 1024)
+
+    rows = [[r["name"], r["d"], r["C"], band("peak_extra_gb", r["kkt_need_gb"]), gib(r["cf_mb_float32"]),
+             gib(r["cf_mb_float64"]), "–" if r["paper_wo_gb"] is None else f"{r['paper_wo_gb']:g}",
+             "not run" if r["paper_w_gb"] is None else f"{r['paper_w_gb']:g}",
+             "–" if r["paper_ddn_gb"] is None else f"{r['paper_ddn_gb']:g}"] for r in memory_rows(bench_json)]
+    return table(["model", "$d$", "$C$", "dense KKT need, float64 (GiB)", "closed form measured, float32 (GiB)",
+                  "closed form measured, float64 (GiB)", "paper: w/o DDN (GB)", "paper: w/ DDN (GB)",
+                  "paper: difference (GB)"], rows, align="lrrrrrrrr")
+
+
+def memory_curves(bench_json: str, measured: Sequence = (), Cs: Sequence[int] = (10, 20, 50, 100, 200, 500, 1000),
+                  dims: Sequence[int] = (1024, 2048)):
+    """The data of the chapter's memory figure, in bytes: the dense KKT need against ``C`` at the
+    feature dimensions ``dims`` (curves), and as points the paper's Table 3 cost of the DDN gradient,
+    the closed form measured by the benchmark, and the dense gradient measured by the benchmark and
+    in ``measured`` (``(d, C, MiB)`` triples)."""
+    bench_rows = json.loads(Path(bench_json).read_text())["rows"]
+    table = memory_rows(bench_json)
+    curves = {f"dense KKT need, d={d} (float64, kkt_memory_bytes)": (list(Cs), [ddn.kkt_memory_bytes(d, c)
+                                                                              for c in Cs]) for d in dims}
+    paper = [r for r in table if r["paper_ddn_gb"] is not None]
+    dense = [(C, mb) for _, C, mb in measured] + [(r["C"], r["kkt_peak_mb_float64"]) for r in bench_rows
+                                                  if r["kkt_peak_mb_float64"] is not None]
+    dims_measured = sorted({d for d, _, _ in measured} | {r["d"] for r in bench_rows
+                                                          if r["kkt_peak_mb_float64"] is not None})
+    points = {
+        "paper Table 3: w/ DDN minus w/o (GB → bytes)": ([r["C"] for r in paper],
+                                                         [r["paper_ddn_gb"] * 1e9 for r in paper]),
+        "closed form, measured (float64)": ([r["C"] for r in table],
+                                            [None if r["cf_mb_float64"] is None else r["cf_mb_float64"] * 2 ** 20
+                                             for r in table]),
+        f"dense KKT, measured (float64, d = {' and '.join(map(str, dims_measured))})":
+            ([c for c, _ in dense], [mb * 2 ** 20 for _, mb in dense]),
+    }
+    return curves, points
+
+
+def polar_derivative_checks(H: Tensor, U: Tensor, prox: Tensor, delta: float, seed: int = 0, eps: float = 1e-7):
+    """The polar factor's derivative at ``A = 2 H M + delta P``: the optimality conditions, the
+    skew ``Omega`` of :func:`polar_jvp` and its Sylvester equation, the JVP against central
+    differences (``eps`` below the smallest singular value, ``delta``, on which the polar factor
+    curves) and the adjoint identity of :func:`~guiding_nc.core.polar.polar_vjp`; a table whose
+    ``values`` hold the numbers."""
+    from ..core.polar import polar_factor, polar_vjp
+    from .tables import table
+
+    d, C = H.shape
+    A = 2 * H @ standard_simplex_etf(C, dtype=H.dtype) + delta * prox
+    Up, s, V = polar_factor(A)
+    S = Up.T @ A
+    g = torch.Generator().manual_seed(seed)
+    dA, Gbar = (torch.randn(d, C, generator=g, dtype=H.dtype) for _ in range(2))
+    dU = polar_jvp(Up, s, V, dA)
+    Omega, X = Up.T @ dU, Up.T @ dA
+    dU_fd = (polar_factor(A + eps * dA)[0] - polar_factor(A - eps * dA)[0]) / (2 * eps)
+    lhs, rhs = float((Gbar * dU).sum()), float((polar_vjp(Up, s, V, Gbar) * dA).sum())
+    v = {"polar_vs_nearest": float((Up - U).abs().max()),
+         "normal": float(((torch.eye(d, dtype=H.dtype) - U @ U.T) @ A).abs().max()),
+         "S_sym": float((S - S.T).abs().max()), "omega_skew": float((Omega + Omega.T).abs().max()),
+         "sylvester": float((Omega @ S + S @ Omega - (X - X.T)).abs().max()), "jvp_fd": _rel(dU, dU_fd),
+         "adjoint": lhs - rhs}
+    rows = [["U from the polar factor − nearest_etf", v["polar_vs_nearest"]], ["(I − UUᵀ) A", v["normal"]],
+            ["S − Sᵀ", v["S_sym"]], ["Ω skew: max |Ω + Ωᵀ|", v["omega_skew"]],
+            ["Sylvester residual |ΩS + SΩ − (X − Xᵀ)|", v["sylvester"]],
+            ["dU vs central differences (relative)", v["jvp_fd"]],
+            [f"adjoint identity: ⟨G, dU⟩ − ⟨dL/dA, dA⟩ (⟨G, dU⟩ = {lhs:.12f})", v["adjoint"]]]
+    t = table(["check (each should be 0)", "value"], [[a, f"{b:.1e}"] for a, b in rows], align="lr")
+    t.values = v
+    return t
+
+
+def delta_zero_checks(d: int = 12, C: int = 5, seed: int = 0) -> Dict[str, object]:
+    """What happens at ``delta = 0``: Prop. 1's matrix ``G`` is singular (its zero eigenvalues), the
+    pseudo-inverse in its place gives a gradient of the size of the closed form's at a tiny
+    ``delta``, and both gradients refuse ``delta = 0`` with an error that says why."""
+    H = random_class_means(d, C, seed=seed)
+    P = nearest_etf(H, None, 1e-3)
+    U = nearest_etf(H, P, 0.0)
+    Gz = torch.randn(d, C, generator=torch.Generator().manual_seed(seed + 4), dtype=torch.float64)
+    G0, A0, g0 = ddn.lagrangian_hessian(H, U, P, 0.0), ddn.constraint_jacobian(U), Gz.reshape(-1)
+    G0p = torch.linalg.pinv(G0)
+    w0 = G0p @ A0.T @ torch.linalg.solve(A0 @ G0p @ A0.T, A0 @ G0p @ g0) - G0p @ g0
+    g_kkt0 = -2.0 * w0.reshape(d, C) @ standard_simplex_etf(C, dtype=torch.float64)
+    h = H.clone().requires_grad_()
+    (nearest_etf(h, P, 1e-10) * Gz).sum().backward()
+    errors = {}
+    for name, call in (("kkt_vjp(..., delta=0)", lambda: ddn.kkt_vjp(H, U, P, 0.0, Gz)),
+                       ("nearest_etf(..., delta=0) with gradients",
+                        lambda: nearest_etf(H.clone().requires_grad_(), P, 0.0))):
+        try:
+            call()
+            errors[name] = None
+        except ValueError as err:
+            errors[name] = str(err)
+    return {"zero_eigenvalues": int((torch.linalg.eigvalsh(G0).abs() < 1e-12).sum()),
+            "pinv_norm": float(g_kkt0.norm()), "closed_norm": float(h.grad.norm()), "errors": errors}
+
+
+def collapse_checks(d: int, C: int, delta: float, seed: int = 0) -> Dict[str, object]:
+    """At collapse ``A`` has ``C - 1`` equal singular values, ``2/(C-1) + delta``: autograd
+    through the SVD returns non-finite gradients there, the closed-form adjoint does not, and
+    agrees with central differences."""
+    H_etf, _, P_etf = collapse_path(d, C, seed)
+    s_etf = torch.linalg.svdvals(2 * H_etf @ standard_simplex_etf(C, dtype=torch.float64) + delta * P_etf)
+    Gc = torch.randn(d, C, generator=torch.Generator().manual_seed(seed + 2), dtype=torch.float64)
+    h_svd, h_cf = H_etf.clone().requires_grad_(), H_etf.clone().requires_grad_()
+    (svd_autograd_polar(h_svd, P_etf, delta) * Gc).sum().backward()
+    (nearest_etf(h_cf, P_etf, delta) * Gc).sum().backward()
+    fd = central_difference_gradient(
+        lambda x: (nearest_etf(x, P_etf, delta, backward="none") * Gc).sum(), H_etf, 1e-5)
+    return {"singular_values": s_etf.tolist(), "expected": 2 / (C - 1) + delta, "entries": h_cf.grad.numel(),
+            "svd_finite": int(torch.isfinite(h_svd.grad).sum()), "closed_finite": int(torch.isfinite(h_cf.grad).sum()),
+            "closed_vs_fd": _rel(h_cf.grad, fd)}

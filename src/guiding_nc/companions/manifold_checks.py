@@ -27,10 +27,12 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..core.etf import euclidean_to_riemannian_hessian, projection, retraction, standard_simplex_etf, sym
+from ..core.etf import (euclidean_to_riemannian_gradient, euclidean_to_riemannian_hessian, projection, retraction,
+                        standard_simplex_etf, sym)
 from ..core.nearest import nearest_etf_objective
 
 __all__ = [
+    "tangent_pieces",
     "objective_derivatives",
     "riemannian_gradient_descent",
     "trust_region_history",
@@ -331,3 +333,15 @@ def tangent_hessian_matrix(U: Tensor, egrad: Tensor, ehess: Callable[[Tensor, Te
     return Hmat, basis
 
 
+
+
+def tangent_pieces(V: Tensor, egrad: Callable[[Tensor], Tensor], ehess: Callable[[Tensor, Tensor], Tensor],
+                   generator: torch.Generator) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """What a Taylor check along a curve through ``V`` needs: a random unit tangent vector ``xi``,
+    the Riemannian gradient, the Riemannian Hessian applied to ``xi``, and the same Hessian
+    without its multiplier term ``-xi Sigma(V)`` (a deliberately wrong one)."""
+    xi = projection(V, torch.randn(V.shape, generator=generator, dtype=V.dtype))
+    xi = xi / xi.norm()
+    g = euclidean_to_riemannian_gradient(V, egrad(V))
+    hx = euclidean_to_riemannian_hessian(V, egrad(V), ehess(V, xi), xi)
+    return xi, g, hx, projection(V, ehess(V, xi))

@@ -18,6 +18,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
+from .checks import Integer
 from .errors import NonFiniteInputError
 
 __all__ = ["ClassStatistics"]
@@ -29,11 +30,8 @@ __all__ = ["ClassStatistics"]
 
 
 def check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    """``value`` if it is an int (not a bool) ``>= minimum`` (:class:`guiding_nc.core.checks.Integer`)."""
+    return Integer(minimum)(name, value)
 
 
 def check_features(features: Tensor, dim: int, name: str = "features") -> None:

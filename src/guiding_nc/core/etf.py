@@ -20,6 +20,8 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from .checks import CLASSES
+
 __all__ = [
     "check_num_classes",
     "orthonormality_tolerance",
@@ -35,15 +37,13 @@ __all__ = [
     "euclidean_to_riemannian_hessian",
     "sym",
     "orthonormality_error",
+    "random_class_means",
 ]
 
 
 def check_num_classes(num_classes: int) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
-    if num_classes < 2:
-        raise ValueError(f"a simplex ETF needs at least 2 classes, got num_classes={num_classes}")
-    return num_classes
+    """``num_classes`` if it is an int (not a bool) ``>= 2`` (:data:`guiding_nc.core.checks.CLASSES`)."""
+    return CLASSES("num_classes", num_classes)
 
 
 def _check_dim(dim: Optional[int], num_classes: int) -> int:
@@ -56,6 +56,23 @@ def _check_dim(dim: Optional[int], num_classes: int) -> int:
             f"a simplex ETF of C={num_classes} classes needs feature dimension d >= C, got d={dim}"
         )
     return dim
+
+
+def random_class_means(d: int, C: int, *, seed: Optional[int] = 0, generator: Optional[torch.Generator] = None,
+                       dtype=torch.float64) -> Tensor:
+    """Random centred, unit-Frobenius class means (Eq. 5), shape ``(d, C)``: the input the nearest
+    ETF is fed, for checks and benchmarks.
+
+    Draws one ``(d, C)`` standard normal matrix in float64 from ``generator`` (or a fresh one
+    seeded with ``seed``), removes each row's mean over the classes and scales to unit Frobenius
+    norm; returned in ``dtype``.
+    """
+    check_num_classes(C)
+    if generator is None:
+        generator = torch.Generator().manual_seed(int(seed))
+    H = torch.randn(int(d), C, generator=generator, dtype=torch.float64)
+    H = H - H.mean(1, keepdim=True)
+    return (H / H.norm()).to(dtype)
 
 
 def standard_simplex_etf(num_classes: int, *, dtype=None, device=None) -> Tensor:
@@ -174,19 +191,39 @@ def simplex_etf(
     return mul_simplex_etf(U)
 
 
-def etf_classifier(U: Tensor) -> Tensor:
+def etf_classifier(U: Tensor, *, check: bool = True) -> Tensor:
     """Classifier weights of the simplex ETF with direction ``U`` (Eq. 8).
 
     ``W = sqrt(C/(C-1)) (I - 1 1^T / C) U^T = sqrt(C) M U^T``, shape ``(C, d)``.
-    Every row has unit norm and rows meet at cosine ``-1/(C-1)``.
+    Every row has unit norm and rows meet at cosine ``-1/(C-1)`` -- when ``U`` is a point of
+    ``St(d, C)``, which is checked.
 
     Parameters
     ----------
-    U : Tensor, shape (d, C)
+    U : Tensor, shape (d, C), ``d >= C >= 2``, floating point, ``U^T U = I``
+    check : bool
+        Check that ``U^T U = I`` (to :func:`orthonormality_tolerance`); this reads one value back to
+        the host, so a caller whose ``U`` is orthonormal by construction (the nearest-ETF layer's
+        output inside a training step) passes ``False``.  Shape and dtype checks always run.
     """
+    if not isinstance(U, Tensor):
+        raise TypeError(f"U must be a torch.Tensor, got {type(U).__name__}")
     if U.ndim != 2:
         raise ValueError(f"U must be a (d, C) matrix, got shape {tuple(U.shape)}")
+    if not U.is_floating_point():
+        raise TypeError(f"U must be a floating-point tensor, got dtype {U.dtype}")
     C = check_num_classes(U.shape[1])
+    if U.shape[0] < C:
+        raise ValueError(f"U must be (d, C) with d >= C (a simplex ETF of C={C} classes needs d >= C), "
+                         f"got shape {tuple(U.shape)}")
+    if not isinstance(check, bool):
+        raise TypeError(f"check must be true or false, got {check!r}")
+    if check:
+        err = orthonormality_error(U.detach())
+        tol = orthonormality_tolerance(U.dtype)
+        if not err <= tol:
+            raise ValueError(f"U must be a point of the Stiefel manifold (U^T U = I); max |U^T U - I| = {err:.3g} > "
+                             f"{tol:.1g}: pass U = nearest_etf(H), canonical_point(d, C) or random_point(d, C)")
     return (math.sqrt(C) * mul_simplex_etf(U)).T.contiguous()
 
 

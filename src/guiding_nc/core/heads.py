@@ -46,32 +46,27 @@ are documented there.  Book: chapter 5b ("The training method").
 """
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
 from torch import Tensor, nn
 
+from .checks import CLASSES, DELTA, EMA_FLOOR, TAU, Choice, Flag, Integer
 from .etf import canonical_point, etf_classifier, random_point
-from .methods import METHOD_NAMES as _METHOD_NAMES
-from .methods import METHODS
 from .nearest import BACKWARDS, SOLVERS, NearestETF
 from .running_means import CENTRINGS, CLASS_MEAN_RULES, ClassMeanEMA, GlobalMeanEMA, build_centring, ema_alpha
 
 __all__ = [
-    "METHOD_NAMES",
-    "HEAD_REVISIONS",
+    "HeadOptions",
     "normalize_features",
     "LinearHead",
     "FixedETFHead",
     "ImplicitETFHead",
-    "build_head",
 ]
 
 # Names and revisions live in the one registry of methods.
-METHOD_NAMES = _METHOD_NAMES
-HEAD_REVISIONS = {name: m.revision for name, m in METHODS.items()}
 
 
 class _SphereProjection(torch.autograd.Function):
@@ -121,8 +116,10 @@ class _Head(nn.Module):
 
     def __init__(self, feature_dim: int, num_classes: int, tau: float, normalize: bool):
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"a classifier head needs at least 2 classes, got {num_classes}")
+        CLASSES("num_classes", num_classes)
+        Integer(num_classes, why="a simplex ETF of C classes needs d >= C")("feature_dim", feature_dim)
+        TAU("tau", tau)
+        Flag()("normalize", normalize)
         self.feature_dim, self.num_classes = int(feature_dim), int(num_classes)
         self.tau, self.normalize = float(tau), bool(normalize)
         self.centring: Optional[GlobalMeanEMA] = None  # a subclass that centres sets it
@@ -382,7 +379,7 @@ class ImplicitETFHead(_Head):
             U = self.nearest(H_in)
             if timer is not None and differentiable and torch.is_grad_enabled() and U.requires_grad:
                 timer.backward_hooks(U, H_in)
-            W = etf_classifier(U)
+            W = etf_classifier(U, check=False)  # U* is orthonormal by construction: no host read
             with torch.no_grad():
                 self.W.copy_(W.detach())
         if timer is not None:
@@ -390,43 +387,34 @@ class ImplicitETFHead(_Head):
         return self.centred_logits(h, W, h_g)
 
 
-# ------------------------------------------------------------------------------ factory
-def build_head(method: str, feature_dim: int, num_classes: int, *, tau: float = 5.0, delta: float = 1e-3,
-               ddn_backward: str = "closed_form", solver: str = "closed_form", ema_floor: float = 1e-4,
-               head_bias: bool = False, etf_seed: int = 0, solve_dtype: torch.dtype = torch.float32,
-               max_iterations: int = 30, centring: str = "running",
-               class_means: str = "normalised_batches") -> _Head:
-    """Build the head for ``method`` (one of :data:`METHOD_NAMES`); everything else is shared.
+# ------------------------------------------------------------------------------ options
+@dataclass(frozen=True)
+class HeadOptions:
+    """What every head builder receives besides the feature dimension and the number of classes
+    (the registry's builders in :mod:`guiding_nc.core.methods` pick what their head uses)."""
 
-    ``centring`` is how the head chooses ``h_G`` (:data:`CENTRINGS`, :func:`build_centring`; the
-    method ``fixed-uncentred`` is always ``"none"``); ``class_means`` the implicit head's
-    class-mean rule (:data:`CLASS_MEAN_RULES`).  ``C > d`` is rejected for every method (a simplex
-    ETF of C vertices needs d >= C, and the comparison should be like for like).
-    """
-    if method not in METHOD_NAMES:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHOD_NAMES)}")
-    if num_classes > feature_dim:
-        raise ValueError(
-            f"number of classes C={num_classes} exceeds the feature dimension d={feature_dim}; "
-            "a simplex ETF needs d >= C (use a larger feature_dim)"
-        )
-    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau must be a positive number, got {tau!r}")
-    if centring not in CENTRINGS:
-        raise ValueError(f"centring must be one of {', '.join(CENTRINGS)}, got {centring!r}")
-    if class_means not in CLASS_MEAN_RULES:
-        raise ValueError(f"class_means must be one of {', '.join(CLASS_MEAN_RULES)}, got {class_means!r}")
-    if method == "standard":
-        return LinearHead(feature_dim, num_classes, tau=tau, bias=head_bias, centring=centring, ema_floor=ema_floor)
-    if method == "standard-no-norm":
-        return LinearHead(feature_dim, num_classes, tau=1.0, normalize_features=False, normalize_weight=False,
-                          bias=head_bias, centring=centring, ema_floor=ema_floor)
-    if method in ("fixed", "fixed-uncentred"):
-        return FixedETFHead(feature_dim, num_classes, tau=tau, rotation="canonical",
-                            centring=centring if method == "fixed" else "none", ema_floor=ema_floor)
-    if method == "fixed-random":
-        return FixedETFHead(feature_dim, num_classes, tau=tau, rotation="random", seed=etf_seed, centring=centring,
-                            ema_floor=ema_floor)
-    return ImplicitETFHead(feature_dim, num_classes, tau=tau, delta=delta, backward=ddn_backward, solver=solver,
-                           ema_floor=ema_floor, solve_dtype=solve_dtype, max_iterations=max_iterations,
-                           centring=centring, class_means=class_means)
+    tau: float = 5.0
+    delta: float = 1e-3
+    ddn_backward: str = "closed_form"
+    solver: str = "closed_form"
+    ema_floor: float = 1e-4
+    head_bias: bool = False
+    etf_seed: int = 0
+    solve_dtype: torch.dtype = torch.float32
+    max_iterations: int = 30
+    centring: str = "running"
+    class_means: str = "normalised_batches"
+
+    def __post_init__(self):
+        TAU("tau", self.tau)
+        DELTA("delta", self.delta)
+        Choice(BACKWARDS, style="unknown", label="ddn_backward")("ddn_backward", self.ddn_backward)
+        Choice(SOLVERS, style="unknown", label="solver")("solver", self.solver)
+        EMA_FLOOR("ema_floor", self.ema_floor)
+        Flag()("head_bias", self.head_bias)
+        Integer(0)("etf_seed", self.etf_seed)
+        Integer(1, 10_000)("max_iterations", self.max_iterations)
+        Choice(CENTRINGS)("centring", self.centring)
+        Choice(CLASS_MEAN_RULES)("class_means", self.class_means)
+        if self.solve_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"solve_dtype must be torch.float32 or torch.float64, got {self.solve_dtype!r}")

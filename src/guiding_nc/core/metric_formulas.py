@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .checks import TAU
 from .class_statistics import ClassStatistics, check_features, check_int, check_labels
 
 __all__ = [
@@ -191,8 +192,7 @@ def cross_entropy_lower_bound(num_classes: int, tau: float) -> float:
     the dashed line of the paper's Fig. 2 (book: the UFM-10 chapter).
     """
     C = check_int("num_classes", num_classes, 2)
-    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+    TAU("tau", tau)
     return math.log1p((C - 1) * math.exp(-tau * C / (C - 1)))
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import Choice, Flag
 from .class_statistics import ClassStatistics, check_features, check_int, check_labels
 from .metric_formulas import (
     check_classifier,
@@ -103,8 +104,9 @@ def neural_collapse_metrics(
 
     Book: chapter 2 (the metrics).
     """
-    if empty_classes not in ("error", "nan"):
-        raise ValueError(f"empty_classes must be 'error' or 'nan', got {empty_classes!r}")
+    Choice(("error", "nan"))("empty_classes", empty_classes)
+    Flag()("check", check)
+    Flag()("cache", cache)
     C = check_int("num_classes", num_classes, 2)
     Wc, d = check_classifier(W, b)
     if Wc != C:

@@ -41,14 +41,13 @@ in :mod:`guiding_nc.core.polar`; their public names are importable from here too
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
+from .checks import DELTA, PROX_DELTA, Choice, Flag, Integer, Maybe
 from .errors import NonFiniteInputError
 from .etf import (
     check_num_classes,
@@ -65,6 +64,7 @@ from .polar import (
     polar_vjp,
     polar_vjp_newton_schulz,
 )
+from .polar_derivatives import polar_jvp, polar_vjp_differentiable
 
 __all__ = [
     "nearest_etf",
@@ -78,6 +78,9 @@ __all__ = [
 
 SOLVERS = ("closed_form", "trust_region")  # how the nearest ETF is found (argument `method`)
 BACKWARDS = ("closed_form", "kkt", "none")
+_METHOD = Choice(SOLVERS, style="unknown", label="method")
+_BACKWARD = Choice(BACKWARDS, style="unknown", label="backward")
+_ITERATIONS = Integer(1, 10_000)
 
 
 # --------------------------------------------------------------------------- checks
@@ -101,12 +104,10 @@ def check_inputs(H: Tensor, prox: Optional[Tensor], delta: float, method: str, b
         # The trust-region route runs on the host anyway, so it always checks: its solver would
         # otherwise return its starting point for a NaN input without a word.
         raise NonFiniteInputError("H contains non-finite entries (NaN or Inf)")
-    if method not in SOLVERS:
-        raise ValueError(f"unknown method {method!r}; choose one of {SOLVERS}")
-    if backward not in BACKWARDS:
-        raise ValueError(f"unknown backward {backward!r}; choose one of {BACKWARDS}")
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not math.isfinite(delta) or delta < 0:
-        raise ValueError(f"delta must be a finite number >= 0, got {delta!r}")
+    _METHOD("method", method)
+    _BACKWARD("backward", backward)
+    PROX_DELTA("delta", delta)
+    Flag()("check", check)
     if prox is not None:
         if not isinstance(prox, Tensor):
             raise TypeError(f"prox must be a torch.Tensor or None, got {type(prox).__name__}")
@@ -206,42 +207,104 @@ def _canonical_limit(HM: Tensor, E: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------- autograd function
+def _refuse_kkt(what: str) -> None:
+    raise RuntimeError(f"{what} through nearest_etf(backward='kkt') are not implemented (the KKT formula is a "
+                       "reference for the first-order backward only); use backward='closed_form', the same "
+                       "derivative in closed form")
+
+
 class _NearestETFFunction(torch.autograd.Function):
-    """``(H, prox) -> U*`` with a custom backward; ``U*`` is computed outside."""
+    """``(H, prox) -> U*`` with closed-form derivatives; ``U*`` is computed outside.
+
+    * reverse mode (:meth:`backward`): the polar adjoint (:func:`polar_vjp`, or
+      :func:`polar_vjp_newton_schulz` when ``U`` came from that route) with the SVD factors held
+      constant -- exact for a first derivative.  When the backward itself is recorded
+      (``create_graph=True``, ``torch.func.grad``, a Hessian), it is computed by
+      :func:`polar_vjp_differentiable` from a ``U`` that depends on ``(H, prox)`` through this
+      function again, so second (and higher) derivatives are exact too;
+    * forward mode (:meth:`jvp`: ``torch.func.jvp``, ``torch.autograd.forward_ad``):
+      :func:`polar_jvp` in the spectrum of ``U^T A``.
+
+    ``backward='kkt'`` implements the first-order backward only: forward mode and second
+    derivatives through it raise.  ``delta = 0`` is not differentiable: derivatives raise.
+    """
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, H, prox, U, s, V, delta, backward, newton_schulz=None):
+    def forward(H, prox, U, s, V, delta, backward, newton_schulz=None):
+        return U.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        H, prox, U, s, V, delta, backward, newton_schulz = inputs
         ctx.delta = delta
         ctx.backward_mode = backward
         # Set when U came from the Newton–Schulz route: its adjoint needs the iteration's scale and
         # count instead of (s, V) (host int and a 0-dim tensor outside the graph).
         ctx.newton_schulz = newton_schulz
         ctx.save_for_backward(H, prox, U, s, V)
-        return U.clone()
+        ctx.save_for_forward(H, prox, U, s, V)
 
     @staticmethod
-    @once_differentiable  # the adjoint treats the SVD factors as constants: no silent wrong Hessians
     def backward(ctx, grad_U):
         H, prox, U, s, V = ctx.saved_tensors
         delta = ctx.delta
         ns = ctx.newton_schulz
-        if ctx.backward_mode == "kkt":
-            from .reference.kkt_gradient import kkt_vjp
-
-            grad_H, grad_P = kkt_vjp(H, U, prox, delta, grad_U)
-        else:
-            if ns is not None:
-                grad_A = polar_vjp_newton_schulz(U, procrustes_matrix(H, prox, delta), grad_U,
-                                                 scale=ns.scale, iterations=ns.converged_at)
-            else:
-                grad_A = polar_vjp(U, s, V, grad_U)
+        if delta == 0:
+            raise ValueError(_DELTA_ZERO)
+        if torch.is_grad_enabled() and (H.requires_grad or prox.requires_grad or grad_U.requires_grad):
+            # The backward is being differentiated: its factors must depend on (H, prox) too.
+            if ctx.backward_mode == "kkt":
+                _refuse_kkt("second derivatives")
+            U_of_H = _NearestETFFunction.apply(H, prox, U, s, V, delta, ctx.backward_mode, ns)
+            grad_A = polar_vjp_differentiable(U_of_H, procrustes_matrix(H, prox, delta), grad_U)
             grad_H = 2.0 * mul_simplex_etf(grad_A)
             grad_P = delta * grad_A
+        else:
+            with torch.no_grad():
+                if ctx.backward_mode == "kkt":
+                    from .reference.kkt_gradient import kkt_vjp
+
+                    grad_H, grad_P = kkt_vjp(H, U, prox, delta, grad_U)
+                else:
+                    if ns is not None:
+                        grad_A = polar_vjp_newton_schulz(U, procrustes_matrix(H, prox, delta), grad_U,
+                                                         scale=ns.scale, iterations=ns.converged_at)
+                    else:
+                        if s.numel() == 0:
+                            s, V = polar_spectrum(U, procrustes_matrix(H, prox, delta))
+                        grad_A = polar_vjp(U, s, V, grad_U)
+                    grad_H = 2.0 * mul_simplex_etf(grad_A)
+                    grad_P = delta * grad_A
         return (
             grad_H if ctx.needs_input_grad[0] else None,
             grad_P if ctx.needs_input_grad[1] else None,
             None, None, None, None, None, None,
         )
+
+    @staticmethod
+    def jvp(ctx, dH, dP, *_):
+        H, prox, U, s, V = ctx.saved_tensors
+        delta = ctx.delta
+        if dH is None and dP is None:
+            return torch.zeros_like(U)
+        if delta == 0:
+            raise ValueError(_DELTA_ZERO)
+        if ctx.backward_mode == "kkt":
+            _refuse_kkt("forward-mode derivatives")
+        dA = torch.zeros_like(U)
+        if dH is not None:
+            dA = dA + 2.0 * mul_simplex_etf(dH)
+        if dP is not None:
+            dA = dA + delta * dP
+        if s.numel() == 0:
+            s, V = polar_spectrum(U, procrustes_matrix(H, prox, delta))
+        return polar_jvp(U, s, V, dA)
+
+
+_DELTA_ZERO = ("delta = 0 has a whole family of minimisers, so U* is not differentiable in H; "
+               "use delta > 0 or backward='none'")
 
 
 def procrustes_matrix(H: Tensor, prox: Tensor, delta: float) -> Tensor:
@@ -279,7 +342,8 @@ def nearest_etf(
         family of minimisers; the one returned is the ``delta -> 0`` limit of the
         proximal solution with the canonical direction as proximal point.
     delta : float
-        Proximal coefficient (paper: 1e-3).  ``delta = 0`` with an explicit
+        Proximal coefficient (paper: 1e-3), a number in ``[0, 1e6]`` (not a bool:
+        :data:`guiding_nc.core.checks.PROX_DELTA`).  ``delta = 0`` with an explicit
         ``prox`` solves Eq. 6; it is not differentiable (the minimiser is not
         unique), so it needs ``backward="none"`` when ``H`` requires grad.
     method : {"closed_form", "trust_region"}
@@ -289,10 +353,14 @@ def nearest_etf(
         trust-region on ``Stiefel(d, C)`` with the autograd backend, warm-started
         at ``prox`` and capped at ``max_iterations`` (the paper's solver).
     backward : {"closed_form", "kkt", "none"}
-        First derivatives only (a second ``grad`` through it is refused rather than wrong).
-        ``closed_form``: the polar-factor adjoint, O(d C^2).  ``kkt``: the paper's
-        dense implicit-function formula (Prop. 1 with Eq. 49), memory ~ (dC)^2;
-        small problems only.  ``none``: no gradient through the solve.
+        ``closed_form``: the polar-factor adjoint, O(d C^2); forward mode (``torch.func.jvp``,
+        ``torch.autograd.forward_ad``) and second derivatives (a ``grad`` of a ``grad``, Hessians,
+        ``gradgradcheck``) are exact too (:mod:`guiding_nc.core.polar_derivatives`).  ``kkt``: the
+        paper's dense implicit-function formula (Prop. 1 with Eq. 49), memory ~ (dC)^2; small
+        problems only, first-order reverse mode only (forward mode and second derivatives raise).
+        ``none``: no derivative through the solve (``U`` is a constant, as if detached).
+        ``method="trust_region"`` solves in NumPy, which ``torch.func`` transforms cannot enter
+        (``torch.autograd`` can).
     polar : {"auto", "svd", "gram", "newton_schulz", "gesvda"}
         How the closed form computes the polar factor of ``A`` (see :func:`polar_factor`):
         the same minimiser either way; ``"auto"`` takes the faster route that stays accurate
@@ -329,6 +397,10 @@ def nearest_etf(
         return out.to(H.dtype)
     check_inputs(H, prox, delta, method, backward, check)
     check_polar_method(polar)
+    _ITERATIONS("max_iterations", max_iterations)
+    Flag()("return_prox", return_prox)
+    if polar_state is not None and not isinstance(polar_state, NewtonSchulzState):
+        raise TypeError(f"polar_state must be a NewtonSchulzState or None, got {type(polar_state).__name__}")
     d, C = H.shape
     needs_grad = torch.is_grad_enabled() and (H.requires_grad or (prox is not None and prox.requires_grad))
 
@@ -342,10 +414,7 @@ def nearest_etf(
 
                 prox = trust_region_solve(H.detach(), E, 0.0, initial=E, max_iterations=max_iterations)
     if delta == 0 and needs_grad and backward != "none":
-        raise ValueError(
-            "delta = 0 has a whole family of minimisers, so U* is not differentiable in H; "
-            "use delta > 0 or backward='none'"
-        )
+        raise ValueError(_DELTA_ZERO)
 
     with torch.no_grad():
         Hd, Pd = H.detach(), prox.detach()
@@ -366,7 +435,9 @@ def nearest_etf(
                 # U comes from an iterative solver: (s, V) from the stationarity condition
                 s, V = polar_spectrum(U, procrustes_matrix(Hd, Pd, delta))
 
-    if needs_grad and backward != "none":
+    if backward != "none":
+        # Through the autograd function even when no gradient is recorded: a forward-mode tangent
+        # (torch.func.jvp, forward_ad) is invisible to requires_grad, and must not be lost.
         if s is None:
             s = torch.empty(0, dtype=H.dtype, device=H.device)
             V = torch.empty(0, dtype=H.dtype, device=H.device)
@@ -390,7 +461,7 @@ class NearestETF(nn.Module):
     dim, num_classes : int
         ``d >= C >= 2``.
     delta : float
-        Proximal coefficient (paper: 1e-3).
+        Proximal coefficient (paper: 1e-3), a number in ``(0, 1e6]`` (:data:`guiding_nc.core.checks.DELTA`).
     method, backward : str
         As in :func:`nearest_etf`.
     check : bool or None
@@ -404,6 +475,11 @@ class NearestETF(nn.Module):
 
     Half-precision input (autocast) is solved in float32, the proximal point is kept in
     float32, and ``U`` comes back in the input's dtype.
+
+    Derivatives as in :func:`nearest_etf`: reverse mode, second derivatives and
+    ``torch.autograd.forward_ad`` go through the layer.  ``torch.func`` transforms refuse a module
+    that updates its own state (the proximal point): under them call :func:`nearest_etf` with an
+    explicit ``prox``.
 
     Shapes: ``forward(H: (d, C)) -> U: (d, C)``.
     """
@@ -421,14 +497,12 @@ class NearestETF(nn.Module):
     ):
         super().__init__()
         C = check_num_classes(num_classes)
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < C:
-            raise ValueError(f"NearestETF needs an int feature dimension dim >= num_classes={C}, got {dim!r}")
-        if method not in SOLVERS:
-            raise ValueError(f"unknown method {method!r}; choose one of {SOLVERS}")
-        if backward not in BACKWARDS:
-            raise ValueError(f"unknown backward {backward!r}; choose one of {BACKWARDS}")
-        if not math.isfinite(delta) or delta <= 0:
-            raise ValueError(f"NearestETF needs delta > 0 (the proximal term makes U* unique), got {delta!r}")
+        Integer(C, why=f"NearestETF needs an int feature dimension dim >= num_classes={C}")("dim", dim)
+        _METHOD("method", method)
+        _BACKWARD("backward", backward)
+        DELTA("delta", delta)
+        _ITERATIONS("max_iterations", max_iterations)
+        Maybe(Flag(), "None", "check on the CPU only")("check", check)
         self.dim, self.num_classes = dim, C
         self.delta, self.method, self.backward, self.max_iterations = float(delta), method, backward, max_iterations
         check_polar_method(polar)

@@ -20,7 +20,7 @@ Newton–Schulz, where the SVD is slow and, in float32, inaccurate; the SVD on o
 
 The adjoint of ``A -> polar(A)`` has a closed form in the eigenbasis of ``P = U^T A`` (:func:`polar_vjp`);
 the Newton–Schulz route evaluates the same formula without an eigendecomposition
-(:func:`polar_vjp_newton_schulz`).
+(:func:`polar_vjp_newton_schulz`). Forward mode and second derivatives: :mod:`guiding_nc.core.polar_derivatives`.
 
 Host reads (a GPU waits for the host at each): the Newton–Schulz route reads its residual bounds
 once per convergence check, so once per call when it is told how many iterations to expect (a

@@ -44,10 +44,9 @@ import torch
 
 from ..core.reference import kkt_gradient as ddn
 from ..core.memory import process_memory_bytes, reset_peak_rss
-from ..core.etf import orthonormality_error
+from ..core.etf import orthonormality_error, random_class_means
 from ..core.nearest import check_inputs, nearest_etf, nearest_etf_objective, procrustes_matrix
-from ..core.polar import polar_factor
-from ..core.polar import NewtonSchulzState
+from ..core.polar import NewtonSchulzState, polar_factor
 from ..training.provenance import device_name, git_info, local_command, local_path
 
 DEFAULT_SIZES = ((512, 10), (1024, 100), (1024, 200), (1024, 1000), (2048, 1000))
@@ -56,9 +55,7 @@ DEFAULT_SIZES = ((512, 10), (1024, 100), (1024, 200), (1024, 1000), (2048, 1000)
 def step_problem(d: int, C: int, dtype, device, seed: int = 0):
     """A realistic step: class means ``H`` close to those that produced the proximal point."""
     g = torch.Generator().manual_seed(seed)
-    H0 = torch.randn(d, C, generator=g, dtype=torch.float64)
-    H0 = H0 - H0.mean(1, keepdim=True)
-    H0 = H0 / H0.norm()
+    H0 = random_class_means(d, C, generator=g)
     P = nearest_etf(H0, None, 1e-3)
     H = H0 + 0.05 * torch.randn(d, C, generator=g, dtype=torch.float64) / math.sqrt(d * C)
     H = H - H.mean(1, keepdim=True)
@@ -168,7 +165,7 @@ def bench_provenance(device) -> dict:
     """What every benchmark table records about how it was produced."""
     return {
         "thread_pools": _blas_threads(),
-        "command": local_command(" ".join(["python", "-m", "guiding_nc.experiments.bench"] + sys.argv[1:])),
+        "command": local_command(" ".join(["python", "-m", "guiding_nc.bench"] + sys.argv[1:])),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": _git_commit(),
         "device": _device_name(device),

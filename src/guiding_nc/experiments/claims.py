@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .measures import median_of, step_counts
-from .results import load_results, results_dir, seed_bands
+from .results import load_results, report_epoch_key, results_dir, seed_bands
 
 __all__ = ["evaluate_claims", "claims_markdown", "VERDICTS"]
 
 VERDICTS = ("reproduced", "partly", "not reproduced", "not testable here")
-from ..core.methods import PAPER_METHODS as METHODS  # the three the paper compares
+from ..core.methods import PAPER_METHODS
 DELTA_VARIANTS = ("delta_1e-5", "delta_1e-4", "delta_1e-2", "delta_1e-1", "delta_1e0")
 
 
@@ -41,26 +41,16 @@ def _range(summary, group, key) -> Optional[float]:
     return None if not c or c.get("median") is None else float(c["max"]) - float(c["min"])
 
 
-def _last_key(summary, config, prefix) -> Optional[str]:
-    keys = [k for g, cell in summary.items() if g.startswith(config + "/") for k in cell if k.startswith(prefix + "@")]
-    return max(keys, key=lambda k: int(k.split("@")[1])) if keys else None
-
-
-def _first_key(summary, config, prefix) -> Optional[str]:
-    keys = [k for g, cell in summary.items() if g.startswith(config + "/") for k in cell if k.startswith(prefix + "@")]
-    return min(keys, key=lambda k: int(k.split("@")[1])) if keys else None
-
-
 def _ufm_steps(res) -> Dict[str, Any]:
     S = res["summary"]
     configs = list(dict.fromkeys(r["config"] for r in res["runs"]))
     lines, passed, total = [], 0, 0
     for c in configs:
-        not_run = [m for m in METHODS if f"{c}/default/{m}" not in S]
+        not_run = [m for m in PAPER_METHODS if f"{c}/default/{m}" not in S]
         if not_run:  # a slice of a grid still being run: no evidence either way yet
             lines.append(f"{c}: not compared yet ({', '.join(not_run)} not run)")
             continue
-        med = {m: _med(S, f"{c}/default/{m}", "steps_to_fit") for m in METHODS}
+        med = {m: _med(S, f"{c}/default/{m}", "steps_to_fit") for m in PAPER_METHODS}
         if any(v is None for v in med.values()):
             lines.append(f"{c}: a method never fitted within the budget {med}")
             total += 1
@@ -81,28 +71,28 @@ def _ufm10_loss(res) -> Dict[str, Any]:
     at = {}
     for (_, _, m), (xs, med, _, _) in bands.items():
         at[m] = {int(x): float(v) for x, v in zip(xs, med)}
-    steps = [s for s in (10, 50, 100, 500) if all(s in at.get(m, {}) for m in METHODS)]
+    steps = [s for s in (10, 50, 100, 500) if all(s in at.get(m, {}) for m in PAPER_METHODS)]
     passed = sum(at["implicit"][s] <= min(at["standard"][s], at["fixed"][s]) for s in steps)
-    measured = "; ".join(f"step {s}: " + ", ".join(f"{m} {at[m][s]:.3e}" for m in METHODS) for s in steps)
+    measured = "; ".join(f"step {s}: " + ", ".join(f"{m} {at[m][s]:.3e}" for m in PAPER_METHODS) for s in steps)
     return {"measured": "median train loss — " + measured, "verdict": _verdict(passed, len(steps))}
 
 
-def _per_dataset(res, prefix: str, pick, stat, label: str, unit: str) -> Dict[str, Any]:
+def _per_dataset(res, prefix: str, which: str, stat, label: str, unit: str) -> Dict[str, Any]:
     """One comparison per offline dataset: ``stat`` of metric ``prefix@epoch`` (the epoch chosen by
-    ``pick``) per method; the implicit ETF passes where its value is strictly the best."""
+    ``which``: the first or last report epoch) per method; the implicit ETF passes where its value is strictly the best."""
     S = res["summary"]
     lines, passed, total = [], 0, 0
     for c in dict.fromkeys(r["config"] for r in res["runs"]):
-        k = pick(S, c, prefix)
+        k = report_epoch_key(S, c, prefix, which)
         if k is None:
             continue
-        val = {m: stat(S, f"{c}/default/{m}", k) for m in METHODS}
+        val = {m: stat(S, f"{c}/default/{m}", k) for m in PAPER_METHODS}
         if any(v is None for v in val.values()):
             continue
         total += 1
         passed += all(val["implicit"] < val[m] for m in ("standard", "fixed"))
         lines.append(label.format(c=c, k=k, n=len(S[f"{c}/default/implicit"]["seeds"])) + ", ".join(
-            f"{m} {abs(100 * val[m]):.2f}{unit}" for m in METHODS))
+            f"{m} {abs(100 * val[m]):.2f}{unit}" for m in PAPER_METHODS))
     return {"measured": "; ".join(lines), "verdict": _verdict(passed, total)}
 
 
@@ -112,11 +102,11 @@ def _neg_med(summary, group, key) -> Optional[float]:
 
 
 def _real_early(res) -> Dict[str, Any]:
-    return _per_dataset(res, "train_top1", _first_key, _neg_med, "{c} {k}: ", "%")
+    return _per_dataset(res, "train_top1", "first", _neg_med, "{c} {k}: ", "%")
 
 
 def _real_variance(res) -> Dict[str, Any]:
-    return _per_dataset(res, "test_top1", _last_key, _range, "{c} {k} range over {n} seeds: ", " pp")
+    return _per_dataset(res, "test_top1", "last", _range, "{c} {k} range over {n} seeds: ", " pp")
 
 
 def _ablation_pair(res, a: str, b: str) -> Dict[str, Any]:
@@ -130,7 +120,7 @@ def _ablation_pair(res, a: str, b: str) -> Dict[str, Any]:
         total += 1
         passed += abs(sa - sb) <= tol
         lines.append(f"UFM-10 median steps to fit {sa:g} vs {sb:g} (tolerance {tol:g})")
-    k = _last_key(S, "digits_mlp", "test_top1")
+    k = report_epoch_key(S, "digits_mlp", "test_top1")
     ga, gb = f"digits_mlp/{a}/implicit", f"digits_mlp/{b}/implicit"
     if k and _med(S, ga, k) is not None and _med(S, gb, k) is not None:
         ta, tb = _med(S, ga, k), _med(S, gb, k)
@@ -246,7 +236,7 @@ def _ablation_pair_v2(res, a: str, b: str) -> Dict[str, Any]:
         total += 1
         passed += abs(ma - mb) <= tol if tol != float("inf") else ma == mb
         lines.append(f"UFM-10 (mean-free start) median steps to the loss threshold {ma:g} vs {mb:g} (tolerance {tol:g})")
-    k = _last_key(res["summary"], "digits_mlp", "test_top1")
+    k = report_epoch_key(res["summary"], "digits_mlp", "test_top1")
     ca = _correct_counts(res, f"digits_mlp/{a}/implicit", k) if k else None
     cb = _correct_counts(res, f"digits_mlp/{b}/implicit", k) if k else None
     if ca and cb:
@@ -264,10 +254,10 @@ def _real_variance_counts(res) -> Dict[str, Any]:
     S = res["summary"]
     lines, passed, total = [], 0, 0
     for c in dict.fromkeys(r["config"] for r in res["runs"]):
-        k = _last_key(S, c, "test_top1")
+        k = report_epoch_key(S, c, "test_top1")
         if k is None:
             continue
-        counts = {m: _correct_counts(res, f"{c}/default/{m}", k) for m in METHODS}
+        counts = {m: _correct_counts(res, f"{c}/default/{m}", k) for m in PAPER_METHODS}
         if any(v is None for v in counts.values()):
             continue
         spread = {m: max(v) - min(v) for m, v in counts.items()}
@@ -275,7 +265,7 @@ def _real_variance_counts(res) -> Dict[str, Any]:
         total += 1
         passed += all(spread["implicit"] < spread[m] for m in ("standard", "fixed"))
         lines.append(f"{c} {k} range over {len(counts['implicit'])} seeds, in correct test samples of {n}: "
-                     + ", ".join(f"{m} {spread[m]}" for m in METHODS))
+                     + ", ".join(f"{m} {spread[m]}" for m in PAPER_METHODS))
     return {"measured": "; ".join(lines), "verdict": _verdict(passed, total)}
 
 
@@ -323,12 +313,12 @@ def _no_head_start(keys: Tuple[str, ...], what: str) -> Callable[[Any], Dict[str
         for c in dict.fromkeys(r["config"] for r in runs):
             for v in dict.fromkeys(r["variant"] for r in runs if r["config"] == c):
                 med: Dict[str, Dict[str, float]] = {}
-                for m in METHODS:
+                for m in PAPER_METHODS:
                     for k in keys:
                         vals = _int_steps(res, f"{c}/{v}/{m}", k)
                         if vals:
                             med.setdefault(m, {})[k] = median_of(vals)
-                if any(len(med.get(m, {})) < len(keys) for m in METHODS):
+                if any(len(med.get(m, {})) < len(keys) for m in PAPER_METHODS):
                     lines.append(f"{c} {v}: not compared yet")
                     continue
                 total += 1
@@ -336,7 +326,7 @@ def _no_head_start(keys: Tuple[str, ...], what: str) -> Callable[[Any], Dict[str
                 passed += ok
                 show = lambda x: "never" if x == float("inf") else f"{x:g}"
                 lines.append(f"{c} {v}: " + "; ".join(
-                    f"{k[len('steps_to_'):]} " + "/".join(show(med[m][k]) for m in METHODS) for k in keys))
+                    f"{k[len('steps_to_'):]} " + "/".join(show(med[m][k]) for m in PAPER_METHODS) for k in keys))
         return {"measured": f"median {what} (standard/fixed/implicit) — " + " · ".join(lines),
                 "verdict": _verdict(passed, total)}
 
@@ -348,12 +338,12 @@ def _ufm10_collapse(res) -> Dict[str, Any]:
     the lowest of the three."""
     S = res["summary"]
     keys = ("train_nc1", "train_nc3", "train_equinorm")
-    med = {m: {k: _med(S, f"ufm10/default/{m}", k) for k in keys} for m in METHODS}
-    if any(v is None for m in METHODS for v in med[m].values()):
+    med = {m: {k: _med(S, f"ufm10/default/{m}", k) for k in keys} for m in PAPER_METHODS}
+    if any(v is None for m in PAPER_METHODS for v in med[m].values()):
         return {"measured": "no final NC metrics", "verdict": "not testable here"}
     passed = sum(med["implicit"][k] < min(med["standard"][k], med["fixed"][k]) for k in keys)
     return {"measured": "final medians (standard/fixed/implicit) — " + "; ".join(
-        f"{k[len('train_'):]} " + "/".join(f"{med[m][k]:.2e}" for m in METHODS) for k in keys),
+        f"{k[len('train_'):]} " + "/".join(f"{med[m][k]:.2e}" for m in PAPER_METHODS) for k in keys),
         "verdict": _verdict(passed, len(keys))}
 
 
@@ -367,7 +357,7 @@ def _ufm_steps_merged(root: Optional[Path]) -> Callable[[Any], Dict[str, Any]]:
         for c in dict.fromkeys([*(r["config"] for r in (paper or {}).get("runs", [])),
                                 *(r["config"] for r in res_cpu["runs"])]):
             src, name = res_cpu, "CPU budget"
-            if paper is not None and all(f"{c}/default/{m}" in paper["summary"] for m in METHODS):
+            if paper is not None and all(f"{c}/default/{m}" in paper["summary"] for m in PAPER_METHODS):
                 src, name = paper, "2000 steps"
             one = _ufm_steps({**src, "runs": [r for r in src["runs"] if r["config"] == c]})
             lines.append(f"[{name}] {one['measured']}")

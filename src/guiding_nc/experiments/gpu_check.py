@@ -145,7 +145,7 @@ def run(stages: List[Stage], *, budget_s: float, bench_dir: str, archive: Option
     rows: List[Dict] = []
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
     info = collect_provenance({"budget_s": budget_s, "stages": [s.name for s in stages]}, device="cuda",
-                              argv=["python", "-m", "guiding_nc.experiments.gpu_check", *(argv or [])], extra={"gpu": gpu})
+                              argv=["python", "-m", "guiding_nc.gpu_check", *(argv or [])], extra={"gpu": gpu})
 
     def save(status: str) -> None:
         atomic_write_json(summary_path, {"stages": rows, "provenance": {

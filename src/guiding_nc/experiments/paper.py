@@ -10,7 +10,7 @@ measures so the two can be compared.  Values are medians over 5 seeds as printed
 """
 from __future__ import annotations
 
-from ..core.methods import PAPER_METHODS as METHODS  # the three the paper compares
+from ..core.methods import PAPER_METHODS
 
 
 def _rows(text: str):
@@ -18,7 +18,7 @@ def _rows(text: str):
     for line in text.strip().splitlines():
         name, cells = line.split(":")
         vals = [tuple(float(v) for v in cell.split("/")) for cell in cells.split("|")]
-        out[name.strip()] = dict(zip(METHODS, vals))
+        out[name.strip()] = dict(zip(PAPER_METHODS, vals))
     return out
 
 
@@ -52,7 +52,7 @@ def _ranges(text: str):
         for cell in cells.split("|"):
             e50, e200 = cell.split()
             vals.append(tuple(tuple(float(x) for x in e.split("-")) for e in (e50, e200)))
-        out[name.strip()] = dict(zip(METHODS, vals))
+        out[name.strip()] = dict(zip(PAPER_METHODS, vals))
     return out
 
 

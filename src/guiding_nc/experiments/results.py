@@ -5,9 +5,13 @@
   cell and reads back as ``None``; numbers and booleans read back as numbers and booleans);
 * :func:`load_results` -- a grid experiment's directory (``runs.csv``, ``curves.csv``,
   ``summary.json``, ``provenance.json`` and the per-step JSON files), as written by
-  :mod:`guiding_nc.experiments.store`;
+  :mod:`guiding_nc.experiments.store`, read as its last complete write left it
+  (:func:`read_result_files`: under a shared lock, through the journal of a write a crash
+  interrupted, every file checked, a damaged one named with how to restore it);
 * :func:`run_key` -- the key of one run in those files (``config/variant/method/seed``), and
   :func:`group_key` without the seed;
+* :func:`summarize_records` -- ``summary.json``: median and min-max over seeds per group and metric,
+  from ``runs.csv`` (a value that is not a finite number is a missing one, never a number);
 * :func:`seed_bands` -- median and min-max over seeds of a curve, per group;
 * :func:`provenance_caption` -- the one text every chapter prints under a result: command,
   commits, date, device, versions, compute.
@@ -20,20 +24,26 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..training.config import project_root
-from ..training.tables import band_text, read_csv
+from ..training.config import ConfigError, check_name, project_root
+from ..training.provenance import committed_file
+from ..training.tables import band_text, parse_value, seed_summary
 
-__all__ = ["results_dir", "load_results", "run_key", "group_key",
-           "seed_bands", "provenance_caption", "is_finite_number", "summary_cell", "format_cell"]
+__all__ = ["RESULT_FILES", "SUMMARY_KEYS", "summarize_records", "results_dir", "read_result_files", "load_results",
+           "run_key", "group_key", "seed_bands", "provenance_caption", "is_finite_number", "summary_cell", "format_cell"]
+
+#: The files of a grid experiment's result directory, in the order they are written.
+RESULT_FILES = ("runs.csv", "curves.csv", "step_accuracy.json", "step_loss.json", "margins.json", "summary.json",
+                "provenance.json")
+_LEAD = ("config", "variant", "method", "seed")
 
 
 def results_dir(name: str) -> Path:
     """Where the committed results of experiment ``name`` live: ``data/results/<name>``."""
-    return project_root() / "data" / "results" / name
+    return project_root() / "data" / "results" / check_name("experiment name", name)
 
 
 def run_key(config: str, variant: str, method: str, seed: int) -> str:
@@ -46,20 +56,171 @@ def group_key(config: str, variant: str, method: str) -> str:
     return f"{config}/{variant}/{method}"
 
 
+class _shared_lock:
+    """A shared ``flock`` on a result directory while it is read: a writer (which holds it
+    exclusively, :func:`guiding_nc.experiments.store.write_merged`) never changes it mid-read.  A
+    no-op where locks are not available."""
+
+    def __init__(self, path: Path, wanted: bool):
+        self.path, self.wanted, self.fd = path, wanted, None
+
+    def __enter__(self):
+        if not self.wanted:
+            return self
+        try:
+            import fcntl
+            import os
+
+            self.fd = os.open(self.path, os.O_RDONLY)
+            fcntl.flock(self.fd, fcntl.LOCK_SH)
+        except (ImportError, OSError):
+            if self.fd is not None:
+                import os
+
+                os.close(self.fd)
+            self.fd = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            import fcntl
+            import os
+
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+        return False
+
+
+def _damaged(path: Path, what: str) -> ConfigError:
+    shown = str(path)
+    return ConfigError(f"{shown} is damaged ({what}): restore it (e.g. git checkout -- {shown}), or delete it and "
+                       "rerun the command that wrote the folder with --replace")
+
+
+def _read_json(path: Path, shown: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise _damaged(shown, "not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise _damaged(shown, f"not valid JSON: {exc.msg}, line {exc.lineno} column {exc.colno}") from None
+
+
+def _read_rows(path: Path, shown: Path, lead: Sequence[str]) -> list:
+    """A CSV file of :func:`~guiding_nc.training.tables.csv_text`, every row checked: as many cells
+    as the header, and its ``lead`` columns (the run's config, variant, method, seed) filled."""
+    import csv
+
+    rows = []
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [k for k in lead if k not in (reader.fieldnames or [])]
+            if missing:
+                raise _damaged(shown, f"its header has no {', '.join(missing)} column")
+            for r in reader:
+                line = reader.line_num
+                if None in r:
+                    raise _damaged(shown, f"line {line} has more cells than the header")
+                if any(v is None for v in r.values()):
+                    raise _damaged(shown, f"line {line} has fewer cells than the header")
+                row = {k: parse_value(v) for k, v in r.items()}
+                bad = [k for k in lead if row.get(k) is None or isinstance(row.get(k), bool)
+                       or (k == "seed" and not (isinstance(row[k], int) and row[k] >= 0))]
+                if bad:
+                    raise _damaged(shown, f"line {line} has no valid {', '.join(bad)}")
+                rows.append(row)
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise _damaged(shown, f"not CSV: {exc}") from None
+    return rows
+
+
+def read_result_files(path, *, lock: bool = True, names: Sequence[str] = RESULT_FILES) -> Dict[str, Any]:
+    """Every result file in ``path`` that is there, parsed: ``{"runs", "curves", "summary",
+    "provenance", "step_accuracy", "step_loss", "margins"}`` (``None`` for a file that is not).
+
+    The directory is read as its last complete write left it
+    (:func:`~guiding_nc.training.provenance.committed_file`), under a shared lock unless ``lock`` is
+    false (the caller holds the exclusive one).  ``names``: the files to read (the others are
+    ``None``).  A damaged file -- rows without their config,
+    variant, method or seed, cells beyond the header, truncated JSON -- is a one-line
+    :class:`~guiding_nc.training.config.ConfigError` naming it and how to restore it.
+    """
+    path = Path(path)
+    out: Dict[str, Any] = {}
+    with _shared_lock(path, lock and path.is_dir()):
+        for name in RESULT_FILES:
+            key = name.rsplit(".", 1)[0]
+            where = committed_file(path, name)
+            if name not in names or not where.is_file():
+                out[key] = None
+            elif name == "runs.csv":
+                out[key] = _read_rows(where, path / name, _LEAD)
+            elif name == "curves.csv":
+                out[key] = _read_rows(where, path / name, _LEAD)
+            else:
+                out[key] = _read_json(where, path / name)
+                if not isinstance(out[key], dict):
+                    raise _damaged(path / name, "not a JSON object")
+    return out
+
+
 def load_results(path) -> Dict[str, Any]:
     """Read an experiment's result directory back: ``runs`` (list of dicts), ``curves`` (list of
     dicts), ``summary``, ``provenance`` and, when present, ``step_accuracy``, ``step_loss`` and
-    ``margins``."""
+    ``margins`` (:func:`read_result_files`).  A missing file is a ``FileNotFoundError`` naming it
+    and how to make it again."""
     path = Path(path)
-    if not (path / "runs.csv").exists():
+    if not (path / "runs.csv").exists() and not committed_file(path, "runs.csv").exists():
         raise FileNotFoundError(f"{path} holds no experiment results (no runs.csv); run "
                                 f"`python -m guiding_nc.experiments.reproduce <experiment>` to produce them")
-    out = {"runs": read_csv(path / "runs.csv"), "curves": read_csv(path / "curves.csv"),
-           "summary": json.loads((path / "summary.json").read_text()),
-           "provenance": json.loads((path / "provenance.json").read_text())}
-    for name in ("step_accuracy", "step_loss", "margins"):
-        if (path / f"{name}.json").exists():
-            out[name] = json.loads((path / f"{name}.json").read_text())
+    files = read_result_files(path)
+    if files["summary"] is None and files["runs"] is not None:
+        files["summary"] = json.loads(json.dumps(summarize_records(files["runs"])))  # derived: rebuilt
+    for name in ("runs.csv", "curves.csv", "summary.json", "provenance.json"):
+        if files[name.rsplit(".", 1)[0]] is None:
+            shown = str(path / name)
+            raise FileNotFoundError(f"{shown} is missing: restore it (e.g. git checkout -- {shown}), or rerun the "
+                                    "command that wrote the folder (it rebuilds it)")
+    return {k: v for k, v in files.items() if v is not None or k in ("runs", "curves", "summary", "provenance")}
+
+
+# Run-level numbers that summary.json aggregates over seeds (when a run has them).
+SUMMARY_KEYS = ("train_loss", "train_top1", "test_top1", "train_top5", "test_top5", "train_nc1", "train_nc2",
+                "train_nc3", "train_equinorm", "train_ncc_mismatch", "train_cosine_margin_mean",
+                "train_cosine_margin_min", "test_nc1", "test_ncc_mismatch", "steps_to_fit", "steps_to_loss",
+                "steps_to_nc1", "steps_to_nc3", "epochs_to_fit", "train_top1_step0", "train_dead_units", "train_dead_weight", "wall_time_s",
+                "time_step_ms", "time_backbone_ms", "time_etf_forward_ms", "time_ddn_backward_ms", "peak_mem_gb")
+
+
+def summarize_records(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """``{"config/variant/method": {metric: {"median", "min", "max", "n", "values"}}}`` over seeds."""
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(group_key(r["config"], r["variant"], r["method"]), []).append(r)
+    out: Dict[str, Any] = {}
+    for g, rs in groups.items():
+        cell: Dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
+        keys: List[str] = []
+        for r in rs:
+            keys += [k for k in r if (k in SUMMARY_KEYS or "@" in k) and k not in keys]
+        for k in keys:
+            vals = [float(r[k]) for r in rs if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                    and math.isfinite(float(r[k]))]
+            missing = len(rs) - len(vals)
+            steps = k.startswith("steps_to_")
+            if steps:
+                # Runs that were measured and never got there count as missing; runs where the
+                # measure does not apply (mini-batch training) leave no cell at all.
+                flag = "fitted" if k == "steps_to_fit" else "reached_" + k[len("steps_to_"):]
+                never = sum(r.get(flag) is False for r in rs)
+                if not vals and not never:
+                    continue
+                missing = never
+            if vals or steps:
+                cell[k] = seed_summary(vals, missing=missing)
+        out[g] = cell
     return out
 
 
@@ -93,6 +254,13 @@ def seed_bands(curves: Sequence[Mapping[str, Any]], y: str, *, x: str = "step",
     return out
 
 
+def _date_text(date: Any, full: bool = False) -> str:
+    """A recorded date as text (the day only unless ``full``), or that none was recorded."""
+    if not date:
+        return "date not recorded"
+    return str(date) if full else str(date)[:10]
+
+
 def provenance_caption(prov: Mapping[str, Any]) -> str:
     """One block of plain text saying how a result file was produced."""
     git = prov.get("git") or {}
@@ -107,7 +275,7 @@ def provenance_caption(prov: Mapping[str, Any]) -> str:
     else:
         lines.append(f"commit  : {commit}")
     lines += [
-        f"date    : {prov.get('date', '?')}   status: {prov.get('status', '?')}",
+        f"date    : {_date_text(prov.get('date'), full=True)}   status: {prov.get('status', '?')}",
         f"device  : {prov.get('device_name', prov.get('device', '?'))}, {prov.get('num_threads', '?')} thread(s)",
         f"versions: python {prov.get('python', '?')}, torch {prov.get('torch', '?')}, numpy {prov.get('numpy', '?')}",
     ]
@@ -121,7 +289,7 @@ def provenance_caption(prov: Mapping[str, Any]) -> str:
         for inv in invocations:
             lines.append(f"slice   : {len(inv['runs'])} runs by `{inv['command']}` at {inv['commit']} on "
                          f"{inv['device']}, {inv.get('num_threads') or '?'} thread(s), "
-                         f"{str(inv.get('first_date', '?'))[:10]}")
+                         f"{_date_text(inv.get('first_date') or inv.get('last_date'))}")
     if prov.get("seeds") is not None:
         lines.append(f"seeds   : {prov['seeds']}")
     if prov.get("notes"):
@@ -144,3 +312,15 @@ def format_cell(cell: Optional[Tuple[float, float, float]], fmt: str = ".4g", un
     ``–`` for none."""
     return band_text(*(cell or (None,)), fmt=fmt, unit=unit)
 
+
+def report_epoch_key(summary: Mapping[str, Any], config: str, metric: str, which: str = "last") -> Optional[str]:
+    """The ``metric@epoch`` key of the last (``which="last"``) or first (``"first"``) report epoch
+    that a config's groups in ``summary.json`` hold, e.g. ``"test_top1@30"``; ``None`` if none."""
+    if which not in ("last", "first"):
+        raise ValueError(f"which must be 'last' or 'first', got {which!r}")
+    keys = {k for g, cell in summary.items() if g.startswith(config + "/") for k in cell
+            if k.startswith(metric + "@")}
+    if not keys:
+        return None
+    pick = max if which == "last" else min
+    return pick(keys, key=lambda k: int(k.split("@")[1]))

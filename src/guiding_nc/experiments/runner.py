@@ -15,8 +15,12 @@ Usage::
     python -m guiding_nc.experiments.reproduce --list
 
 Output directory (default ``data/results/<experiment>`` in full mode): the files of
-:mod:`guiding_nc.experiments.store`, written atomically after every run so an interrupted
-experiment keeps everything it finished.
+:mod:`guiding_nc.experiments.store`, rewritten after every run as one change (a crash at any point
+leaves the files of the last complete write, and rerunning the command completes them), so an
+interrupted experiment keeps everything it finished.  The overrides (``key=value``) apply to every
+run; the settings the grid gives each run itself are flags instead (``--methods``, ``--seeds``,
+``--device``, ``--threads``, ``--work-dir``; :data:`~guiding_nc.experiments.spec.PER_RUN_KEYS`), and a
+flag's value must be in the experiment's grid.
 
 Each run also keeps its own directory under ``--work-dir`` (checkpoints, the trainer's own
 files and a ``record.json`` once it finished); rerunning the same command continues a killed
@@ -44,15 +48,16 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from ..training.config import ConfigError, project_root
+from ..core.checks import THREADS, ArgumentError
+from ..training.config import ConfigError, check_name, project_root
 from ..training.tables import band_text
 from ..training.provenance import atomic_write_json, atomic_write_text
 from ..training.trainer import train_run
 from .measures import first_fit_step, steps_to_thresholds
-from .results import results_dir
-from .spec import ExperimentSpec, list_experiments, load_experiment, run_config, run_key_of
-from .store import (finished_record, legacy_config_hash, read_results, run_lock, settings_hash, summarize_records,
-                    write_merged)
+from .results import results_dir, summarize_records
+from .spec import ExperimentSpec, check_overrides, list_experiments, load_experiment, run_config, run_key_of
+from .store import (check_results, finished_record, legacy_config_hash, made_dirty, read_record, read_results, run_lock,
+                    settings_hash, write_merged)
 
 __all__ = ["MODULE", "REPO_ROOT", "run_experiment", "format_summary", "main"]
 
@@ -122,12 +127,14 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
                    configs: Optional[Sequence[str]] = None, variants: Optional[Sequence[str]] = None,
                    methods: Optional[Sequence[str]] = None, overrides: Optional[Dict[str, Any]] = None,
                    num_threads: Optional[int] = None, progress: bool = True, replace: bool = False,
-                   allow_dirty: bool = False, argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+                   allow_dirty: bool = False, remake_dirty: bool = False,
+                   argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run (or continue) an experiment; returns ``{"records": [...], "summary": {...}, "out": path}``.
 
-    ``seeds``/``configs``/``variants``/``methods`` restrict the grid; ``overrides`` apply to every
-    run (e.g. ``{"device": "cuda", "data_root": "/data"}``).  Quick mode uses the experiment's
-    ``quick`` section.  ``out`` defaults to ``data/results/<name>`` (full) or
+    ``seeds``/``configs``/``variants``/``methods`` restrict the grid (to values it has); ``overrides``
+    apply to every run (e.g. ``{"data_root": "/data"}``; not the settings each run gets from the
+    grid, :data:`~guiding_nc.experiments.spec.PER_RUN_KEYS`: ``device`` is an argument).  Quick
+    mode uses the experiment's ``quick`` section.  ``out`` defaults to ``data/results/<name>`` (full) or
     ``runs/experiments/<name>-quick`` (quick); ``work_dir`` (per-run checkpoints) defaults to
     ``runs/experiments/<name>[-quick]/work``.  Runs that ``out`` already holds with other settings
     than this call's stop it before any run (:class:`ConfigError`) unless ``replace``: then they
@@ -139,27 +146,11 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
     from tqdm.auto import tqdm
 
     spec = name_or_spec if isinstance(name_or_spec, ExperimentSpec) else load_experiment(name_or_spec)
+    check_name("experiment name", spec.name)  # it names the result and work directories
+    check_overrides(spec, overrides or {})
     spec = spec.quick_spec() if quick else copy.deepcopy(spec)
     grid = copy.deepcopy(spec)  # the whole grid, before --seeds/--configs/--variants/--methods narrow it
-    if seeds is not None:
-        spec.seeds = [int(s) for s in seeds]
-    if configs is not None:
-        unknown = sorted(set(configs) - set(spec.configs))
-        if unknown:
-            raise ConfigError(f"experiment {spec.name!r} has no config(s) {', '.join(unknown)}; it has "
-                              f"{', '.join(spec.configs)}")
-        spec.configs = list(configs)
-    if variants is not None:
-        unknown = sorted(set(variants) - set(spec.variants))
-        if unknown:
-            raise ConfigError(f"experiment {spec.name!r} has no variant(s) {', '.join(unknown)}; it has "
-                              f"{', '.join(spec.variants)}")
-        spec.variants = {k: v for k, v in spec.variants.items() if k in variants}
-    if methods is not None:
-        spec.methods = list(methods)
-        for v in spec.variants.values():
-            if "methods" in v:
-                v["methods"] = [m for m in v["methods"] if m in methods]
+    _narrow(spec, quick, seeds=seeds, configs=configs, variants=variants, methods=methods)
     if overrides:
         spec.cli_overrides = dict(overrides)
         grid.cli_overrides = dict(overrides)
@@ -186,13 +177,23 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
         argv += ["--threads", str(num_threads)] if num_threads is not None else []
         argv += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in (overrides or {}).items()]
     argv = list(argv)
+    for flag, path in (("--out", out), ("--work-dir", work_dir)):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{flag} {path} is a file, not a directory: name a directory (new, or one this command "
+                              "wrote before)")
     if num_threads is not None:
-        if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1:
-            raise ConfigError(f"--threads must be a positive integer, got {num_threads!r}")
+        try:
+            THREADS("--threads", num_threads)  # far too many crash the OpenMP runtime without a word
+        except ArgumentError as exc:
+            raise ConfigError(str(exc)) from None
         import torch
 
         torch.set_num_threads(int(num_threads))  # the trainer does the same; provenance records it
     jobs = spec.jobs()
+    if not jobs:
+        raise ConfigError(f"--seeds/--configs/--variants/--methods select no run of experiment {spec.name!r}"
+                          f"{' (quick)' if quick else ''}: its runs are "
+                          f"{', '.join(run_key_of(j) for j in grid.jobs())}")
     # Validate every run before the first one starts: a typo fails now, not an hour in.
     cfgs = [run_config(spec, job, work_dir / run_key_of(job), device, num_threads, progress=False) for job in jobs]
     start = time.time()
@@ -205,12 +206,16 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
     others = [j for j in grid_jobs if run_key_of(j) not in this_slice]
     records: Dict[str, Dict[str, Any]] = {}
     # Runs the result files already hold with these settings (committed results, say) are not trained
-    # again; runs they hold with other settings are never dropped silently.
-    done_in_results, _, refused = read_results(out, grid, mode, work_dir, device, num_threads)
-    if refused and not replace:
-        raise ConfigError(f"{out} holds {len(refused)} run(s) made with other settings than this command's "
-                          f"({', '.join(refused[:3])}{' ...' if len(refused) > 3 else ''}): write to another "
-                          "directory with --out DIR, or pass --replace to drop them from the files")
+    # again; runs they hold with other settings are never dropped silently: they stop the command
+    # here, or, with --replace, are dropped -- those rows only, as they are now: a row another
+    # command writes later stops this one at its next write (write_merged).
+    done_in_results, may_drop = check_results(out, grid, mode, work_dir, device, num_threads, replace=replace)
+    if remake_dirty:
+        # Runs the files hold that were made from a tree with uncommitted changes: trained again here
+        # (from this clean tree) and their rows replaced, so every result names committed code.
+        _, metas, _ = read_results(out, grid, mode, work_dir, device, num_threads)
+        for k in [k for k in done_in_results if k in this_slice and made_dirty(metas.get(k) or {})]:
+            del done_in_results[k]
     used_device = None
     elsewhere: List[Dict[str, Any]] = []  # runs of this slice another process is training now
     bar = tqdm(list(zip(jobs, cfgs)), desc=spec.name, disable=not progress, dynamic_ncols=True)
@@ -232,15 +237,47 @@ def run_experiment(name_or_spec, *, quick: bool = False, out: Optional[Path] = N
                     used_device = rec["row"].get("device", used_device)
                     if len(records) < len(jobs):
                         write_merged(out, grid, grid_keys, records, others + elsewhere, "running", start, mode,
-                                      used_device, argv, num_threads, work_dir, device)
+                                      used_device, argv, num_threads, work_dir, device, may_drop)
                     continue
         records[run_key_of(job)] = rec
         used_device = rec["row"].get("device", used_device)
     merged, status = write_merged(out, grid, grid_keys, records, others + elsewhere, None, start, mode, used_device, argv,
-                                   num_threads, work_dir, device)
+                                   num_threads, work_dir, device, may_drop)
     rows = [r["row"] for r in merged.values()]
     return {"records": list(merged.values()), "summary": summarize_records(rows), "out": str(out), "spec": spec,
             "status": status}
+
+
+def _narrow(spec: ExperimentSpec, quick: bool, *, seeds=None, configs=None, variants=None, methods=None) -> None:
+    """Narrow ``spec`` to the slice ``--seeds``/``--configs``/``--variants``/``--methods`` name; a
+    value outside the grid is a :class:`ConfigError` naming the grid's values (a run outside it
+    would be trained and then left out of the files)."""
+    grid_methods: List[str] = []
+    for v in spec.variants.values():
+        grid_methods += [m for m in v.get("methods", spec.methods) if m not in grid_methods]
+    where = f"experiment {spec.name!r}{' (quick)' if quick else ''}"
+    for flag, given, have in (("--seeds", seeds, spec.seeds), ("--configs", configs, spec.configs),
+                              ("--variants", variants, list(spec.variants)), ("--methods", methods, grid_methods)):
+        if given is None:
+            continue
+        if flag == "--seeds" and any(isinstance(x, bool) or not isinstance(x, int) for x in given):
+            raise ConfigError(f"--seeds takes integers, got {' '.join(map(str, given))}")
+        unknown = [str(x) for x in given if x not in have]
+        if unknown:
+            noun = flag[2:-1] + ("(s)" if len(unknown) > 1 else "")
+            raise ConfigError(f"{where} has no {noun} {', '.join(unknown)} ({flag}); its {flag[2:]} are "
+                              f"{', '.join(map(str, have))}")
+    if seeds is not None:
+        spec.seeds = [int(s) for s in seeds]
+    if configs is not None:
+        spec.configs = list(configs)
+    if variants is not None:
+        spec.variants = {k: v for k, v in spec.variants.items() if k in variants}
+    if methods is not None:
+        spec.methods = list(methods)
+        for v in spec.variants.values():
+            if "methods" in v:
+                v["methods"] = [m for m in v["methods"] if m in methods]
 
 
 def _train_one(job: Dict[str, Any], cfg, run_dir: Path, spec: ExperimentSpec, argv) -> Dict[str, Any]:
@@ -249,7 +286,7 @@ def _train_one(job: Dict[str, Any], cfg, run_dir: Path, spec: ExperimentSpec, ar
     rec_path, hash_path = run_dir / "record.json", run_dir / "config_hash.txt"
     old = None
     if rec_path.exists():
-        old = json.loads(rec_path.read_text()).get("config_hash")
+        old = read_record(rec_path).get("config_hash")
     elif hash_path.exists():
         old = hash_path.read_text().strip()
     if old is not None and old not in (h, legacy_config_hash(cfg)):
@@ -303,6 +340,9 @@ def _main(argv=None) -> int:
                         help="run full mode although src/ or configs/ differ from the last commit (recorded)")
     parser.add_argument("--replace", action="store_true",
                         help="drop the runs --out holds with other settings than this command's (git keeps them)")
+    parser.add_argument("--remake-dirty", action="store_true",
+                        help="train again the runs --out holds that were made from uncommitted code (use a fresh "
+                             "--work-dir), and replace their rows")
     parser.add_argument("overrides", nargs="*", default=[], help="key=value applied to every run")
     args, extra = parser.parse_known_args(argv)
     if args.list:
@@ -321,7 +361,7 @@ def _main(argv=None) -> int:
     res = run_experiment(args.experiment, quick=args.quick, out=args.out, work_dir=args.work_dir, device=args.device,
                          seeds=args.seeds, configs=args.configs, variants=args.variants, methods=args.methods,
                          overrides=parse_overrides(items), num_threads=args.threads, progress=not args.no_progress,
-                         replace=args.replace, allow_dirty=args.allow_dirty, argv=["python", "-m", MODULE, *(sys.argv[1:] if argv is None else argv)])
+                         replace=args.replace, allow_dirty=args.allow_dirty, remake_dirty=args.remake_dirty, argv=["python", "-m", MODULE, *(sys.argv[1:] if argv is None else argv)])
     print(format_summary(res["summary"], ("train_top1", "test_top1", "steps_to_fit", "train_nc1", "wall_time_s")))
     print(f"saved {res['out']}")
     if res["status"] == "partial":

@@ -8,7 +8,7 @@
 * ``step_accuracy.json`` / ``step_loss.json``: exact per-step train accuracy (loss) of every
   full-batch run (UFMs), if asked; ``margins.json``: final per-sample cosine margins, if asked;
 * ``summary.json``: median and min-max over seeds per (config, variant, method) and metric
-  (:func:`summarize_records`);
+  (:func:`~guiding_nc.experiments.results.summarize_records`);
 * ``provenance.json``: exact command, experiment spec, mode, seeds, git commit, date, device,
   library versions, wall time and status, each slice's command under ``invocations`` and each
   run's command, commit and settings hash under ``run_sources``.
@@ -16,12 +16,17 @@
 A run counts only with the settings its grid asks for now: :func:`effective_settings` and
 :func:`settings_hash`; :func:`stale_runs` lists the ones that do not.  Finished runs of other
 slices are merged in at every write (:func:`write_merged`) under a lock on the result directory;
-:class:`run_lock` keeps two slices from training one run.
+:class:`run_lock` keeps two slices from training one run.  No write drops a run the files hold:
+one with other settings stops the command (:func:`check_results` before it trains, again at every
+write, where another command may have written meanwhile) unless ``--replace`` named it at the
+start; a missing ``summary.json`` is rebuilt, a missing ``curves.csv`` (or per-step file) rebuilt
+from the work directory or refused.  All files of one write are one change
+(:func:`~guiding_nc.training.provenance.atomic_write_files`): a crash at any point leaves the last
+complete set, and the next write (the same command again) completes or undoes the interrupted one.
 """
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -29,58 +34,26 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import yaml
 
 from ..training.config import ConfigError, load_config
-from ..training.provenance import (atomic_write_json, atomic_write_text, collect_provenance, local_command, local_path,
-                                   to_jsonable)
-from ..training.tables import csv_text, seed_summary
-from .results import group_key, load_results
+from ..training.provenance import (atomic_write_files, collect_provenance, json_text, local_command, local_path,
+                                   recover_files, result_settings, to_jsonable)
+from ..training.tables import csv_text
+from .results import RESULT_FILES, read_result_files, summarize_records
 from .spec import ExperimentSpec, load_experiment, run_config, run_key_of
 
-__all__ = ["SUMMARY_KEYS", "summarize_records", "stale_runs", "effective_settings", "settings_hash",
-           "legacy_config_hash", "finished_record", "read_results", "write_merged", "run_lock"]
-
-# Run-level numbers that summary.json aggregates over seeds (when a run has them).
-SUMMARY_KEYS = ("train_loss", "train_top1", "test_top1", "train_top5", "test_top5", "train_nc1", "train_nc2",
-                "train_nc3", "train_equinorm", "train_ncc_mismatch", "train_cosine_margin_mean",
-                "train_cosine_margin_min", "test_nc1", "test_ncc_mismatch", "steps_to_fit", "steps_to_loss",
-                "steps_to_nc1", "steps_to_nc3", "epochs_to_fit", "train_top1_step0", "train_dead_units", "train_dead_weight", "wall_time_s",
-                "time_step_ms", "time_backbone_ms", "time_etf_forward_ms", "time_ddn_backward_ms", "peak_mem_gb")
-
-
-def summarize_records(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """``{"config/variant/method": {metric: {"median", "min", "max", "n", "values"}}}`` over seeds."""
-    groups: Dict[str, List[Dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(group_key(r["config"], r["variant"], r["method"]), []).append(r)
-    out: Dict[str, Any] = {}
-    for g, rs in groups.items():
-        cell: Dict[str, Any] = {"seeds": [r["seed"] for r in rs]}
-        keys: List[str] = []
-        for r in rs:
-            keys += [k for k in r if (k in SUMMARY_KEYS or "@" in k) and k not in keys]
-        for k in keys:
-            vals = [float(r[k]) for r in rs if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
-                    and math.isfinite(float(r[k]))]
-            missing = len(rs) - len(vals)
-            steps = k.startswith("steps_to_")
-            if steps:
-                # Runs that were measured and never got there count as missing; runs where the
-                # measure does not apply (mini-batch training) leave no cell at all.
-                flag = "fitted" if k == "steps_to_fit" else "reached_" + k[len("steps_to_"):]
-                never = sum(r.get(flag) is False for r in rs)
-                if not vals and not never:
-                    continue
-                missing = never
-            if vals or steps:
-                cell[k] = seed_summary(vals, missing=missing)
-        out[g] = cell
-    return out
-
+__all__ = ["stale_runs", "effective_settings", "settings_hash",
+           "legacy_config_hash", "finished_record", "read_record", "read_results", "check_results", "write_merged",
+           "run_lock", "made_dirty"]
 
 def _run_meta(work_dir: Path, key: str, settings_hash: Optional[str]) -> Dict[str, Any]:
     """Where one finished run came from, read from its own provenance in ``work_dir``: command,
     commit (``-dirty`` when the tree had code changes), device, threads, date and settings hash."""
     p = work_dir / key / "provenance.json"
-    prov = json.loads(p.read_text()) if p.exists() else {}
+    try:
+        prov = json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p} is damaged ({getattr(exc, 'msg', type(exc).__name__)}), so the run's command and "
+                          "commit are unknown: restore it, or delete the run's directory and rerun the same "
+                          "command, which then trains that run again") from None
     git = prov.get("git") or {}
     # A run resumed from a checkpoint names the commits of its earlier processes too.
     earlier = [(seg.get("commit") or "unknown") + ("-dirty" if seg.get("dirty") else "")
@@ -91,6 +64,13 @@ def _run_meta(work_dir: Path, key: str, settings_hash: Optional[str]) -> Dict[st
             "device": str(prov.get("device_name") or prov.get("device") or "?"),
             "num_threads": prov.get("num_threads"), "first_date": prov.get("date"), "last_date": prov.get("date"),
             "settings_hash": settings_hash}
+
+
+def made_dirty(meta: Dict[str, Any]) -> bool:
+    """Whether a run's recorded provenance (an entry of ``run_sources``) names a commit with
+    uncommitted changes, in its last process or an earlier one."""
+    commits = [str(meta.get("commit") or ""), *(str(c) for c in meta.get("earlier_commits") or [])]
+    return any(c.endswith("-dirty") or "-dirty " in c for c in commits)
 
 
 def _run_commits(sources: Dict[str, Dict[str, Any]]) -> List[str]:
@@ -138,25 +118,27 @@ def _write_outputs(out: Path, spec: ExperimentSpec, records: Dict[str, Dict[str,
                    start: float, mode: str, device: Optional[str], argv: Sequence[str], num_threads,
                    work_dir: Path, sources: Dict[str, Dict[str, Any]], earlier: Iterable[str] = (),
                    kept: Iterable[str] = ()) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    """Every result file of ``out`` for ``records``, written as one change
+    (:func:`~guiding_nc.training.provenance.atomic_write_files`): a crash at any point leaves the
+    files of the last write or of this one, never a mix."""
     recs = list(records.values())
     rows = [r["row"] for r in recs]
     lead = ("config", "variant", "method", "seed")
-    atomic_write_text(out / "runs.csv", csv_text(rows, lead=lead))
+    files: Dict[str, str] = {"runs.csv": csv_text(rows, lead=lead)}
     curve_rows = []
     for r in recs:
         for c in r["curves"]:
             curve_rows.append({**{k: r["row"][k] for k in lead}, **c})
-    atomic_write_text(out / "curves.csv", csv_text(curve_rows, lead=lead + ("epoch", "step")))
+    files["curves.csv"] = csv_text(curve_rows, lead=lead + ("epoch", "step"))
     if spec.record_step_accuracy:
-        atomic_write_json(out / "step_accuracy.json", {run_key_of(r["row"]): r["step_accuracy"] for r in recs
-                                                        if r["step_accuracy"]}, indent=None)
+        files["step_accuracy.json"] = json_text({run_key_of(r["row"]): r["step_accuracy"] for r in recs
+                                                 if r["step_accuracy"]}, indent=None)
     if spec.record_step_losses:
-        atomic_write_json(out / "step_loss.json", {run_key_of(r["row"]): r.get("step_loss") for r in recs
-                                                   if r.get("step_loss")}, indent=None)
+        files["step_loss.json"] = json_text({run_key_of(r["row"]): r.get("step_loss") for r in recs
+                                             if r.get("step_loss")}, indent=None)
     if spec.save_margins:
-        atomic_write_json(out / "margins.json", {run_key_of(r["row"]): r["margins"] for r in recs}, indent=None)
-    atomic_write_json(out / "summary.json", summarize_records(rows))
+        files["margins.json"] = json_text({run_key_of(r["row"]): r["margins"] for r in recs}, indent=None)
+    files["summary.json"] = json_text(summarize_records(rows))
     spec_dict = {k: v for k, v in spec.__dict__.items()}
     prov = collect_provenance(
         {"experiment": spec.name, "spec": spec_dict, "mode": mode, "num_threads": num_threads},
@@ -173,7 +155,8 @@ def _write_outputs(out: Path, spec: ExperimentSpec, records: Dict[str, Dict[str,
                "invocations": _invocations(sources), "run_sources": _local_commands(sources),
                "seeds": list(spec.seeds), "configs": list(spec.configs), "notes": spec.notes},
     )
-    atomic_write_json(out / "provenance.json", prov)
+    files["provenance.json"] = json_text(prov)
+    atomic_write_files(out, files)
 
 
 def finished_record(run_dir: Path, cfg) -> Optional[Dict[str, Any]]:
@@ -182,7 +165,7 @@ def finished_record(run_dir: Path, cfg) -> Optional[Dict[str, Any]]:
     rec_path = run_dir / "record.json"
     if not rec_path.exists():
         return None
-    rec = json.loads(rec_path.read_text())
+    rec = read_record(rec_path)
     if rec.get("config_hash") in (settings_hash(cfg), legacy_config_hash(cfg)):
         return rec
     cfg_path = run_dir / "config.yaml"
@@ -194,6 +177,20 @@ def finished_record(run_dir: Path, cfg) -> Optional[Dict[str, Any]]:
         if effective_settings(ran) == effective_settings(cfg):
             return rec
     return None
+
+
+def read_record(path: Path) -> Dict[str, Any]:
+    """A run's ``record.json`` (what :func:`finished_record` serves); a damaged one is a one-line
+    :class:`ConfigError` naming it and the fix."""
+    try:
+        rec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is damaged ({getattr(exc, 'msg', type(exc).__name__)}): delete it and rerun the "
+                          "same command, which then trains that run again") from None
+    if not isinstance(rec, dict) or "row" not in rec:
+        raise ConfigError(f"{path} is not a run record: delete it and rerun the same command, which then trains "
+                          "that run again")
+    return rec
 
 
 class _DirLock:
@@ -245,21 +242,41 @@ class run_lock(_DirLock):
 def write_merged(out: Path, grid: ExperimentSpec, grid_keys: Sequence[str], records: Dict[str, Dict[str, Any]],
                   others: Sequence[Dict[str, Any]], status: Optional[str], start: float, mode: str,
                   used_device: Optional[str], argv: Sequence[str], num_threads, work_dir: Path,
-                  device: str) -> Tuple[Dict[str, Dict[str, Any]], str]:
+                  device: str, may_drop: Optional[Dict[str, str]] = None) -> Tuple[Dict[str, Dict[str, Any]], str]:
     """Write this invocation's runs merged with every other finished run of the grid.
 
     The other runs are re-read from ``work_dir`` under an exclusive lock on ``out``, so slices
     running at the same time cannot overwrite each other's runs: whichever writes last read the
     work directory last, after every other slice had saved its finished runs' records.
     ``status`` ``None`` means the invocation is over: ``completed`` or ``partial`` by the grid.
+
+    Under the same lock the files are checked as they are now: runs they hold with other settings
+    are dropped only if ``may_drop`` names them as they were when the invocation started
+    (``--replace``, :func:`check_results`); any other -- written since by a command with other
+    settings -- stops this one (:class:`ConfigError`), and so does a run the files hold whose
+    curves (or per-step files) are missing and that no work directory here can rebuild.  The write
+    itself is one change of all the files (:func:`~guiding_nc.training.provenance.atomic_write_files`),
+    which first finishes or undoes one a crash interrupted.
     """
     out.mkdir(parents=True, exist_ok=True)
     with _locked(out):
+        recover_files(out)
         earlier = _finished_records(grid, others, work_dir, device, num_threads)
         # Runs already in the result files whose work directory is not here (committed results
         # made on another machine or in another clone) are kept, never overwritten by absence.
-        in_results, result_sources = _results_records(out, grid, mode, work_dir, device, num_threads)
+        in_results, result_sources, refused, incomplete = _read(out, grid, mode, work_dir, device, num_threads,
+                                                                replace=may_drop is not None, lock=False)
+        foreign = sorted(k for k, fp in refused.items() if (may_drop or {}).get(k) != fp)
+        if foreign:
+            raise ConfigError(f"{out} now holds {len(foreign)} run(s) made with other settings than this command's, "
+                              f"written by another command since this one started ({_some(foreign, 3)}): this "
+                              f"command's finished runs stay in its work directory {work_dir}; write them to another "
+                              "directory with --out DIR")
+        _warn_refused(out, grid, list(refused))
         kept = {k: v for k, v in in_results.items() if k not in records and k not in earlier}
+        lost = {k: incomplete[k] for k in kept if k in incomplete}
+        if lost:
+            raise _incomplete_error(out, work_dir, lost)
         merged = _in_grid_order(grid_keys, records, earlier, kept)
         jobs = {run_key_of(j): j for j in grid.jobs()}
         sources = {k: (result_sources[k] if k in kept else _run_meta(
@@ -272,37 +289,121 @@ def write_merged(out: Path, grid: ExperimentSpec, grid_keys: Sequence[str], reco
     return merged, status
 
 
-def _results_records(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, device: str,
-                     num_threads) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Dict[str, Any]]]:
-    """:func:`read_results` with a warning naming the runs it leaves out."""
-    records, metas, refused = read_results(out, grid, mode, work_dir, device, num_threads)
+def check_results(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, device: str, num_threads, *,
+                  replace: bool = False) -> Tuple[Dict[str, Dict[str, Any]], Optional[Dict[str, str]]]:
+    """What the result files in ``out`` hold before an invocation trains anything, read under the
+    directory's lock: ``(records of the runs they hold with the grid's settings, the runs they hold
+    with other settings that this invocation may drop)``; the latter is ``None`` without
+    ``replace`` (then no run may be dropped) and maps each run to its row's fingerprint, so a row
+    written later by another command is never taken for it.
+
+    Raises :class:`ConfigError` (one line, naming the fix) where the files hold runs with other
+    settings and ``replace`` is false, or a file is missing that the runs they hold need and that
+    no finished run in ``work_dir`` can rebuild (``curves.csv``, say; ``summary.json`` is always
+    rebuilt from ``runs.csv``).
+    """
+    out = Path(out)
+    if not out.is_dir():
+        return {}, ({} if replace else None)
+    with _locked(out):
+        records, _, refused, incomplete = _read(out, grid, mode, work_dir, device, num_threads, replace=replace,
+                                                lock=False)
+    if refused and not replace:
+        keys = list(refused)
+        raise ConfigError(f"{out} holds {len(keys)} run(s) made with other settings than this command's "
+                          f"({_some(keys, 3)}): write to another directory with --out DIR, or pass --replace to drop "
+                          "them from the files")
+    jobs = {run_key_of(j): j for j in grid.jobs()}
+    lost = {k: files for k, files in incomplete.items()
+            if finished_record(work_dir / k, run_config(grid, jobs[k], work_dir / k, device, num_threads,
+                                                        progress=False)) is None}
+    if lost:
+        raise _incomplete_error(out, work_dir, lost)
+    return records, (dict(refused) if replace else None)
+
+
+def _some(keys: Sequence[str], n: int) -> str:
+    return ", ".join(list(keys)[:n]) + (" ..." if len(keys) > n else "")
+
+
+def _incomplete_error(out: Path, work_dir: Path, lost: Dict[str, List[str]]) -> ConfigError:
+    """The one-line refusal for runs the result files hold without a file they need."""
+    files = sorted({f for fs in lost.values() for f in fs})
+    shown = str(out / files[0])
+    return ConfigError(f"{shown} is missing, and {len(lost)} run(s) that runs.csv holds are not finished in the work "
+                       f"directory {work_dir} to rebuild it ({_some(sorted(lost), 3)}): restore it (e.g. git checkout "
+                       f"-- {shown}), or rerun with the --work-dir that made them")
+
+
+def _warn_refused(out: Path, grid: ExperimentSpec, refused: List[str]) -> None:
     if refused:
         import warnings
 
         warnings.warn(f"{out} holds {len(refused)} run(s) not made with the settings of experiment "
                       f"{grid.name!r} as it is now; they are left out of the rewritten files: "
-                      f"{', '.join(refused[:6])}{' ...' if len(refused) > 6 else ''}", stacklevel=3)
+                      f"{_some(refused, 6)}", stacklevel=4)
+
+
+def _results_records(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, device: str,
+                     num_threads) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Dict[str, Any]]]:
+    """:func:`read_results` with a warning naming the runs it leaves out."""
+    records, metas, refused = read_results(out, grid, mode, work_dir, device, num_threads)
+    _warn_refused(out, grid, refused)
     return records, metas
+
+
+def _fingerprint(row: Dict[str, Any]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def read_results(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, device: str,
                   num_threads) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, Dict[str, Any]], List[str]]:
-    """The finished runs of ``grid`` held by the result files in ``out``, as records, and where
-    each came from.
+    """The finished runs of ``grid`` held by the result files in ``out``, as records, where each
+    came from, and the runs they hold that fail the check below.
 
     A run is taken only if it was made with the settings the grid asks for now: its settings hash
     (``run_sources`` in ``provenance.json``; it leaves out where the run was executed, see
-    ``_PLACE_KEYS``) must match.  Files written before hashes were recorded have none; their runs
-    are taken when the whole experiment spec and mode recorded in the file equal the present ones,
-    and keep ``settings_hash: null``.  Runs that fail the check are
-    left out with a warning (the files' history keeps them).
+    :data:`~guiding_nc.training.provenance.PLACE_KEYS`) must match.  Files written before hashes
+    were recorded have none; their runs are taken when the whole experiment spec and mode recorded
+    in the file equal the present ones, and keep ``settings_hash: null``.  Runs that fail the check
+    are left out (the files' history keeps them).  A missing ``provenance.json`` (or ``runs.csv``
+    where the provenance counts runs) is a :class:`ConfigError` naming it.
     """
-    if not (out / "runs.csv").exists() or not (out / "provenance.json").exists():
-        return {}, {}, []
-    old = load_results(out) if (out / "summary.json").exists() and (out / "curves.csv").exists() else None
-    if old is None:
-        return {}, {}, []
-    prov = old["provenance"]
+    records, metas, refused, _ = _read(out, grid, mode, work_dir, device, num_threads)
+    return records, metas, list(refused)
+
+
+def _read(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, device: str, num_threads, *,
+          replace: bool = False, lock: bool = True):
+    """:func:`read_results`, with the refused runs' row fingerprints and, per run, the files it
+    needs that are missing: ``(records, metas, {key: fingerprint}, {key: [file, ...]})``.  With
+    ``replace`` a missing ``provenance.json`` refuses every run instead of raising."""
+    out = Path(out)
+    if not out.is_dir():
+        return {}, {}, {}, {}
+    # summary.json is not read: it is rebuilt from runs.csv at every write (missing or damaged).
+    old = read_result_files(out, lock=lock, names=[n for n in RESULT_FILES if n != "summary.json"])
+    runs, prov = old["runs"], old["provenance"]
+    shown = str(out)
+    if runs is None:
+        if prov is not None and prov.get("runs_done") and not replace:
+            raise ConfigError(f"{shown}/runs.csv is missing while {shown}/provenance.json records {prov['runs_done']} "
+                              f"run(s): restore it (e.g. git checkout -- {shown}/runs.csv), or pass --replace to start "
+                              "the files afresh")
+        return {}, {}, {}, {}
+    if prov is None:
+        if runs and not replace:
+            raise ConfigError(f"{shown}/provenance.json is missing, so the {len(runs)} run(s) in runs.csv cannot be "
+                              f"checked against this command's settings: restore it (e.g. git checkout -- "
+                              f"{shown}/provenance.json), or pass --replace to drop them")
+        return {}, {}, {run_key_of(r): _fingerprint(r) for r in runs}, {}
+    needs = [name for name, key, wanted in (("curves.csv", "curves", True),
+                                            ("step_accuracy.json", "step_accuracy", grid.record_step_accuracy),
+                                            ("step_loss.json", "step_loss", grid.record_step_losses),
+                                            ("margins.json", "margins", grid.save_margins))
+             if wanted and old[key] is None]
     sources = prov.get("run_sources") or {}
     legacy: Dict[str, Dict[str, Any]] = {}
     for inv in prov.get("invocations") or []:
@@ -315,16 +416,17 @@ def read_results(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, dev
     same_spec = _same_spec(spec_then, spec_now) and prov.get("mode") == mode
     jobs = {run_key_of(j): j for j in grid.jobs()}
     curves: Dict[str, List[Dict[str, Any]]] = {}
-    for c in old["curves"]:
+    for c in old["curves"] or []:
         curves.setdefault(run_key_of(c), []).append({k: v for k, v in c.items()
                                                if k not in ("config", "variant", "method", "seed") and v is not None})
     records: Dict[str, Dict[str, Any]] = {}
     metas: Dict[str, Dict[str, Any]] = {}
-    refused: List[str] = []
-    for row in old["runs"]:
+    refused: Dict[str, str] = {}
+    incomplete: Dict[str, List[str]] = {}
+    for row in runs:
         k = run_key_of(row)
         if k not in jobs:
-            refused.append(k)
+            refused[k] = _fingerprint(row)
             continue
         meta = dict(sources.get(k) or legacy.get(k) or _file_level_meta(prov))
         if meta.get("settings_hash"):
@@ -334,19 +436,21 @@ def read_results(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, dev
             # No hash recorded: the same settings under the spec that made it as under today's
             # (the same spec, or one that spells the same run another way), and a method whose
             # definition has not changed since.
-            from ..core.heads import HEAD_REVISIONS
+            from ..core.methods import HEAD_REVISIONS
 
             ok = HEAD_REVISIONS.get(str(row.get("method")), 1) == 1 and (
                 same_spec or _same_run_then(spec_then, grid, jobs[k], work_dir / k, device, num_threads))
         if not ok:
-            refused.append(k)
+            refused[k] = _fingerprint(row)
             continue
         records[k] = {"row": dict(row), "curves": curves.get(k, []),
                       "step_accuracy": (old.get("step_accuracy") or {}).get(k),
                       "step_loss": (old.get("step_loss") or {}).get(k),
                       "margins": (old.get("margins") or {}).get(k)}
         metas[k] = meta
-    return records, metas, refused
+        if needs:
+            incomplete[k] = list(needs)
+    return records, metas, refused, incomplete
 
 
 def stale_runs(out: Path) -> List[str]:
@@ -464,7 +568,7 @@ def legacy_config_hash(cfg, ignore: Sequence[str] = ("progress", "verbose", "res
     how it ran, its location included): a record holding it still counts as finished."""
     import hashlib
 
-    from ..core.heads import HEAD_REVISIONS
+    from ..core.methods import HEAD_REVISIONS
 
     d = cfg.to_dict()
     for k in ignore:
@@ -476,48 +580,13 @@ def legacy_config_hash(cfg, ignore: Sequence[str] = ("progress", "verbose", "res
     return hashlib.sha256(json.dumps(to_jsonable(d), sort_keys=True).encode()).hexdigest()[:16]
 
 
-# Where and how a run was executed, not what it computes: left out of the settings hash that the
-# result files record, so a run made in another clone, work directory or data folder still counts.
-_PLACE_KEYS = ("progress", "verbose", "resume", "device", "num_threads", "run_dir", "output_dir", "data_root",
-               "download", "overwrite", "num_workers", "pin_memory", "keep_checkpoints")
-
-
 def effective_settings(cfg) -> Dict[str, Any]:
-    """The settings that determine a run's result, spelled one way: without where and how it ran
-    (``_PLACE_KEYS``), with ``model_kwargs`` entries that equal the model's defaults left out, and
-    with the revision of a method whose definition changed (``HEAD_REVISIONS``).
-
-    The protocol (:mod:`guiding_nc.training.protocol`) enters as the values of the options that change
-    this run (:func:`~guiding_nc.training.protocol.relevant`), not as the protocol's name: the run's sampler
-    as ``stratified``, the final activation as the model's ``final_activation`` entry, and any
-    other option only where it departs from the one-switch protocol, which every run made before
-    the options existed used.  So a run's hash names what it computed, and those runs keep theirs.
-    """
-    from ..core.heads import HEAD_REVISIONS
-    from ..training.models import model_defaults
-    from ..training.protocol import OPTION_KEYS, protocol_values, relevant
-
-    d = cfg.to_dict()
-    for k in _PLACE_KEYS:
-        d.pop(k, None)
-    defaults = model_defaults(cfg.model)
-    values = cfg.protocol_choices()
-    has_final = "final_activation" in defaults
-    keep = relevant(values, cfg.method, model_has_final_activation=has_final, agd=str(cfg.optimizer).lower() == "agd")
-    for k in ("protocol",) + OPTION_KEYS:
-        d.pop(k, None)
-    d["stratified"] = cfg.stratified_batches
-    if has_final:
-        d["model_kwargs"] = {**(d.get("model_kwargs") or {}), "final_activation": bool(values["final_activation"])}
-    before = protocol_values("one_switch")
-    for k, v in keep.items():
-        if k not in ("final_activation",) and not k.endswith("_sampler") and v != before[k]:
-            d[k] = v
-    d["model_kwargs"] = {k: v for k, v in (d.get("model_kwargs") or {}).items()
-                         if not (k in defaults and defaults[k] == v)}
-    if HEAD_REVISIONS.get(cfg.method, 1) != 1:
-        d["head_revision"] = HEAD_REVISIONS[cfg.method]
-    return json.loads(json.dumps(to_jsonable(d), sort_keys=True))
+    """The settings that determine a run's result, spelled one way
+    (:func:`guiding_nc.training.provenance.result_settings`, the one rule that a resumed checkpoint
+    is held to too): without where and how it ran, with ``model_kwargs`` entries that equal the
+    model's defaults left out, with the protocol as the values of the options that change this run,
+    and with the revision of a method whose definition changed."""
+    return result_settings(cfg)
 
 
 def settings_hash(cfg) -> str:

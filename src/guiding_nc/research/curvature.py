@@ -81,8 +81,8 @@ def hvp(f: ScalarFn, x: Tensor, v: Tensor) -> Tensor:
     f : callable
         ``f(x) -> Tensor`` with a single element; must be composed of ``torch`` operations
         that ``torch.func`` can transform (custom ``autograd.Function``\\ s need
-        ``setup_context``; :func:`guiding_nc.core.nearest.nearest_etf` does not qualify — use
-        ``UFMObjective(..., implicit_backend="newton_schulz")``).
+        ``setup_context`` and a ``jvp``; :func:`guiding_nc.core.nearest.nearest_etf` has both, with
+        its closed-form ``method``).
     x : Tensor, any shape ``S``, floating point
     v : Tensor, shape ``S`` (same dtype and device as ``x``)
 
@@ -115,7 +115,7 @@ def make_hvp(f: ScalarFn, x: Tensor, *, mode: str = "forward_over_reverse") -> C
         once (``create_graph=True``) and every call is one extra backward pass through it —
         several times faster for the many products of :func:`lanczos_extremal_eigenvalues`.
         ``f`` must be twice differentiable by ``torch.autograd`` (all UFM objectives with the
-        default Newton–Schulz implicit backend are; the ``nearest_etf`` backend is not).
+        default Newton–Schulz implicit backend are, and so is the ``nearest_etf`` backend).
     """
     check_point(x)
     if mode not in ("forward_over_reverse", "double_backward"):

@@ -55,6 +55,12 @@
     if (k === 1) { return "10"; }
     return "10" + String(k).split("").map(function (c) { return SUP[c]; }).join("");
   }
+  // An optimiser as the viewer names it: its name and its gain or learning rate.
+  function optimizerLabel(optimizers, name) {
+    var o = (optimizers || {})[name] || {}, base = o.optimizer || name;
+    return base + (o.gain !== undefined ? " (gain " + o.gain + ")" :
+                   o.lr !== undefined ? " (lr " + o.lr + ")" : "");
+  }
   function classColour(c, C) {
     return C <= 10 ? CLASS_COLOURS[c] : "hsl(" + Math.round(360 * c / C) + ",70%,45%)";
   }
@@ -149,9 +155,11 @@
   Viewer.prototype.build = function () {
     var self = this, g = this.grid;
     var html = ['<div class="gnc-controls">'];
+    var hints = this.meta.hints || {};
     AXES.forEach(function (a) {
       var opts = g.axes[a].map(function (v) {
-        return '<option value="' + esc(num(v)) + '">' + esc(fmtAxisValue(a, v)) + "</option>";
+        var text = a === "optimizer" ? optimizerLabel(g.data.optimizers, v) : fmtAxisValue(a, v);
+        return '<option value="' + esc(num(v)) + '">' + esc(text) + "</option>";
       }).join("");
       if (!g.axes[a].length) { opts = '<option value="-">\u2013</option>'; }
       html.push('<label class="gnc-control"><span>' + esc(AXIS_LABELS[a]) +
@@ -161,6 +169,10 @@
               '<option value="2d">2-D plane</option>' +
               '<option value="3d">3-D (drag to turn)</option></select></label>');
     html.push("</div>");
+    Object.keys(hints).forEach(function (a) {
+      html.push('<div class="gnc-hint" data-hint="' + esc(a) + '"><b>' + esc(AXIS_SHORT[a] || a) +
+                ":</b> " + esc(hints[a]) + "</div>");
+    });
     html.push('<div class="gnc-steprow"><button type="button" class="gnc-play">\u25b6 play</button>' +
               '<input type="range" class="gnc-step" min="0" max="' + (g.steps.length - 1) +
               '" step="1" aria-label="snapshot step">' +
@@ -238,11 +250,15 @@
     this.root.querySelectorAll("select[data-axis]").forEach(function (s) {
       s.value = num(self.sel[s.getAttribute("data-axis")]);
     });
-    var three = this.q('select[data-view] option[value="3d"]');
-    three.disabled = Number(this.sel.C) < 4;
+    var three = this.q('select[data-view] option[value="3d"]'), C = Number(this.sel.C);
+    var most = this.meta.max_3d || 6;
+    three.disabled = C < 4 || C > most;
+    three.textContent = C > most ? "3-D (C \u2264 " + most + " only)" : "3-D (drag to turn)";
     if (three.disabled && this.view === "3d") {
       this.view = "2d";
-      this.note = (this.note ? this.note + " " : "") + "3-D needs C \u2265 4: showing the plane.";
+      this.note = (this.note ? this.note + " " : "") + (C < 4 ? "3-D needs C \u2265 4: showing the plane." :
+        "3-D is drawn up to C = " + most + ": " + C + " vertices span " + (C - 1) +
+        " dimensions, three of them show too little and the vertices crowd; showing the plane.");
     }
     this.q("select[data-view]").value = this.view;
     this.q(".gnc-step").value = String(this.stepIndex);
@@ -300,9 +316,7 @@
     var step = g.steps[this.stepIndex];
     this.q(".gnc-steplabel").textContent = "step " + step + " of " + g.steps[g.steps.length - 1] +
       " (snapshot " + (this.stepIndex + 1) + " of " + g.steps.length + ")";
-    var s = this.sel, opt = (g.data.optimizers || {})[s.optimizer] || {};
-    var optText = s.optimizer + (opt.gain !== undefined ? " (gain " + opt.gain + ")" :
-                                 opt.lr !== undefined ? " (learning rate " + opt.lr + ")" : "");
+    var s = this.sel, optText = optimizerLabel(g.data.optimizers, s.optimizer);
     this.q(".gnc-settings").textContent = "C = " + s.C + " classes, d = " + s.d + ", N = " +
       (s.n * s.C) + " features (" + s.n + " per class), " + optText + ", \u03c4 = " + s.tau +
       ", \u03b4 = " + fmtAxisValue("delta", s.delta) + " (implicit only), seed " + s.seed +
@@ -675,9 +689,58 @@
   };
 
   // ------------------------------------------------------------------------------- numbers
+  var READOUT = ["train acc. (%)", "loss", "loss \u2212 bound", "NC1", "NC3", "cos. margin mean",
+                 "cos. margin min", "distance to ETF"];
+
+  // The numbers of every method at this step: ``{label, colour, cells, tail}`` per method.
+  Viewer.prototype.readoutRows = function () {
+    var g = this.grid, self = this, step = g.steps[this.stepIndex];
+    return g.methods.map(function (m, i) {
+      var r = self.runs[i], info = self.methodInfo[m] || {}, label = info.label || m;
+      var out = {label: label, colour: info.colour || "#333", cells: null, tail: ""};
+      if (!r) { return out; }
+      var fi = self.frameIndex(r);
+      var v = function (k) { return fi >= 0 ? r.metrics[k][fi] : null; };
+      var acc = v("top1");
+      var gap = v("loss") !== null && r.loss_bound !== null ? v("loss") - r.loss_bound : null;
+      out.cells = [acc === null ? null : fmt(100 * acc, 3), fmt(v("loss")), fmt(gap), fmt(v("nc1")),
+                   fmt(v("nc3")), fmt(v("cosine_margin_mean")), fmt(v("cosine_margin_min")),
+                   fmt(v("etf_distance"))];
+      if (r.status !== "completed" && fi === r.steps.length - 1 && step > r.steps[fi]) {
+        out.tail = label + ": " + r.status.split(":")[0] + " after step " + r.steps[fi] +
+                   "; the row shows that step";
+      }
+      return out;
+    });
+  };
+
   Viewer.prototype.renderReadout = function () {
+    var g = this.grid, step = g.steps[this.stepIndex], rows = this.readoutRows();
+    var cell = function (c) { return "<td>" + (c === null ? "\u2013" : esc(c)) + "</td>"; };
+    var warn = rows.filter(function (r) { return r.tail; }).map(function (r) {
+      return '<div class="gnc-warn">' + esc(r.tail) + "</div>";
+    }).join("");
+    if (this.layout().cols === 1) {
+      // A narrow screen: one row per number, one column per method.
+      var t = ['<table class="gnc-table gnc-narrow"><thead><tr><th>at step ' + step + "</th>"];
+      rows.forEach(function (r) {
+        t.push('<th class="gnc-mname" style="color:' + esc(r.colour) + '">' + esc(r.label) + "</th>");
+      });
+      t.push("</tr></thead><tbody>");
+      READOUT.forEach(function (name, j) {
+        t.push("<tr><td>" + esc(name) + "</td>" + rows.map(function (r) {
+          return r.cells ? cell(r.cells[j]) : (j === 0 ? "<td>not in the grid</td>" : "<td></td>");
+        }).join("") + "</tr>");
+      });
+      t.push("</tbody></table>");
+      this.q(".gnc-readout").innerHTML = t.join("") + warn;
+      return;
+    }
+    this.renderReadoutWide(step);
+  };
+
+  Viewer.prototype.renderReadoutWide = function (step) {
     var g = this.grid, self = this;
-    var step = g.steps[this.stepIndex];
     var rows = ['<table class="gnc-table"><thead><tr><th>at step ' + step + "</th>" +
                 "<th>train acc. (%)</th><th>loss</th><th>loss \u2212 bound</th><th>NC1</th>" +
                 "<th>NC3</th><th>cos. margin mean / min</th><th>distance to ETF</th></tr></thead><tbody>"];

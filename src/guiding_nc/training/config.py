@@ -1,8 +1,11 @@
 """Training configurations: every setting with the paper's defaults, YAML files with ``base:``
 inheritance, ``key=value`` overrides, and the checks that run before anything is built.
 
-* :class:`TrainConfig` -- every setting; values are checked against their types on construction
-  (:func:`_coerce`) and for consistency by :meth:`TrainConfig.validate`.
+* :class:`TrainConfig` -- every setting, declared once: its type (the annotation, enforced on
+  construction by :func:`_coerce`) and its range or choices (the field's ``metadata["check"]``, a
+  :mod:`guiding_nc.core.checks` object -- the library's own where the setting is a library argument,
+  the protocol options' choices from :mod:`guiding_nc.training.protocol`); :meth:`TrainConfig.schema`
+  lists them and :meth:`TrainConfig.validate` runs them, then the rules between settings.
 * :func:`load_config` -- a config by name (``configs/<name>.yaml``, shipped inside the package),
   path, mapping or :class:`TrainConfig`, plus overrides (``model_kwargs.hidden=[64]`` sets one
   entry of a mapping).
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -24,9 +26,14 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import yaml
 
-from ..core.heads import METHOD_NAMES
+from ..core.checks import (CLASSES, DELTA, EMA_FLOOR, TAU, THREADS, ArgumentError, Check, Choice, Device,
+                           Flag, Integer, ListOf, Mapping, Maybe, Name, PathText, Real, Text, max_threads)
+from ..core.methods import METHOD_NAMES
+from ..core.nearest import BACKWARDS, SOLVERS
+from .protocol import PROTOCOL_NAMES
+from .protocol import option as protocol_option
 
-__all__ = ["CONFIG_DIR", "ConfigError", "TrainConfig", "check_name", "load_config", "parse_overrides",
+__all__ = ["CONFIG_DIR", "ConfigError", "TrainConfig", "check_name", "config_title", "load_config", "parse_overrides",
            "project_root"]
 
 # Shipped as package data, so a regular (non-editable) install finds them too.
@@ -102,6 +109,45 @@ _KIND_TEXT = {"bool": "true or false", "int": "an integer", "float": "a number",
               "Dict[str, Any]": "a mapping, e.g. {hidden: [64]}"}
 
 
+# ----------------------------------------------------------------------------- the schema
+# Every setting's type is its annotation (read by _coerce); its range or choices are its field's
+# metadata["check"] (a guiding_nc.core.checks object, the library's own where the setting is the
+# library's argument). TrainConfig.schema() lists them; validate() runs them, then the rules that
+# tie settings together.
+_STRATIFIED_MOVED = ("stratified is now per method: standard_sampler, fixed_sampler, implicit_sampler "
+                     "(stratified or shuffled; null = the protocol's choice)")
+
+
+def _s(default: Any, check: Check):
+    """A setting: its default (a callable for a mutable one) and the check of its values."""
+    if callable(default):
+        return field(default_factory=default, metadata={"check": check})
+    return field(default=default, metadata={"check": check})
+
+
+def _names(kind: str) -> Sequence[str]:
+    """The registered names of ``kind`` (read when a value is checked: the registries import torchvision)."""
+    if kind == "datasets":
+        from .datasets import DATASET_NAMES as names
+    elif kind == "models":
+        from .models import MODEL_NAMES as names
+    elif kind == "optimizers":
+        from .optim import OPTIMIZER_NAMES as names
+    else:
+        from .optim import SCHEDULER_NAMES as names
+    return tuple(names)
+
+
+def _option(key: str) -> Check:
+    """A protocol option (guiding_nc.training.protocol): one of its choices, or null for the protocol's."""
+    return Maybe(Choice(protocol_option(key).choices), meaning="the protocol's choice")
+
+
+_METHOD = Choice(METHOD_NAMES, style="unknown", label="method")
+_SEED = Integer(0, 2 ** 32 - 1)  # NumPy's seeds stop there
+_POSITIVE = Integer(1)
+
+
 @dataclass
 class TrainConfig:
     """Every training setting.  Defaults are the paper's (§4) where it gives one.
@@ -113,92 +159,94 @@ class TrainConfig:
     """
 
     # naming / output
-    name: str = "run"
-    description: str = ""
-    output_dir: str = "runs"
-    run_dir: Optional[str] = None
-    overwrite: bool = False
+    name: str = _s("run", Name())
+    description: str = _s("", Text())
+    output_dir: str = _s("runs", PathText())
+    run_dir: Optional[str] = _s(None, Maybe(PathText(), meaning="output_dir/name/method/seed<k>"))
+    overwrite: bool = _s(False, Flag())
     # what to compare
-    method: str = "implicit"
-    methods: Optional[List[str]] = None
-    seed: int = 0
-    seeds: Optional[List[int]] = None
+    method: str = _s("implicit", _METHOD)
+    methods: Optional[List[str]] = _s(None, Maybe(ListOf(_METHOD, unique=True, example="[standard, implicit]"),
+                                                  meaning="the one method"))
+    seed: int = _s(0, _SEED)
+    seeds: Optional[List[int]] = _s(None, Maybe(ListOf(_SEED, unique=True, example="[0, 1]"), meaning="the one seed"))
     # data
-    dataset: str = "ufm"
-    data_root: str = "data/raw"
-    download: bool = False
-    augment: bool = True
-    num_classes: Optional[int] = None
-    num_samples: Optional[int] = None
-    max_train_samples: Optional[int] = None
-    max_test_samples: Optional[int] = None
-    split_seed: int = 0
-    batch_size: int = 256
-    eval_batch_size: Optional[int] = None
-    drop_last: bool = False
-    num_workers: int = 0
-    pin_memory: Optional[bool] = None
+    dataset: str = _s("ufm", Choice(lambda: ("ufm",) + tuple(_names("datasets")), style="unknown", fold_case=True))
+    data_root: str = _s("data/raw", PathText())
+    download: bool = _s(False, Flag())
+    augment: bool = _s(True, Flag())
+    num_classes: Optional[int] = _s(None, Maybe(CLASSES))
+    num_samples: Optional[int] = _s(None, Maybe(_POSITIVE))
+    max_train_samples: Optional[int] = _s(None, Maybe(_POSITIVE, meaning="all"))
+    max_test_samples: Optional[int] = _s(None, Maybe(_POSITIVE, meaning="all"))
+    split_seed: int = _s(0, _SEED)
+    batch_size: int = _s(256, Integer(2, why="class means and the batch global mean need at least two samples per step"))
+    eval_batch_size: Optional[int] = _s(None, Maybe(_POSITIVE, meaning="batch_size"))
+    drop_last: bool = _s(False, Flag())
+    num_workers: int = _s(0, Integer(0, max_threads, high_text="4 per CPU of this machine"))
+    pin_memory: Optional[bool] = _s(None, Maybe(Flag(), meaning="on CUDA only"))
     # model
-    model: str = "ufm"
-    feature_dim: Optional[int] = None
-    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    model: str = _s("ufm", Choice(lambda: _names("models"), style="unknown", fold_case=True))
+    feature_dim: Optional[int] = _s(None, Maybe(_POSITIVE, meaning="the model's"))
+    model_kwargs: Dict[str, Any] = _s(dict, Mapping())
     # optimisation
-    optimizer: str = "agd"
-    lr: Optional[float] = None
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    gain: float = 10.0
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    scheduler: str = "none"
-    warmup_steps: int = 0
-    epochs: int = 200
+    optimizer: str = _s("agd", Choice(lambda: _names("optimizers"), style="unknown", fold_case=True))
+    lr: Optional[float] = _s(None, Maybe(Real(0.0, 1e6, low_open=True), meaning="the optimiser's default"))
+    momentum: float = _s(0.9, Real(0.0, 1.0, high_open=True))
+    weight_decay: float = _s(5e-4, Real(0.0, 1e3))
+    gain: float = _s(10.0, Real(0.0, 1e6))
+    betas: List[float] = _s(lambda: [0.9, 0.999], ListOf(Real(0.0, 1.0, high_open=True), length=2,
+                                                         example="[0.9, 0.999]"))
+    scheduler: str = _s("none", Choice(lambda: _names("schedulers"), style="unknown", fold_case=True))
+    warmup_steps: int = _s(0, Integer(0))
+    epochs: int = _s(200, _POSITIVE)
     # head
-    tau: float = 5.0
-    delta: float = 1e-3
-    ddn_backward: str = "closed_form"
-    solver: str = "closed_form"
-    solver_max_iterations: int = 30
-    ema_floor: float = 1e-4
-    solve_dtype: str = "float32"
-    head_bias: bool = False
-    etf_seed: Optional[int] = None
+    tau: float = _s(5.0, TAU)
+    delta: float = _s(1e-3, DELTA)
+    ddn_backward: str = _s("closed_form", Choice(BACKWARDS, style="unknown"))
+    solver: str = _s("closed_form", Choice(SOLVERS, style="unknown"))
+    solver_max_iterations: int = _s(30, Integer(1, 10_000))
+    ema_floor: float = _s(1e-4, EMA_FLOOR)
+    solve_dtype: str = _s("float32", Choice(("float32", "float64")))
+    head_bias: bool = _s(False, Flag())
+    etf_seed: Optional[int] = _s(None, Maybe(_SEED, meaning="the run's seed"))
     # protocol (guiding_nc.training.protocol): a named set of choices; each option below, when not null,
     # overrides the protocol's choice for it
-    protocol: str = "one_switch"
-    standard_centring: Optional[str] = None
-    fixed_centring: Optional[str] = None
-    implicit_centring: Optional[str] = None
-    standard_sampler: Optional[str] = None
-    fixed_sampler: Optional[str] = None
-    implicit_sampler: Optional[str] = None
-    implicit_class_means: Optional[str] = None
-    final_activation: Optional[bool] = None
-    agd_depth: Optional[str] = None
+    protocol: str = _s("one_switch", Choice(PROTOCOL_NAMES))
+    standard_centring: Optional[str] = _s(None, _option("standard_centring"))
+    fixed_centring: Optional[str] = _s(None, _option("fixed_centring"))
+    implicit_centring: Optional[str] = _s(None, _option("implicit_centring"))
+    standard_sampler: Optional[str] = _s(None, _option("standard_sampler"))
+    fixed_sampler: Optional[str] = _s(None, _option("fixed_sampler"))
+    implicit_sampler: Optional[str] = _s(None, _option("implicit_sampler"))
+    implicit_class_means: Optional[str] = _s(None, _option("implicit_class_means"))
+    final_activation: Optional[bool] = _s(None, _option("final_activation"))
+    agd_depth: Optional[str] = _s(None, _option("agd_depth"))
     # evaluation / logging
-    eval_every: int = 1
-    eval_train: bool = True
-    eval_test: bool = True
-    eval_cache: Any = "auto"
-    report_epochs: List[int] = field(default_factory=lambda: [50, 200])
-    record_step_losses: bool = False
-    record_step_accuracy: bool = False
-    save_margins: bool = True
+    eval_every: int = _s(1, _POSITIVE)
+    eval_train: bool = _s(True, Flag())
+    eval_test: bool = _s(True, Flag())
+    eval_cache: Any = _s("auto", Choice(("auto", True, False)))
+    report_epochs: List[int] = _s(lambda: [50, 200], ListOf(_POSITIVE, min_len=0, unique=True, example="[50, 200]"))
+    record_step_losses: bool = _s(False, Flag())
+    record_step_accuracy: bool = _s(False, Flag())
+    save_margins: bool = _s(True, Flag())
     # checkpointing
-    checkpoint_every: int = 10
-    keep_checkpoints: bool = False
-    resume: bool = False
-    stop_after_epoch: Optional[int] = None
+    checkpoint_every: int = _s(10, Integer(0, why="0: at the end only"))
+    keep_checkpoints: bool = _s(False, Flag())
+    resume: bool = _s(False, Flag())
+    stop_after_epoch: Optional[int] = _s(None, Maybe(_POSITIVE))
     # runtime
-    device: str = "auto"
-    amp: bool = False
-    amp_dtype: str = "bfloat16"
-    deterministic: bool = False
-    progress: bool = True
-    verbose: bool = True
-    timing: str = "events"
-    nonfinite_check_every: int = 20
-    quick: bool = False
-    num_threads: Optional[int] = None
+    device: str = _s("auto", Device())
+    amp: bool = _s(False, Flag())
+    amp_dtype: str = _s("bfloat16", Choice(("bfloat16", "float16")))
+    deterministic: bool = _s(False, Flag())
+    progress: bool = _s(True, Flag())
+    verbose: bool = _s(True, Flag())
+    timing: str = _s("events", Choice(("events", "sync", "off")))
+    nonfinite_check_every: int = _s(20, _POSITIVE)
+    quick: bool = _s(False, Flag())
+    num_threads: Optional[int] = _s(None, Maybe(THREADS, meaning="torch's default"))
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -214,8 +262,7 @@ class TrainConfig:
         data = {k: v for k, v in data.items() if k != "base"}
         unknown = sorted(set(data) - set(cls.valid_keys()))
         if "stratified" in unknown:
-            raise ConfigError("stratified is now per method: standard_sampler, fixed_sampler, implicit_sampler "
-                              "(stratified or shuffled; null = the protocol's choice)")
+            raise ConfigError(_STRATIFIED_MOVED)
         if unknown:
             raise ConfigError(
                 f"unknown config key(s): {', '.join(unknown)}. Valid keys are: {', '.join(sorted(cls.valid_keys()))}"
@@ -237,10 +284,11 @@ class TrainConfig:
         d.update(changes)
         out = TrainConfig.from_dict(d)
         out.explicit_keys = self.explicit_keys | frozenset(changes)
+        out.override_keys = self.override_keys
         return out
 
     def head_options(self) -> Dict[str, Any]:
-        """The keywords of :func:`guiding_nc.core.heads.build_head` these settings give (beside the
+        """The keywords of :func:`guiding_nc.core.methods.build_head` these settings give (beside the
         method, the feature dimension and the number of classes)."""
         from ..core.methods import family
 
@@ -315,116 +363,73 @@ class TrainConfig:
         d["quick"] = False  # applied
         return TrainConfig.from_dict(d)
 
-    def validate(self) -> None:
-        """Check names and sizes that can be checked without building anything."""
-        from .datasets import DATASET_NAMES
-        from .models import MODEL_NAMES
-        from .optim import OPTIMIZER_NAMES, SCHEDULER_NAMES
-        from ..core.nearest import BACKWARDS, SOLVERS
+    @classmethod
+    def schema(cls) -> Dict[str, Check]:
+        """Every setting's declared check (its type, range or choices): ``{key: check}``."""
+        return {f.name: f.metadata["check"] for f in dataclasses.fields(cls)}
 
-        if self.num_threads is not None and (isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int)
-                                             or self.num_threads < 1):
-            raise ConfigError(f"num_threads must be a positive integer or null, got {self.num_threads!r}")
-        for m in self.method_list:
-            if m not in METHOD_NAMES:
-                raise ConfigError(f"unknown method {m!r}; choose one of {', '.join(METHOD_NAMES)}")
-        if str(self.model).lower() not in MODEL_NAMES:
-            raise ConfigError(f"unknown model {self.model!r}; choose one of {', '.join(MODEL_NAMES)}")
-        datasets = ("ufm",) + tuple(DATASET_NAMES)
-        if str(self.dataset).lower() not in datasets:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(datasets)}")
+    # The keys the last layer of overrides set (the command line's key=value, a caller's dict):
+    # report_epochs beyond epochs is an error there, and inherited ones are left to apply_quick.
+    override_keys: ClassVar[frozenset] = frozenset()
+
+    def validate(self) -> None:
+        """Every setting against its declared check (:meth:`schema`), then the rules that tie
+        settings together; the first problem is a one-line :class:`ConfigError`."""
+        for key, check in self.schema().items():
+            try:
+                check(key, getattr(self, key))
+            except ArgumentError as exc:
+                raise ConfigError(str(exc)) from None
+        self._check_rules()
+
+    def _check_rules(self) -> None:
         if (str(self.model).lower() == "ufm") != self.is_ufm:
             raise ConfigError("model 'ufm' goes with dataset 'ufm' (and only with it); "
                               f"got model={self.model!r}, dataset={self.dataset!r}")
-        if str(self.optimizer).lower() not in OPTIMIZER_NAMES:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZER_NAMES)}")
-        if str(self.scheduler).lower() not in SCHEDULER_NAMES:
-            raise ConfigError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULER_NAMES)}")
-        if self.ddn_backward not in BACKWARDS:
-            raise ConfigError(f"unknown ddn_backward {self.ddn_backward!r}; choose one of {', '.join(BACKWARDS)}")
-        if self.solver not in SOLVERS:
-            raise ConfigError(f"unknown solver {self.solver!r}; choose one of {', '.join(SOLVERS)}")
-        from .protocol import OPTIONS, PROTOCOL_NAMES
-
-        if self.protocol not in PROTOCOL_NAMES:
-            raise ConfigError(f"protocol must be one of {', '.join(PROTOCOL_NAMES)}, got {self.protocol!r}")
-        for opt in OPTIONS:
-            v = getattr(self, opt.key)
-            if v is not None and v not in opt.choices:
-                choices = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in opt.choices)
-                raise ConfigError(f"{opt.key} must be one of {choices} or null (the protocol's choice), got {v!r}")
-        if "final_activation" in (self.model_kwargs or {}):
-            raise ConfigError("set final_activation (a protocol option), not model_kwargs.final_activation")
-        if self.solve_dtype not in ("float32", "float64"):
-            raise ConfigError(f"solve_dtype must be 'float32' or 'float64' (never lower), got {self.solve_dtype!r}")
-        if self.amp_dtype not in ("bfloat16", "float16"):
-            raise ConfigError(f"amp_dtype must be 'bfloat16' or 'float16', got {self.amp_dtype!r}")
-        if self.timing not in ("events", "sync", "off"):
-            raise ConfigError(f"timing must be 'events', 'sync' or 'off', got {self.timing!r}")
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except (RuntimeError, TypeError) as exc:
-                raise ConfigError(f"invalid device {self.device!r}: {exc}") from None
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 2:
-            raise ConfigError(
-                f"batch_size must be an integer >= 2, got {self.batch_size!r}: class means and the batch "
-                "global mean need at least two samples per step"
-            )
-        if self.eval_batch_size is not None and (not isinstance(self.eval_batch_size, int) or self.eval_batch_size < 1):
-            raise ConfigError(f"eval_batch_size must be a positive integer, got {self.eval_batch_size!r}")
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ConfigError(f"epochs must be a positive integer, got {self.epochs!r}")
-        for key in ("eval_every", "checkpoint_every", "nonfinite_check_every"):
-            v = getattr(self, key)
-            if not isinstance(v, int) or v < 0 or (key != "checkpoint_every" and v < 1):
-                raise ConfigError(f"{key} must be a positive integer, got {v!r}")
-        if not (isinstance(self.tau, (int, float)) and self.tau > 0):
-            raise ConfigError(f"tau must be > 0, got {self.tau!r}")
-        if not (isinstance(self.delta, (int, float)) and self.delta > 0):
-            raise ConfigError(f"delta must be > 0 (the proximal term makes U* unique), got {self.delta!r}")
-        if self.is_ufm:
-            if not self.num_classes or not self.num_samples or not self.feature_dim:
-                raise ConfigError("a UFM run needs num_classes, num_samples and feature_dim")
-        if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 2):
-            raise ConfigError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
+        if self.is_ufm and not (self.num_classes and self.num_samples and self.feature_dim):
+            raise ConfigError("a UFM run needs num_classes, num_samples and feature_dim")
+        if self.feature_dim is not None and self.num_classes is not None and self.feature_dim < self.num_classes:
+            raise ConfigError(f"num_classes={self.num_classes} exceeds the feature dimension feature_dim="
+                              f"{self.feature_dim}: a simplex ETF of C classes needs feature_dim >= C")
         if str(self.optimizer).lower() == "agd" and self.head_bias:
             raise ConfigError("head_bias=true conflicts with optimizer 'agd' (AGD handles matrices only)")
-        if self.stop_after_epoch is not None and (not isinstance(self.stop_after_epoch, int) or self.stop_after_epoch < 1):
-            raise ConfigError(f"stop_after_epoch must be a positive integer, got {self.stop_after_epoch!r}")
+        if "final_activation" in self.model_kwargs:
+            raise ConfigError("set final_activation (a protocol option), not model_kwargs.final_activation")
         if self.run_dir is not None and len(self.method_list) * len(self.seed_list) > 1:
             raise ConfigError("run_dir names a single run; with several methods/seeds use output_dir + name")
-        check_name("name", self.name)
-        for key in ("max_train_samples", "max_test_samples", "num_samples", "feature_dim", "solver_max_iterations"):
-            v = getattr(self, key)
-            if v is not None and v < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {v!r}")
-        for key in ("seed", "split_seed", *(f"seeds[{i}]" for i in range(len(self.seeds or [])))):
-            v = getattr(self, key) if "[" not in key else self.seeds[int(key[6:-1])]
-            if v < 0:
-                raise ConfigError(f"{key} must be an integer >= 0, got {v!r}")
-        if not (0.0 < self.ema_floor <= 1.0):
-            raise ConfigError(f"ema_floor must lie in (0, 1], got {self.ema_floor!r}")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a positive number or null, got {self.lr!r}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"betas must be two numbers in [0, 1), e.g. [0.9, 0.999], got {self.betas!r}")
-        for key in ("momentum", "weight_decay", "gain"):
-            v = getattr(self, key)
-            if not (math.isfinite(v) and v >= 0):
-                raise ConfigError(f"{key} must be a number >= 0, got {v!r}")
-        bad = [e for e in self.report_epochs if e < 1]
-        if bad:
-            raise ConfigError(f"report_epochs must be epochs >= 1, got {self.report_epochs!r}")
+        if self.resume and self.overwrite:
+            raise ConfigError("resume=true and overwrite=true contradict each other (resume continues the checkpoint, "
+                              "overwrite starts the run again): pass one of them")
+        late = [e for e in self.report_epochs if e > self.epochs]
+        if late and "report_epochs" in self.override_keys:
+            raise ConfigError(f"report_epochs {late} lie beyond epochs={self.epochs}: report epochs from 1 to "
+                              f"{self.epochs}, or raise epochs")
+        if self.stop_after_epoch is not None and self.stop_after_epoch > self.epochs:
+            raise ConfigError(f"stop_after_epoch={self.stop_after_epoch} lies beyond epochs={self.epochs}: the run "
+                              "would end first; give an epoch from 1 to epochs, or null")
+
+
+def config_title(source: Union[str, "TrainConfig"]) -> str:
+    """How figures and tables name a training config: ``"MNIST 5k × small CNN"`` (the dataset's
+    and the model's labels, from their registries), ``"UFM-10"`` for an unconstrained feature model."""
+    from .datasets import DATASETS
+    from .models import MODEL_LABELS
+
+    cfg = source if isinstance(source, TrainConfig) else load_config(source)
+    if cfg.is_ufm:
+        return f"UFM-{cfg.num_classes}"
+    spec = DATASETS.get(str(cfg.dataset).lower())
+    return f"{spec.title if spec else cfg.dataset} × {MODEL_LABELS.get(str(cfg.model).lower(), cfg.model)}"
 
 
 def check_name(key: str, value: str) -> str:
     """A name that becomes one path component (a run's ``name``, an experiment's config or
-    variant): no path separator, no ``..``, not empty, so no write can leave its directory."""
-    if not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\\" in value \
-            or value != value.strip() or "\0" in value:
-        raise ConfigError(f"{key} must be a plain name (no '/', '\\' or '..'), got {value!r}")
-    return value
+    variant): no path separator, no ``..``, not empty, not too long for a file name
+    (:class:`guiding_nc.core.checks.Name`), so no write can leave its directory or fail on it."""
+    try:
+        return Name()(key, value)
+    except ArgumentError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _yaml_value(text: str, where: str) -> Any:
@@ -476,9 +481,28 @@ def _load_yaml_with_base(path: Path, seen: Tuple[Path, ...] = ()) -> Dict[str, A
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}; fix the "
+                          "file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text (UTF-8) file: a config is YAML text") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path} ({exc.strerror or type(exc).__name__})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must contain a mapping of key: value")
+        raise ConfigError(f"{path} must contain a mapping of key: value, got a {type(data).__name__}; fix the file")
+    # Each key against its type here, where the message can name the file that holds it.
+    kinds = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(str(k) for k in data if k not in kinds and k != "base")
+    if "stratified" in unknown:
+        raise ConfigError(f"{path}: {_STRATIFIED_MOVED}; fix the file")
+    if unknown:
+        raise ConfigError(f"{path}: unknown config key(s) {', '.join(unknown)}; fix the file (valid keys: "
+                          f"{', '.join(sorted(kinds))})")
+    for key, value in data.items():
+        if key in kinds:
+            try:
+                _coerce(key, kinds[key], copy.deepcopy(value))
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}; fix the file") from None
     base = data.pop("base", None)
     if base is None:
         return data
@@ -529,8 +553,10 @@ def load_config(source: Union[None, str, os.PathLike, Dict[str, Any], TrainConfi
             else:
                 data[key] = value
     cfg = TrainConfig.from_dict(data)
+    given = frozenset(k.split(".", 1)[0] for k in (extra if overrides else {}))
     if isinstance(source, TrainConfig):
-        cfg.explicit_keys = explicit | frozenset(k.split(".", 1)[0] for k in (extra if overrides else {}))
+        cfg.explicit_keys = explicit | given
+    cfg.override_keys = given | (frozenset(source) if isinstance(source, dict) else frozenset())
     return cfg
 
 

@@ -87,8 +87,9 @@ class DatasetSpec:
     datasets (pixel-wise over the whole training set; CIFAR/STL10/MNIST the standard published
     values, ImageNet the usual torchvision ones), ``None`` where it is computed from the data
     (``mnist5k`` and ``digits``: from their training split on first use; ``mnist1d``: one scalar
-    mean/std of its training split).  Adding a dataset: an entry here and its builder in
-    :func:`build_dataset`.
+    mean/std of its training split).  ``build`` makes the dataset (:func:`build_dataset` only
+    looks it up).  Adding a dataset: a builder function and one entry in :data:`DATASETS`, below
+    the builders at the end of this module, then a training config in ``configs/``.
     """
 
     name: str
@@ -96,32 +97,20 @@ class DatasetSpec:
     input_shape: tuple[int, ...]
     offline: bool = False
     normalization: Optional[tuple[tuple[float, ...], tuple[float, ...]]] = None
+    # build(spec, root, train, download, augment, seed) -> the dataset (see build_dataset)
+    build: Optional[Callable[..., Dataset]] = None
+    label: str = ""  # how figures and tables name it (the name itself when empty)
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name
+
+    def __post_init__(self):
+        if not callable(self.build):
+            raise TypeError(f"dataset {self.name!r} has no builder: give its DatasetSpec build=<a function "
+                            "(spec, root, train, download, augment, seed) returning the dataset>")
 
 
-DATASETS: dict[str, DatasetSpec] = {d.name: d for d in (
-    DatasetSpec("cifar10", 10, (3, 32, 32), normalization=((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))),
-    DatasetSpec("cifar100", 100, (3, 32, 32), normalization=((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))),
-    DatasetSpec("stl10", 10, (3, 96, 96), normalization=((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713))),
-    DatasetSpec("imagenet", 1000, (3, 224, 224), normalization=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
-    DatasetSpec("mnist", 10, (1, 28, 28), normalization=((0.1307,), (0.3081,))),
-    DatasetSpec("mnist5k", 10, (1, 28, 28), offline=True),
-    DatasetSpec("digits", 10, (1, 8, 8), offline=True),
-    DatasetSpec("mnist1d", 10, (40,), offline=True),
-    # Random 32x32 colour images with balanced labels: for benchmarks that time training steps at the
-    # widths of CIFAR/ImageNet models (the classifier's cost depends on C and d, not on the data).
-    DatasetSpec("synthetic10", 10, (3, 32, 32), offline=True),
-    DatasetSpec("synthetic100", 100, (3, 32, 32), offline=True),
-    DatasetSpec("synthetic1000", 1000, (3, 32, 32), offline=True),
-)}
-#: Samples in each split of a synthetic dataset.
-SYNTHETIC_SIZE = 2048
-#: Every name :func:`build_dataset` accepts.
-DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
-#: The datasets that need no download.
-OFFLINE_DATASET_NAMES: tuple[str, ...] = tuple(n for n, d in DATASETS.items() if d.offline)
-#: Per-channel ``(mean, std)`` of the torchvision datasets (see :class:`DatasetSpec`).
-NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    n: d.normalization for n, d in DATASETS.items() if d.normalization is not None}
 #: Fraction of each class held out as the test split of the offline image datasets.
 _TEST_FRACTION = 0.2
 _ROTATION_NATURAL = 15.0
@@ -388,7 +377,7 @@ class RandomShiftRotate:
         return f"RandomShiftRotate(size={self.size}, max_shift={self.max_shift}, max_degrees={self.max_degrees})"
 
 
-def _build_offline_image(name: str, images: np.ndarray, labels: np.ndarray, scale: float, *, train: bool,
+def _build_offline_image(spec: DatasetSpec, images: np.ndarray, labels: np.ndarray, scale: float, *, train: bool,
                          augment: bool, seed: int, padding: int, degrees: float) -> ArrayDataset:
     x = torch.from_numpy(np.asarray(images, dtype=np.float32) / scale).unsqueeze(1)  # (N, 1, H, W) in [0, 1]
     y = torch.from_numpy(labels)
@@ -396,23 +385,34 @@ def _build_offline_image(name: str, images: np.ndarray, labels: np.ndarray, scal
     mean, std = _channel_stats(x[train_idx])
     idx = train_idx if train else test_idx
     aug = RandomShiftRotate(tuple(x.shape[-2:]), padding, int(degrees)) if (train and augment) else None
-    return ArrayDataset(x[idx], y[idx], 10, mean, std, augment=aug, name=name)
+    return ArrayDataset(x[idx], y[idx], spec.num_classes, mean, std, augment=aug, name=spec.name)
 
 
-def _build_mnist1d(train: bool) -> ArrayDataset:
+def _build_mnist5k(spec: DatasetSpec, root, train: bool, download: bool, augment: bool, seed: int) -> ArrayDataset:
+    images, labels = _load_mnist5k()
+    return _build_offline_image(spec, images, labels, 255.0, train=train, augment=augment, seed=seed,
+                                padding=2, degrees=_ROTATION_DIGITS)
+
+
+def _build_digits(spec: DatasetSpec, root, train: bool, download: bool, augment: bool, seed: int) -> ArrayDataset:
+    images, labels = _load_digits()
+    return _build_offline_image(spec, images, labels, 16.0, train=train, augment=augment, seed=seed,
+                                padding=1, degrees=0.0)
+
+
+def _build_mnist1d(spec: DatasetSpec, root, train: bool, download: bool, augment: bool, seed: int) -> ArrayDataset:
     x_tr, y_tr, x_te, y_te = _load_mnist1d()
     mean, std = float(x_tr.mean(dtype=np.float64)), float(x_tr.std(dtype=np.float64))
     x, y = (x_tr, y_tr) if train else (x_te, y_te)
-    return ArrayDataset(torch.from_numpy(x.copy()), y, 10, mean, std, augment=None, name="mnist1d")
+    return ArrayDataset(torch.from_numpy(x.copy()), y, spec.num_classes, mean, std, augment=None, name=spec.name)
 
 
-def _build_synthetic(name: str, train: bool, seed: int) -> ArrayDataset:
+def _build_synthetic(spec: DatasetSpec, root, train: bool, download: bool, augment: bool, seed: int) -> ArrayDataset:
     """Gaussian images (standardised already) with labels ``i mod C``, seeded by ``(seed, split)``."""
-    spec = DATASETS[name]
     g = torch.Generator().manual_seed(int(seed) * 2 + (0 if train else 1))
     x = torch.randn(SYNTHETIC_SIZE, *spec.input_shape, generator=g)
     y = torch.arange(SYNTHETIC_SIZE) % spec.num_classes
-    return ArrayDataset(x, y, spec.num_classes, augment=None, name=name)
+    return ArrayDataset(x, y, spec.num_classes, augment=None, name=spec.name)
 
 
 # --------------------------------------------------------------------------------------
@@ -470,7 +470,12 @@ def _not_found(name: str, root: Path, train: bool, cause: BaseException, downloa
         f"(root='{root}'). {how} [{detail}]")
 
 
-def _build_torchvision(name: str, root: Path, train: bool, download: bool, augment: bool) -> LabelledDataset:
+def _build_torchvision(spec: DatasetSpec, root, train: bool, download: bool, augment: bool,
+                       seed: int) -> LabelledDataset:
+    return _torchvision_dataset(spec.name, Path(root), train, download, augment)
+
+
+def _torchvision_dataset(name: str, root: Path, train: bool, download: bool, augment: bool) -> LabelledDataset:
     import torchvision.datasets as D
 
     transform = _torchvision_transform(name, train, augment)
@@ -496,6 +501,39 @@ def _build_torchvision(name: str, root: Path, train: bool, download: bool, augme
         # FileNotFoundError, an offline download URLError/OSError: all mean "no usable files".
         raise _not_found(name, root, train, exc, download) from None
     return LabelledDataset(base, targets, num_classes, DATASETS[name].input_shape, name=name)
+
+
+# --------------------------------------------------------------------------------------
+# the registry
+# --------------------------------------------------------------------------------------
+DATASETS: dict[str, DatasetSpec] = {d.name: d for d in (
+    DatasetSpec("cifar10", 10, (3, 32, 32), build=_build_torchvision, label="CIFAR10",
+                normalization=((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))),
+    DatasetSpec("cifar100", 100, (3, 32, 32), build=_build_torchvision, label="CIFAR100",
+                normalization=((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))),
+    DatasetSpec("stl10", 10, (3, 96, 96), build=_build_torchvision, label="STL10",
+                normalization=((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713))),
+    DatasetSpec("imagenet", 1000, (3, 224, 224), build=_build_torchvision, label="ImageNet",
+                normalization=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
+    DatasetSpec("mnist", 10, (1, 28, 28), build=_build_torchvision, label="MNIST", normalization=((0.1307,), (0.3081,))),
+    DatasetSpec("mnist5k", 10, (1, 28, 28), offline=True, build=_build_mnist5k, label="MNIST 5k"),
+    DatasetSpec("digits", 10, (1, 8, 8), offline=True, build=_build_digits, label="digits"),
+    DatasetSpec("mnist1d", 10, (40,), offline=True, build=_build_mnist1d, label="MNIST-1D"),
+    # Random 32x32 colour images with balanced labels: for benchmarks that time training steps at the
+    # widths of CIFAR/ImageNet models (the classifier's cost depends on C and d, not on the data).
+    DatasetSpec("synthetic10", 10, (3, 32, 32), offline=True, build=_build_synthetic),
+    DatasetSpec("synthetic100", 100, (3, 32, 32), offline=True, build=_build_synthetic),
+    DatasetSpec("synthetic1000", 1000, (3, 32, 32), offline=True, build=_build_synthetic),
+)}
+#: Samples in each split of a synthetic dataset.
+SYNTHETIC_SIZE = 2048
+#: Every name :func:`build_dataset` accepts.
+DATASET_NAMES: tuple[str, ...] = tuple(DATASETS)
+#: The datasets that need no download.
+OFFLINE_DATASET_NAMES: tuple[str, ...] = tuple(n for n, d in DATASETS.items() if d.offline)
+#: Per-channel ``(mean, std)`` of the torchvision datasets (see :class:`DatasetSpec`).
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    n: d.normalization for n, d in DATASETS.items() if d.normalization is not None}
 
 
 def build_dataset(name: str, *, root: Union[str, os.PathLike] = "data/raw", train: bool = True,
@@ -537,16 +575,5 @@ def build_dataset(name: str, *, root: Union[str, os.PathLike] = "data/raw", trai
     key = str(name).lower()
     if key not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
-    if key == "mnist5k":
-        images, labels = _load_mnist5k()
-        return _build_offline_image(key, images, labels, 255.0, train=train, augment=augment, seed=seed,
-                                    padding=2, degrees=_ROTATION_DIGITS)
-    if key == "digits":
-        images, labels = _load_digits()
-        return _build_offline_image(key, images, labels, 16.0, train=train, augment=augment, seed=seed,
-                                    padding=1, degrees=0.0)
-    if key == "mnist1d":
-        return _build_mnist1d(train)
-    if key.startswith("synthetic"):
-        return _build_synthetic(key, train, seed)
-    return _build_torchvision(key, Path(root), train, download, augment)
+    spec = DATASETS[key]
+    return spec.build(spec, root, train, download, augment, seed)

@@ -13,7 +13,37 @@ from torch import nn
 from ..core.distributed import all_reduce_, dist
 from ..core.metrics import neural_collapse_metrics
 
-__all__ = ["evaluate_split", "gather_margins"]
+__all__ = ["evaluate_split", "gather_margins", "all_finite", "params_finite", "nonfinite_state"]
+
+
+def all_finite(t: torch.Tensor) -> torch.Tensor:
+    """0-dim bool tensor: every entry of ``t`` is finite, and so is its norm -- numbers so large
+    that their squares overflow (a diverged run, e.g. AGD at an absurd learning rate, whose
+    features are finite but meaningless: normalising them gives zeros) count as non-finite.  One
+    reduction pass (``vector_norm`` propagates NaN and infinities), no full-size mask, no sync."""
+    if t.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=t.device)
+    low = t.dtype in (torch.float16, torch.bfloat16)
+    return torch.isfinite(torch.linalg.vector_norm(t.detach(), dtype=torch.float32 if low else None))
+
+
+def params_finite(module: nn.Module) -> torch.Tensor:
+    """0-dim bool tensor: :func:`all_finite` for every floating-point parameter of ``module``,
+    with one fused norm over them all (no host sync)."""
+    params = [p.detach() for p in module.parameters() if p.is_floating_point()]
+    if not params:
+        return torch.ones((), dtype=torch.bool)
+    with torch.no_grad():
+        norms = torch._foreach_norm(params) if hasattr(torch, "_foreach_norm") else \
+            [torch.linalg.vector_norm(p) for p in params]
+        return torch.isfinite(torch.stack([n.float() for n in norms])).all()
+
+
+def nonfinite_state(module: nn.Module) -> List[str]:
+    """The names of ``module``'s floating-point parameters and buffers that fail :func:`all_finite`
+    (what a checkpoint must not hold)."""
+    return [name for name, t in (*module.named_parameters(), *module.named_buffers())
+            if t.is_floating_point() and not bool(all_finite(t))]
 
 
 @torch.no_grad()
@@ -25,7 +55,9 @@ def evaluate_split(loader: Any, network: nn.Module, head: nn.Module, *, num_clas
     (:func:`guiding_nc.core.metrics.neural_collapse_metrics`), and the dead units of the features.
 
     Features are what the classifier sees (``head.transform``).  All sums are reduced over
-    ranks; returns ``(metrics, per-sample cosine margins)``.
+    ranks; returns ``(metrics, per-sample cosine margins)``.  ``metrics["nonfinite_batches"]``
+    counts the batches whose backbone features fail :func:`all_finite`: their metrics mean nothing
+    (the trainer stops the run on any).
     """
     net = network
     was_training = net.training
@@ -38,6 +70,7 @@ def evaluate_split(loader: Any, network: nn.Module, head: nn.Module, *, num_clas
     # Feature coordinates that are not zero on some sample; the rest are dead units (a ReLU
     # that never fires), invisible to any classifier weight on them.
     alive = torch.zeros(d, dtype=torch.bool, device=dev)
+    nonfinite = torch.zeros((), dtype=torch.int64, device=dev)
 
     def batches():
         for x, y in loader:
@@ -46,6 +79,7 @@ def evaluate_split(loader: Any, network: nn.Module, head: nn.Module, *, num_clas
             with autocast():
                 f = net.backbone(x)
             alive.logical_or_((f != 0).any(0))
+            nonfinite.add_((~all_finite(f)).long())
             yield head.transform(f.float()), y
 
     W = head.weight.detach().to(dev)
@@ -60,6 +94,9 @@ def evaluate_split(loader: Any, network: nn.Module, head: nn.Module, *, num_clas
         dist().all_reduce(alive_any, op=dist().ReduceOp.MAX)
     dead = alive_any == 0
     out["dead_units"] = int(dead.sum())
+    if distributed:
+        all_reduce_(nonfinite)
+    out["nonfinite_batches"] = int(nonfinite)
     # Share of the classifier's squared weight on dead units: 1 means it reads nothing alive.
     w2 = W.double().pow(2).sum(0)
     out["dead_weight"] = float(w2[dead].sum() / w2.sum().clamp_min(1e-300))

@@ -15,9 +15,11 @@ from typing import Any, Dict, List, Optional, Union
 
 import numpy as np
 
-from .checkpoints import CHECKPOINT_FORMAT, read_checkpoint, rng_state, set_rng_state
+from .checkpoints import CHECKPOINT_FORMAT, CheckpointError, read_checkpoint, rng_state, set_rng_state
 from .config import ConfigError
-from .provenance import atomic_torch_save, atomic_write_text, collect_provenance, to_jsonable, write_provenance
+from .evaluation import nonfinite_state
+from .provenance import (atomic_torch_save, atomic_write, atomic_write_json, atomic_write_text, collect_provenance,
+                         result_settings, to_jsonable, write_provenance)
 
 __all__ = ["RunFiles"]
 
@@ -79,30 +81,69 @@ class RunFiles:
             write_provenance(self.run_dir / "provenance.json", self._provenance)
         return path
 
-    _RESUME_MUST_MATCH = ("method", "seed", "dataset", "model", "num_classes", "num_samples", "feature_dim",
-                          "batch_size", "optimizer", "scheduler", "epochs", "tau", "delta",
-                          "ddn_backward", "max_train_samples", "protocol", "standard_centring", "fixed_centring",
-                          "implicit_centring", "standard_sampler", "fixed_sampler", "implicit_sampler",
-                          "implicit_class_means", "final_activation", "agd_depth")
+    # What may change when a run resumes: when it pauses, not what it computes.
+    RESUME_MAY_DIFFER = ("stop_after_epoch",)
+
+    def resume_differences(self, old: Dict[str, Any], path: Union[str, os.PathLike]) -> List[str]:
+        """The settings that determine the result (:func:`~guiding_nc.training.provenance.result_settings`,
+        the rule the result files' settings hash follows too) in which the config ``old`` that the
+        checkpoint ``path`` records differs from this run's, as ``"key (old vs new)"``; a checkpoint
+        resumes only with none."""
+        from .config import TrainConfig
+
+        if not old:
+            raise CheckpointError(f"{path} records no settings, so resuming it could continue another run: delete it "
+                                  "or pass overwrite=true to start the run again")
+        try:
+            then = result_settings(TrainConfig.from_dict(dict(old)))
+        except (ConfigError, TypeError, ValueError, KeyError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise CheckpointError(f"cannot resume {path}: its settings are not readable by this version ({first}); "
+                                  "pass overwrite=true to start the run again") from None
+        now = result_settings(self.cfg)
+        keys = sorted(k for k in set(then) | set(now) if k not in self.RESUME_MAY_DIFFER and then.get(k) != now.get(k))
+        return [f"{k} ({then.get(k)!r} vs {now.get(k)!r})" for k in keys]
 
     def load_checkpoint(self, path: Union[str, os.PathLike]) -> None:
         state = read_checkpoint(path, map_location=self.device)
-        old = state.get("config", {})
-        diffs = [k for k in self._RESUME_MUST_MATCH if k in old and old[k] != getattr(self.cfg, k)]
+        old = state.get("config") if isinstance(state.get("config"), dict) else {}
+        diffs = self.resume_differences(old, path)
         if diffs:
-            raise ConfigError("cannot resume: the checkpoint was written with a different "
-                              + ", ".join(f"{k} ({old[k]!r} vs {getattr(self.cfg, k)!r})" for k in diffs))
-        self.network.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch = int(state["epoch"])
-        self.global_step = int(state["global_step"])
-        self.history = list(state["history"])
-        self.step_losses = list(state.get("step_losses", []))
-        self.step_accuracies = list(state.get("step_accuracies", []))
-        self.last_checkpoint_epoch = self.epoch
-        set_rng_state(state["rng"])
+            raise ConfigError(f"cannot resume {path}: the checkpoint was written with a different {', '.join(diffs)}; "
+                              "rerun with the settings it was written with, or pass overwrite=true to start again")
+        fix = "delete it or pass overwrite=true to start the run again"
+        try:
+            epoch, step = state["epoch"], state["global_step"]
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or not 0 <= epoch <= self.cfg.epochs:
+                raise CheckpointError(f"{path} says it was written at epoch {epoch!r} of a run of {self.cfg.epochs}; "
+                                      f"it belongs to another run or is damaged: {fix}")
+            if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                raise CheckpointError(f"{path} holds a step count {step!r}; it is damaged: {fix}")
+            self.network.load_state_dict(state["model"])
+            bad = nonfinite_state(self.network)
+            if bad:
+                raise CheckpointError(f"{path} holds non-finite {', '.join(bad[:3])}, not a state to continue from: "
+                                      f"{fix}")
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.epoch = int(epoch)
+            self.global_step = int(step)
+            self.history = list(state["history"])
+            self.step_losses = list(state.get("step_losses", []))
+            self.step_accuracies = list(state.get("step_accuracies", []))
+            self.last_checkpoint_epoch = self.epoch
+            set_rng_state(state["rng"])
+        except KeyError as exc:
+            raise CheckpointError(f"{path} has no {exc.args[0]!r} entry; it is incomplete or not this package's: "
+                                  f"{fix}") from None
+        except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if len(first) > 160:
+                first = first[:157] + "..."
+            raise CheckpointError(f"{path} does not fit this run's model or optimiser ({first}): {fix}") from None
 
     # -- files -----------------------------------------------------------------------------
     def _append_metrics(self, row: Dict[str, Any]) -> None:
@@ -113,7 +154,17 @@ class RunFiles:
         import json
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        # Appended, not rewritten (O(1) per epoch): a line a kill cuts short is dropped by the
+        # atomic rewrite at the next checkpoint or resume.  Never through a planted symbolic link.
+        path = self.run_dir / "metrics.jsonl"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as exc:
+            if path.is_symlink():
+                raise ConfigError(f"{path} is a symbolic link, and the run writes only inside its directory: remove "
+                                  "it and resume") from None
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(to_jsonable(row)) + "\n")
 
     def _write_metrics(self) -> None:
@@ -138,6 +189,9 @@ class RunFiles:
             old = json.loads(p.read_text())
         except (OSError, ValueError):
             return []
+        if not isinstance(old, dict):
+            raise ConfigError(f"{p} holds a {type(old).__name__}, not a run's provenance record; it is damaged: "
+                              "delete it (the checkpoint is kept) and resume again, or pass overwrite=true")
         git = old.get("git") or {}
         status = old.get("status")
         # A process that never wrote its end is a killed one; it is credited with the wall time it
@@ -153,9 +207,16 @@ class RunFiles:
         """Wall time of the earlier processes of a resumed run (0 for a run in one process)."""
         return float(sum(seg.get("wall_time_s") or 0.0 for seg in getattr(self, "_earlier_segments", None) or []))
 
-    def _write_provenance(self, status: str, wall: Optional[float]) -> None:
+    def _write_provenance(self, status: str, wall: Optional[float], best_effort: bool = False) -> None:
+        """Write ``provenance.json`` with ``status``; ``best_effort``: on the way out of a failure,
+        whose own error (a full disk, say) is the one to report, an ``OSError`` here is ignored."""
         if not self.is_main:
             return
+        if best_effort:
+            try:
+                return self._write_provenance(status, wall)
+            except OSError:
+                return
         if not hasattr(self, "_provenance"):
             self._provenance = collect_provenance(self.cfg.to_dict(), seed=self.cfg.seed, device=self.device,
                                                   argv=self.argv, world_size=self.world_size)
@@ -169,6 +230,21 @@ class RunFiles:
         write_provenance(self.run_dir / "provenance.json", self._provenance)
 
     # -- results -------------------------------------------------------------------------
+    def _write_results(self, results: Dict[str, Any]) -> None:
+        """``results.json`` and, if asked, the final per-sample margins (``cosine_margins_final.npz``),
+        both written atomically in the run directory."""
+        if not self.is_main:
+            return
+        atomic_write_json(self.run_dir / "results.json", {k: v for k, v in results.items() if k != "history"})
+        if self.cfg.save_margins and self.final_margins:
+            margins = dict(self.final_margins)
+
+            def _savez(tmp: str) -> None:
+                with open(tmp, "wb") as fh:  # a file object: np.savez adds no ".npz" to its name
+                    np.savez(fh, **margins)
+
+            atomic_write(self.run_dir / "cosine_margins_final.npz", _savez)
+
     def _results(self, wall: float, resumed_from: Optional[int]) -> Dict[str, Any]:
         cfg = self.cfg
         last = self.history[-1] if self.history else {}

@@ -16,7 +16,7 @@ from .provenance import atomic_write_json, atomic_write_text
 from .tables import band_text, csv_text, seed_summary
 from .trainer import train_run
 
-__all__ = ["train", "summarize_runs"]
+__all__ = ["run_seeds", "summarize_runs"]
 
 
 def _summary_metrics(cfg: TrainConfig, result: Dict[str, Any]) -> Dict[str, float]:
@@ -76,7 +76,7 @@ def _format_table(table: Dict[str, Dict[str, str]], metrics: Sequence[str]) -> s
     return "\n".join(lines)
 
 
-def train(config: Union[TrainConfig, Dict[str, Any], str], *, callbacks: Optional[Sequence[Callable]] = None,
+def run_seeds(config: Union[TrainConfig, Dict[str, Any], str], *, callbacks: Optional[Sequence[Callable]] = None,
           argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Run every (method, seed) the config names; write ``summary.json``/``summary.csv``.
 

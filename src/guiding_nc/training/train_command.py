@@ -20,7 +20,7 @@ import sys
 from typing import List, Optional
 
 from .config import TrainConfig, load_config
-from .seed_sweep import train
+from .seed_sweep import run_seeds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,12 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_intermixed_args(argv)
-    source = args.config_opt or args.config
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
     overrides = list(args.overrides)
-    if source is not None and "=" in str(source) and args.config_opt is None:
-        overrides.insert(0, source)  # no config file, only overrides
-        source = None
+    if args.config is not None and "=" in str(args.config):
+        overrides.insert(0, args.config)  # no positional config file, only overrides
+        args.config = None
+    if args.config_opt is not None and args.config is not None:
+        parser.error(f"two configs given, {args.config!r} and --config {args.config_opt!r}; give one")
+    source = args.config_opt or args.config
     extra = []
     if args.quick:
         extra.append("quick=true")
@@ -70,9 +73,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.print_config:
             import yaml
 
-            print(yaml.safe_dump(cfg.apply_quick().to_dict(), sort_keys=False))
+            resolved = cfg.apply_quick()
+            resolved.override_keys = cfg.override_keys
+            resolved.validate()  # the settings printed are settings that run
+            print(yaml.safe_dump(resolved.to_dict(), sort_keys=False))
             return 0
-        train(cfg, argv=[sys.executable, "-m", "guiding_nc.training.train_command", *argv])
+        run_seeds(cfg, argv=[sys.executable, "-m", "guiding_nc.train", *argv])
         return 0
 
     from .command_line import run_cli

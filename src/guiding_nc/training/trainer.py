@@ -35,9 +35,11 @@ Decisions (see also :class:`guiding_nc.core.running_means.ClassMeanEMA`)
   segment (exact wall time, slower); ``timing: off`` disables it.  On CPU ``perf_counter``.
 * **Peak memory.** ``torch.cuda.max_memory_allocated`` on CUDA (reset at the start of a
   run); the process's peak RSS (``resource.getrusage``) on CPU.
-* **Non-finite values.** The first step whose loss or features are non-finite is recorded
-  on the device (no sync) and checked every ``nonfinite_check_every`` steps and at the end
-  of every epoch -- always before a checkpoint is written -- so a bad state is never saved.
+* **Non-finite values.** The first step whose loss, features or parameters are non-finite (or
+  overflow: AGD at an absurd learning rate) is recorded on the device (no sync) and checked every
+  ``nonfinite_check_every`` steps and at the end of every epoch; the whole state is checked before
+  a checkpoint is written, the features at every evaluation: a bad state is never saved or
+  reported, and the run stops (:class:`NonFiniteError`, exit status 3) whatever the optimiser.
 * **Resume.** Checkpoints hold the model (backbone + head, including the EMA and proximal
   state), optimiser, scheduler, AMP scaler, epoch/step, metrics history and the RNG states
   (python, numpy, torch, cuda).  The samplers are seeded by ``(seed, epoch)`` and the loader
@@ -65,15 +67,15 @@ import yaml
 from torch import Tensor, nn
 
 from .config import ConfigError, TrainConfig, load_config
-from ..core.heads import build_head
+from ..core.methods import build_head
 from .checkpoints import CHECKPOINT_NAME
 from ..core.distributed import all_reduce_, dist, init_distributed
 from ..core.errors import NonFiniteInputError
 from .timing import StepTimer
 from ..core.memory import peak_memory
-from .evaluation import evaluate_split
+from .evaluation import all_finite, evaluate_split, nonfinite_state, params_finite
 from .loaders import SubsetDataset, stratified_subset_indices
-from .provenance import atomic_write_json, atomic_write_text, to_jsonable
+from .provenance import atomic_write_text, to_jsonable
 from .run_files import RunFiles
 from .samplers import EvalShardSampler
 
@@ -86,7 +88,7 @@ __all__ = [
 
 
 class NonFiniteError(RuntimeError):
-    """Training produced a non-finite loss or non-finite features."""
+    """Training produced a non-finite (or overflowing) loss, features or parameters."""
 
 
 def validate_labels(targets: Tensor, num_classes: int) -> None:
@@ -103,13 +105,7 @@ def validate_labels(targets: Tensor, num_classes: int) -> None:
                          f"(labels range over [{lo}, {hi}])")
 
 
-def _all_finite(t: Tensor) -> Tensor:
-    """0-dim bool tensor: every entry of ``t`` is finite.  One reduction pass (min and max
-    propagate NaN and keep +-inf) where ``isfinite(t).all()`` writes a full-size mask first."""
-    if t.numel() == 0:
-        return torch.ones((), dtype=torch.bool, device=t.device)
-    lo, hi = torch.aminmax(t)
-    return torch.isfinite(lo) & torch.isfinite(hi)
+_all_finite = all_finite  # every entry finite, and so is the norm (guiding_nc.training.evaluation)
 
 
 # ---------------------------------------------------------------------------- network
@@ -143,7 +139,7 @@ def _is_interactive() -> bool:
 class Trainer(RunFiles):
     """One (method, seed) run.  ``Trainer(config).fit() -> results``.
 
-    ``config`` must name a single method and seed (use :func:`train` for sweeps).
+    ``config`` must name a single method and seed (use :func:`guiding_nc.training.seed_sweep.run_seeds` for several).
     ``callbacks``: callables ``cb(event, trainer)`` with ``event`` in ``{"step_end",
     "epoch_end"}`` (``trainer.epoch``/``trainer.global_step`` say where we are) -- a hook for
     tests and notebooks; it runs on every rank.
@@ -346,9 +342,13 @@ class Trainer(RunFiles):
         Features are what the classifier sees (``head.transform``).  All sums are reduced over
         ranks; returns ``(metrics, per-sample cosine margins)``.
         """
-        return evaluate_split(self.eval_loaders[split], self.network, self.head, num_classes=self.num_classes,
-                              feature_dim=self.feature_dim, device=self.device, cache_mode=self.cfg.eval_cache,
-                              autocast=self._autocast, world_size=self.world_size)
+        metrics, margins = evaluate_split(
+            self.eval_loaders[split], self.network, self.head, num_classes=self.num_classes, feature_dim=self.feature_dim,
+            device=self.device, cache_mode=self.cfg.eval_cache, autocast=self._autocast, world_size=self.world_size)
+        if metrics.pop("nonfinite_batches", 0):
+            self._raise_nonfinite(self.global_step, f"non-finite features in the evaluation of the {split} split",
+                                  at_step=False)
+        return metrics, margins
 
     # -- training --------------------------------------------------------------------------
     def _fire(self, event: str) -> None:
@@ -362,18 +362,26 @@ class Trainer(RunFiles):
             dist().all_reduce(flag, op=dist().ReduceOp.MAX)
         first = int(flag)
         if first >= 0:
-            self._raise_nonfinite(first, "non-finite loss or features")
+            self._raise_nonfinite(first, "non-finite loss, features or parameters")
 
-    def _raise_nonfinite(self, step: int, what: str) -> None:
+    def _check_state(self) -> None:
+        """Stop unless every parameter and buffer is finite: what a checkpoint may hold."""
+        bad = nonfinite_state(self.network)
+        if bad:
+            self._raise_nonfinite(self.global_step, f"non-finite {', '.join(bad[:3])}", at_step=False)
+
+    def _raise_nonfinite(self, step: int, what: str, at_step: bool = True) -> None:
         spe = self.steps_per_epoch
         epoch = (step - 1) // spe + 1
         within = (step - 1) % spe + 1
+        # "Good": every checkpoint passed _check_state before it was written, or when it was loaded.
         ck = (f"the last good checkpoint ({self.checkpoint_path}, epoch {self.last_checkpoint_epoch}) is intact"
               if self.last_checkpoint_epoch is not None else "no checkpoint had been written yet")
+        where = (f"at epoch {epoch}, step {within} of {spe} (global step {step})" if at_step
+                 else f"after epoch {self.epoch} (global step {step})")
         self.status = "failed: non-finite"
-        self._write_provenance(self.status, time.time() - self._t0)
-        raise NonFiniteError(f"{what} at epoch {epoch}, step {within} of {spe} (global step {step}); "
-                             f"training stopped, {ck}")
+        self._write_provenance(self.status, time.time() - getattr(self, "_t0", time.time()), best_effort=True)
+        raise NonFiniteError(f"{what} {where}; training stopped, {ck}")
 
     def _train_epoch(self, bar_batches: bool) -> Dict[str, Any]:
         cfg, dev = self.cfg, self.device
@@ -406,6 +414,7 @@ class Trainer(RunFiles):
             x = x.to(dev, non_blocking=True)
             y = y.to(dev, non_blocking=True)
             loss, logits, finite = self.train_step(x, y)
+            finite = finite & params_finite(self.network)  # after the update: caught at the step that diverged
             bad_step = torch.where((bad_step < 0) & ~finite, torch.full_like(bad_step, step), bad_step)
             ld = loss.detach()
             loss_sum += ld.double() * y.numel()
@@ -544,6 +553,7 @@ class Trainer(RunFiles):
                     self._append_metrics(row)
                 self._fire("epoch_end")
                 if checkpoint_now:
+                    self._check_state()  # a checkpoint holds only a finite state
                     self.save_checkpoint()
                 if epoch_bar is not None:
                     epoch_bar.update(1)
@@ -558,8 +568,10 @@ class Trainer(RunFiles):
             if epoch_bar is not None:
                 epoch_bar.close()
             if self.status == "running":
-                self.status = "failed"
-                self._write_provenance("failed", time.time() - self._t0)
+                # Ctrl-C (SIGINT) or a kill that Python sees is a killed run, which resume=true continues.
+                interrupted = isinstance(sys.exc_info()[1], (KeyboardInterrupt, SystemExit))
+                self.status = "killed" if interrupted else "failed"
+                self._write_provenance(self.status, time.time() - self._t0, best_effort=True)
         if self.status == "completed" and not self.final_margins and self.history and \
                 self.history[-1]["epoch"] == cfg.epochs:
             # Resumed from the final checkpoint (a kill after it, or resume of a finished run): the
@@ -569,10 +581,7 @@ class Trainer(RunFiles):
                 self.final_margins[split] = self.evaluate(split)[1]
         wall = time.time() - self._t0
         results = self._results(wall, resumed_from)
-        if self.is_main:
-            atomic_write_json(self.run_dir / "results.json", {k: v for k, v in results.items() if k != "history"})
-            if cfg.save_margins and self.final_margins:
-                np.savez(self.run_dir / "cosine_margins_final.npz", **self.final_margins)
+        self._write_results(results)
         self._write_provenance(self.status, wall)
         if self.is_main and cfg.verbose:
             print(self.summary_line(results), flush=True)

@@ -23,12 +23,14 @@ import torch
 from ...core.etf import standard_simplex_etf
 from ...core.nearest import nearest_etf
 from .settings import EARLY_STEPS, MAIN_METHODS, METRIC_KEYS, ExplorerSettings, is_int
+from ..tables import Table
 
 __all__ = [
     "ExplorerResult",
     "run_ufm",
     "run_comparison",
     "summary_markdown",
+    "print_progress",
 ]
 
 
@@ -180,6 +182,13 @@ class _Recorder:
         )
 
 
+def print_progress(result: "ExplorerResult") -> None:
+    """An ``on_update`` callback for :func:`run_ufm` that prints one line per update: the step,
+    the loss, the train accuracy and the distance of the class means to their nearest ETF."""
+    print(f"step {result.steps_done:4d}: loss {result.final('loss'):.3g}, train accuracy "
+          f"{100 * result.final('top1'):.0f}%, distance to nearest ETF {result.final('etf_distance'):.3g}")
+
+
 def run_ufm(settings: Union[ExplorerSettings, Mapping[str, Any]], *,
             on_update: Optional[Callable[[ExplorerResult], Any]] = None,
             update_every: Optional[int] = None) -> ExplorerResult:
@@ -261,7 +270,7 @@ def summary_markdown(results: Union[ExplorerResult, Sequence[ExplorerResult], Ma
             else:
                 cells.append(str(v))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return Table("\n".join(lines))
 
 
 def run_comparison(settings: ExplorerSettings, methods: Sequence[str] = MAIN_METHODS, *,

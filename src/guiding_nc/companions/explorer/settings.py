@@ -14,6 +14,7 @@ from ...core.methods import METHOD_NAMES, METHODS
 from ...training.optim import OPTIMIZER_NAMES
 
 __all__ = [
+    "MAX_3D_CLASSES",
     "ExplorerSettingsError",
     "ExplorerSettings",
     "MAIN_METHODS",
@@ -22,6 +23,10 @@ __all__ = [
     "DEFAULT_LR",
     "METRIC_KEYS",
 ]
+
+# The most classes the explorer draws in 3-D: a simplex of C vertices spans C - 1 dimensions, so
+# three axes show 3/(C - 1) of it, and beyond six classes the vertices crowd into one another.
+MAX_3D_CLASSES = 6
 
 MAIN_METHODS: Tuple[str, ...] = ("standard", "fixed", "implicit")
 METHOD_LABELS: Dict[str, str] = {name: m.label for name, m in METHODS.items()}  # the registry's
@@ -56,7 +61,7 @@ class ExplorerSettings:
 
     ``C`` classes, ``N`` free features (``N/C`` per class) of dimension ``d``; full-batch
     training for ``steps`` optimiser steps.  ``method`` is one of
-    :data:`guiding_nc.core.heads.METHOD_NAMES`; ``optimizer`` one of ``agd`` (uses ``gain``; ``lr``,
+    :data:`guiding_nc.core.methods.METHOD_NAMES`; ``optimizer`` one of ``agd`` (uses ``gain``; ``lr``,
     if given, is AGD's dimensionless multiplier), ``sgd`` or ``adam`` (use ``lr``; default
     :data:`DEFAULT_LR`).  ``delta`` is the proximal coefficient of the implicit method (ignored
     by the others).  ``snapshot_every`` / ``eval_every`` (``None`` = automatic, at most

@@ -14,7 +14,8 @@ from ...core.methods import METHOD_NAMES
 from ...training.optim import OPTIMIZER_NAMES
 from .projection import ProjectionFrames, projection_frames
 from .runs import ExplorerResult, run_ufm
-from .settings import DEFAULT_LR, MAIN_METHODS, METHOD_LABELS, ExplorerSettings, ExplorerSettingsError
+from .settings import (DEFAULT_LR, MAIN_METHODS, MAX_3D_CLASSES, METHOD_LABELS, ExplorerSettings,
+                       ExplorerSettingsError)
 
 __all__ = [
     "build_explorer",
@@ -148,6 +149,15 @@ class Explorer:
                 display(fig)
         plt.close(fig)
 
+    def _show_text(self, text: str) -> None:
+        """A line of text under the projection (only inside a kernel; tests keep it as ``note``)."""
+        self.note = text
+        if _in_kernel():
+            from IPython.display import display
+
+            with self.projection_out:
+                display(text)
+
     def _draw(self, final: bool) -> None:
         from ..plotting import explorer as px
 
@@ -172,7 +182,10 @@ class Explorer:
         self.figures["projection"] = fig
         self._show(self.projection_out, fig)
         C = next(iter(self.results.values())).settings.C
-        if final and self.controls["dims3"].value and C >= 4:
+        if final and self.controls["dims3"].value and C > MAX_3D_CLASSES:
+            self._show_text(f"3-D is drawn up to C = {MAX_3D_CLASSES}: {C} vertices span {C - 1} dimensions, "
+                            "three of them show too little and the vertices crowd; the plane above shows them.")
+        if final and self.controls["dims3"].value and 4 <= C <= MAX_3D_CLASSES:
             frames3 = [projection_frames(r, 3) for r in self.results.values()]
             fig3 = px.plot_projection_3d_panels(frames3, step=step)
             self.figures["projection_3d"] = fig3

@@ -11,12 +11,15 @@ class, shape ``(d, C)``; features have one **row** per sample, shape ``(N, d)``;
 """
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from ...core import methods
 from .style import MAX_WIDTH_IN, panel_grid
@@ -122,13 +125,17 @@ def plot_simplex_etfs(etf_plane: Any, etf_space: Any) -> Figure:
     off = cos_s[~np.eye(4, dtype=bool)]
     ax3.set_title(f"$C = 4$: regular tetrahedron in 3-D\n(cosines in [{off.min():.4f}, {off.max():.4f}])",
                   fontsize=10)
-    ax3.set_xlabel("coord. 1")
-    ax3.set_ylabel("coord. 2")
-    ax3.set_zlabel("coord. 3")
     m = 1.1 * float(np.abs(S).max())
-    ax3.set_xlim(-m, m)
-    ax3.set_ylim(-m, m)
-    ax3.set_zlim(-m, m)
+    tick = math.floor(10 * float(np.abs(S).max())) / 10  # three ticks per axis: -t, 0, t
+    for name, axis, setlim in (("x", ax3.xaxis, ax3.set_xlim), ("y", ax3.yaxis, ax3.set_ylim),
+                               ("z", ax3.zaxis, ax3.set_zlim)):
+        setlim(-m, m)
+        axis.set_ticks([-tick, 0.0, tick])
+        axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.1f}"))
+        ax3.tick_params(axis=name, labelsize=7.5, pad=1)
+    ax3.set_xlabel("coord. 1", fontsize=8, labelpad=-2)
+    ax3.set_ylabel("coord. 2", fontsize=8, labelpad=-2)
+    ax3.set_zlabel("coord. 3", fontsize=8, labelpad=-2)
     ax3.set_box_aspect((1, 1, 1))
     ax3.view_init(elev=20, azim=35)
     ax3.legend(loc="upper center", bbox_to_anchor=(0.5, -0.04), ncol=2, fontsize=7.5)

@@ -14,20 +14,21 @@ from __future__ import annotations
 import math
 from typing import Mapping, Optional, Sequence
 
-import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from .style import MAX_WIDTH_IN, panel_grid
+from ...core import methods
+from .style import MAX_WIDTH_IN, panel_grid, subplots
 
 __all__ = ["METHOD_STYLE", "plot_trajectory_panels", "plot_reduction_vs_full", "plot_collapse_spectra",
            "plot_kappa_vs_steps"]
 
-#: Colour and label of each parametrisation (shared by every figure of the chapter).
+#: Colour and label of each parametrisation (shared by every figure of the chapter): the
+#: registry's colours for the three that are the paper's methods (free W is the standard one).
 METHOD_STYLE = {
-    "free": ("C3", "free W, b (learned)"),
-    "fixed": ("C0", "fixed ETF"),
-    "implicit": ("C2", "implicit nearest ETF"),
-    "affine": ("C1", "affine: W = centred means"),
+    "free": (methods.colour("standard"), "free W, b (learned)"),
+    "fixed": (methods.colour("fixed"), "fixed ETF"),
+    "implicit": (methods.colour("implicit"), "implicit nearest ETF"),
+    "affine": ("C4", "affine: W = centred means"),
 }
 _CURV_UNIT = "nats / unit²"
 
@@ -163,7 +164,7 @@ def plot_collapse_spectra(spectra: Mapping[str, Mapping], *, rel_tol: float = 1e
     """
     if not isinstance(spectra, Mapping) or not spectra:
         raise ValueError("spectra must be a non-empty dict {method: {'euclidean': [...], 'pullback': [...]}}")
-    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, 6.4), layout="constrained")
+    fig, ax = subplots(figsize=(MAX_WIDTH_IN, 6.4), layout="constrained")
     for m, e in spectra.items():
         if m not in METHOD_STYLE:
             raise ValueError(f"unknown method {m!r} in spectra")
@@ -197,7 +198,7 @@ def plot_kappa_vs_steps(runs: Sequence[Mapping], *, tolerance: float = 1e-8) -> 
     the tolerance sit on the right edge (open markers); runs without a late-phase kappa sit on the top edge.
     """
     _check_rows(runs, "runs")
-    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, 4.5))
+    fig, ax = subplots(figsize=(MAX_WIDTH_IN, 4.5))
     reached = [r["steps_to_tol"] for r in runs if r.get("steps_to_tol") is not None]
     budget = max([r.get("steps_budget") or 0 for r in runs] + reached + [1])
     kappas = [r["late_kappa"] for r in runs if _finite(r.get("late_kappa"))]

@@ -12,13 +12,20 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .style import MAX_WIDTH_IN
+from ...training.config import config_title
 from ...training.tables import band_text
+from ..tables import Table
 
 __all__ = ["plot_fixed_etf_diagnosis", "diagnosis_table_markdown"]
 
-_DATASET_STYLE = {"mnist5k_smallcnn": ("C3", "o", "MNIST 5k × small CNN"),
-                  "digits_mlp": ("C0", "s", "digits × MLP"),
-                  "mnist1d_mlp": ("C2", "^", "MNIST-1D × MLP")}
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
+def _configs(runs: Sequence[Mapping[str, Any]]):
+    """The configs the rows hold, in order, each with its colour, marker and title (read from the
+    dataset and model registries through :func:`~guiding_nc.training.config.config_title`)."""
+    names = list(dict.fromkeys(str(r["config"]) for r in runs))
+    return [(c, f"C{k % 10}", _MARKERS[k % len(_MARKERS)], config_title(c)) for k, c in enumerate(names)]
 
 
 def _rows_by(runs: Sequence[Mapping[str, Any]], config: str, variant: str):
@@ -30,13 +37,12 @@ def plot_fixed_etf_diagnosis(runs: Sequence[Mapping[str, Any]], *, variants: Seq
     """Two stacked panels over the ``variants``: final train top-1 (%) of every seed with the
     median marked, and the share of the classifier's squared weight on dead units."""
     labels = dict(labels or {})
-    configs = [c for c in _DATASET_STYLE if any(r["config"] == c for r in runs)]
+    configs = _configs(runs)
     fig = Figure(figsize=(MAX_WIDTH_IN, 6.2), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
     x = np.arange(len(variants))
-    width = 0.24
-    for k, c in enumerate(configs):
-        colour, marker, name = _DATASET_STYLE[c]
+    width = 0.72 / max(len(configs), 1)
+    for k, (c, colour, marker, name) in enumerate(configs):
         off = (k - (len(configs) - 1) / 2) * width
         for i, v in enumerate(variants):
             rows = _rows_by(runs, c, v)
@@ -50,8 +56,9 @@ def plot_fixed_etf_diagnosis(runs: Sequence[Mapping[str, Any]], *, variants: Seq
                      label=name if i == 0 else None)
             bottom.scatter(x[i] + off + jitter, 100 * dead, s=14, color=colour, marker=marker, alpha=0.7, lw=0,
                            label=name if i == 0 else None)
-    top.axhline(10, color="0.5", ls=":", lw=1)
-    top.text(-0.45, 11.5, "chance (10 classes)", fontsize=9, color="0.35", ha="left")
+    for C in sorted({int(r["num_classes"]) for r in runs if r.get("num_classes")}):
+        top.axhline(100 / C, color="0.5", ls=":", lw=1)
+        top.text(-0.45, 100 / C + 1.5, f"chance ({C} classes)", fontsize=9, color="0.35", ha="left")
     top.axhline(90, color="k", ls="--", lw=0.8)
     top.set_ylabel("final train top-1 (%)")
     top.set_ylim(0, 102)
@@ -70,12 +77,12 @@ def diagnosis_table_markdown(runs: Sequence[Mapping[str, Any]], *, variants: Seq
                              labels: Optional[Mapping[str, str]] = None) -> str:
     """Median [min, max] final train top-1 (%) and median dead units per variant and dataset."""
     labels = dict(labels or {})
-    configs = [c for c in _DATASET_STYLE if any(r["config"] == c for r in runs)]
-    head = "| variant | " + " | ".join(_DATASET_STYLE[c][2] for c in configs) + " |"
+    configs = _configs(runs)
+    head = "| variant | " + " | ".join(title for *_, title in configs) + " |"
     lines = [head, "|---|" + "---:|" * len(configs)]
     for v in variants:
         cells = []
-        for c in configs:
+        for c, *_ in configs:
             rows = _rows_by(runs, c, v)
             if not rows:
                 cells.append("–")
@@ -85,4 +92,4 @@ def diagnosis_table_markdown(runs: Sequence[Mapping[str, Any]], *, variants: Seq
             cells.append(band_text(float(np.median(acc)), min(acc), max(acc), fmt=".1f")
                          + f"; dead units {int(np.median(dead))}")
         lines.append(f"| {labels.get(v, v)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return Table("\n".join(lines))

@@ -18,13 +18,15 @@ from ...experiments.results import is_finite_number, seed_bands
 from ...core.methods import METHODS
 from .collapse import method_style
 from ...training.tables import band_text
-from .style import panel_grid, tidy_log_x
+from ..tables import Table, variant_label
+from .style import MAX_WIDTH_IN, panel_grid, tidy_log_x, tidy_log_y
 
 __all__ = [
     "plot_ufm_dynamics",
     "plot_step_accuracy",
     "plot_accuracy_curves",
     "plot_variant_curves",
+    "plot_ablation_pairs",
     "plot_delta_sensitivity",
     "plot_cost",
     "summary_table_markdown",
@@ -46,36 +48,52 @@ def _band(ax, xs, med, lo, hi, *, label, style, floor: Optional[float] = None):
 
 
 def plot_ufm_dynamics(results: Mapping[str, Any], *, num_classes: int, loss_bound: float,
-                      config: Optional[str] = None) -> Figure:
-    """The shape of the paper's Fig. 2: loss vs its lower bound, cosine margins, NC1, NC3, equinorm.
+                      config: Optional[str] = None, compare: Tuple[str, str] = ("implicit", "fixed"),
+                      title: Optional[str] = None) -> Figure:
+    """The shape of the paper's Fig. 2, with the gaps drawn where its curves would coincide.
+
+    Panels: the loss *above* its lower bound and the average cosine margin *below* its maximum
+    ``C/(C-1)`` (both on log axes, where two methods that are close still separate; the paper
+    draws the loss and the margin themselves), NC1, NC3, the equinorm, the final per-sample
+    margins, and -- when the methods ``compare`` both ran -- the ratio of the first to the second
+    for the loss gap, the margin gap, NC1 and NC3 (medians over seeds), where a curve below 1
+    means the first method is closer to collapse.
 
     ``results``: :func:`~guiding_nc.experiments.results.load_results` of a UFM experiment
     with ``margins.json``.  ``loss_bound``: :func:`guiding_nc.core.metric_formulas.cross_entropy_lower_bound`.
     """
     curves = results["curves"]
     where = {"config": config} if config else None
+    cmax = num_classes / (num_classes - 1)
+    floor = 1e-12
     panels = [
-        ("train_loss", "cross-entropy loss (train)", "loss", True),
-        ("train_cosine_margin_mean", "average cosine margin (Eq. 16)", "cosine margin", False),
-        ("train_nc1", "NC1: within-class variability", r"$\mathrm{tr}(\Sigma_W\Sigma_B^\dagger)/C$", True),
-        ("train_nc3", "NC3: self-duality", r"$\|W/\|W\| - \bar H^\top/\|\bar H\|\|_F$", True),
-        ("train_equinorm", r"$W$–$\bar H$ equinorm", "|CV(W) − CV(H̄)|", True),
+        ("train_loss", "cross-entropy above its lower bound", f"loss − {loss_bound:.3g}",
+         lambda v: v - loss_bound),
+        ("train_cosine_margin_mean", "average cosine margin (Eq. 16) below\nits maximum $C/(C-1)$",
+         f"{cmax:.4f} − margin", lambda v: cmax - v),
+        ("train_nc1", "NC1: within-class variability", r"$\mathrm{tr}(\Sigma_W\Sigma_B^\dagger)/C$", None),
+        ("train_nc3", "NC3: self-duality", r"$\|W/\|W\| - \bar H^\top/\|\bar H\|\|_F$", None),
+        ("train_equinorm", r"$W$–$\bar H$ equinorm", "|CV(W) − CV(H̄)|", None),
     ]
-    fig, axes = panel_grid(6, panel_height=2.9, extra_height=0.4)
-    for ax, (key, title, ylabel, log) in zip(axes, panels):
-        bands = seed_bands(curves, key, where=where)
-        for i, ((_, _, method), (xs, med, lo, hi)) in enumerate(bands.items()):
+    # The loss is a float32 mean: below this gap to the bound its digits are rounding.
+    resolution = {"train_loss": 1e-6 * loss_bound}
+    bands_of = {key: seed_bands(curves, key, where=where) for key, *_ in panels}
+    methods = [m for (_, _, m) in bands_of["train_loss"]]
+    ratio = compare[0] in methods and compare[1] in methods
+    fig, axes = panel_grid(7 if ratio else 6, panel_height=2.9, extra_height=0.4)
+    for ax, (key, panel_title, ylabel, gap) in zip(axes, panels):
+        for i, ((_, _, method), (xs, med, lo, hi)) in enumerate(bands_of[key].items()):
+            if gap is not None:  # a gap shrinks as the value improves: min and max swap
+                med, lo, hi = gap(med), gap(hi), gap(lo)
             _band(ax, xs, med, lo, hi, label=METHOD_LABELS.get(method, method), style=method_style(method, i),
-                  floor=1e-12 if log else None)
-        if key == "train_loss":
-            ax.axhline(loss_bound, color="k", ls=":", lw=1.3, label=f"lower bound {loss_bound:.2e}")
-        if key == "train_cosine_margin_mean":
-            ax.axhline(num_classes / (num_classes - 1), color="k", ls=":", lw=1.3,
-                       label=f"ETF maximum $C/(C-1)$ = {num_classes / (num_classes - 1):.3f}")
-        if log:
-            ax.set_yscale("log")
+                  floor=resolution.get(key, floor))
+        lowest = min((float(np.min(gap(med) if gap else med)) for (_, (_, med, _, _)) in bands_of[key].items()),
+                     default=np.inf)
+        if key in resolution and lowest < 100 * resolution[key]:  # only where the curves come near it
+            ax.axhline(resolution[key], color="0.5", ls=":", lw=1.0, label="float32 resolution")
+        ax.set_yscale("log")
         ax.set_xscale("log")
-        ax.set_title(title, fontsize=10)
+        ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel("training step (full batch)")
         ax.set_ylabel(ylabel, fontsize=9)
         ax.grid(alpha=0.3)
@@ -89,19 +107,39 @@ def plot_ufm_dynamics(results: Mapping[str, Any], *, num_classes: int, loss_boun
             per_method[method] += vals
     if per_method:
         lo = min(min(v) for v in per_method.values())
-        hi = num_classes / (num_classes - 1)
-        bins = np.linspace(lo, hi, 60)
+        bins = np.linspace(lo, cmax, 60)
         for i, (method, vals) in enumerate(per_method.items()):
             st = method_style(method, i)
-            ax.hist(vals, bins=bins, histtype="step", lw=1.8, color=st["color"], label=METHOD_LABELS.get(method, method))
-        ax.axvline(hi, color="k", ls=":", lw=1.3, label="ETF maximum")
+            ax.hist(vals, bins=bins, histtype="step", lw=3.0 if i == 1 else 1.8, color=st["color"],
+                    ls=st.get("linestyle", "-"), label=METHOD_LABELS.get(method, method))
+        ax.axvline(cmax, color="k", ls=":", lw=1.3, label="ETF maximum")
         ax.set_yscale("log")
         ax.legend(fontsize=8)
-    ax.set_title("final per-sample cosine margins (all seeds)", fontsize=10)
+    ax.set_title("final margins per sample (all seeds)", fontsize=10)
     ax.set_xlabel("cosine margin")
     ax.set_ylabel("number of samples")
     ax.grid(alpha=0.3)
-    fig.suptitle(f"UFM with $C = {num_classes}$: median over seeds, band = min–max", fontsize=11)
+    if ratio:
+        ax = axes[6]
+        a, b = compare
+        for j, (key, name) in enumerate((("train_loss", "loss gap"), ("train_cosine_margin_mean", "margin gap"),
+                                         ("train_nc1", "NC1"), ("train_nc3", "NC3"))):
+            gap = dict((k, g) for k, _, _, g in panels)[key]
+            by = {m: (xs, med) for (_, _, m), (xs, med, _, _) in bands_of[key].items()}
+            (xa, ma), (xb, mb) = by[a], by[b]
+            n = min(len(xa), len(xb))
+            va, vb = (gap(v[:n]) if gap else v[:n] for v in (ma, mb))
+            ok = (va > 10 * resolution.get(key, floor)) & (vb > 10 * resolution.get(key, floor))
+            ax.plot(xa[:n][ok], va[ok] / vb[ok], lw=1.6, color=f"C{j + 4}", ls=("-", "--", "-.", ":")[j],
+                    label=name)
+        ax.axhline(1.0, color="k", lw=1.0)
+        ax.set_xscale("log")
+        ax.set_title(f"{METHOD_LABELS.get(a, a)} ÷ {METHOD_LABELS.get(b, b)} (medians)", fontsize=10)
+        ax.set_xlabel("training step (full batch)")
+        ax.set_ylabel("ratio (below 1: closer to collapse)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+    fig.suptitle(title or f"UFM with $C = {num_classes}$: median over seeds, band = min–max", fontsize=11)
     return tidy_log_x(fig)
 
 
@@ -196,51 +234,92 @@ def plot_method_curves(results: Mapping[str, Any], *, config: str,
     return tidy_log_x(fig)
 
 
+_STYLES = ("-", "--", "-.", ":")
+_MARKERS = ("o", "s", "^", "D", "v", "P")
+
+
 def plot_variant_curves(results: Mapping[str, Any], *, config: str, variants: Sequence[str], y: str,
                         ylabel: str, x: str = "step", log: bool = False, title: str = "",
                         ax=None, labels: Optional[Mapping[str, str]] = None) -> Figure:
-    """One metric against training progress, one band per variant of an ablation."""
+    """One metric against training progress, one band per variant of an ablation.
+
+    Variants are named by :func:`guiding_nc.companions.tables.variant_label` (or ``labels``) and
+    drawn with their own colour, line style and marker, later ones thinner, so a curve that lies
+    on an earlier one still shows; its legend entry then says which curve it coincides with
+    (medians within 0.1% of each other at every logged point)."""
     fig = None
     if ax is None:
         fig = Figure(figsize=(6.0, 4.0), layout="constrained")
         ax = fig.subplots()
     bands = seed_bands(results["curves"], y, x=x, where={"config": config})
+    scale = 100.0 if y.endswith("top1") else 1.0
+    drawn: List[Tuple[str, np.ndarray, np.ndarray]] = []
     for i, v in enumerate(variants):
-        hits = [(k, b) for k, b in bands.items() if k[1] == v]
-        for k, (xs, med, lo, hi) in hits:
-            st = method_style("__" + v, i)
-            scale = 100.0 if y.endswith("top1") else 1.0
-            _band(ax, xs, scale * med, scale * lo, scale * hi, label=(labels or {}).get(v, v), style=st,
-                  floor=1e-12 if log else None)
+        for k, (xs, med, lo, hi) in [(k, b) for k, b in bands.items() if k[1] == v]:
+            name = (labels or {}).get(v) or variant_label(v)
+            on = next((j for j, (_, xo, mo) in enumerate(drawn) if len(xo) == len(xs) and np.allclose(xo, xs)
+                       and np.allclose(mo, scale * med, rtol=1e-3, atol=0)), None)
+            if on is not None:
+                name += f" (coincides with the {('first', 'second', 'third')[min(on, 2)]})"
+            style = dict(color=f"C{i}", linestyle=_STYLES[i % 4])
+            ax.plot(xs, np.maximum(scale * med, 1e-12) if log else scale * med, lw=max(2.4 - 0.5 * i, 1.0),
+                    marker=_MARKERS[i % 6] if len(xs) <= 12 else None, ms=6 - i, label=name, **style)
+            ax.fill_between(xs, scale * lo, scale * hi, color=style["color"], alpha=0.15, lw=0)
+            drawn.append((name, xs, scale * med))
     if log:
         ax.set_yscale("log")
+        tidy_log_y(ax)
     if x == "step":
         ax.set_xscale("log")
     ax.set_xlabel("training step (full batch)" if x == "step" else x)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7.5)
     return tidy_log_x(fig if fig is not None else ax.figure)
 
 
+def plot_ablation_pairs(results: Mapping[str, Any], pairs: Sequence[Tuple[str, str, str]], *,
+                        configs: Sequence[Tuple[str, str, str, str, bool]]) -> Figure:
+    """The ablation comparisons (paper Figs. 15, 17, 18): one row per pair ``(title, first,
+    second)``, one column per ``(config, title, metric, y label, log)``."""
+    fig = Figure(figsize=(MAX_WIDTH_IN, 3.3 * len(pairs) + 0.3), layout="constrained")
+    axes = fig.subplots(len(pairs), len(configs), squeeze=False)
+    for row, (title, a, b) in zip(axes, pairs):
+        for ax, (cfg, cfg_title, y, ylabel, log) in zip(row, configs):
+            plot_variant_curves(results, config=cfg, variants=[a, b], y=y, ylabel=ylabel, log=log,
+                                x="step" if y == "train_loss" else "epoch", title=f"{cfg_title}: {title}", ax=ax)
+    return tidy_log_x(fig)
+
+
 def plot_delta_sensitivity(summary: Mapping[str, Any], *, configs: Sequence[str], deltas: Mapping[str, float],
-                           metrics: Sequence[Tuple[str, str, bool]], titles: Optional[Mapping[str, str]] = None) -> Figure:
-    """Run-level metrics of the implicit ETF against the proximal coefficient delta (log scale).
+                           metrics: Sequence[Tuple[str, str, bool]], titles: Optional[Mapping[str, str]] = None,
+                           loss_bounds: Optional[Mapping[str, float]] = None) -> Figure:
+    """Run-level metrics of the implicit ETF against the proximal coefficient delta (log scale):
+    one column per config, one row per metric.
 
     ``deltas``: ``{variant name: delta}``; ``metrics``: ``(summary key, y label, log y)``.
-    Points are medians over seeds, error bars min-max.
-    """
-    fig, flat = panel_grid(len(configs) * len(metrics), panel_height=2.9, extra_height=0.4)
-    for i, cfg in enumerate(configs):
-        for j, (key, ylabel, log) in enumerate(metrics):
-            ax = flat[i * len(metrics) + j]
+    Points are medians over seeds, error bars min-max.  With ``loss_bounds[config]`` the loss is
+    drawn above that lower bound (its changes are a small share of the loss itself).  A metric
+    that is the same for every delta and seed gets a line of text instead of a flat panel."""
+    fig = Figure(figsize=(MAX_WIDTH_IN, 2.6 * len(metrics) + 0.5), layout="constrained")
+    axes = fig.subplots(len(metrics), len(configs), squeeze=False)
+    for j, cfg in enumerate(configs):
+        for i, (key, ylabel, log) in enumerate(metrics):
+            ax = axes[i][j]
+            scale = 100.0 if "top1" in key else 1.0
+            offset = (loss_bounds or {}).get(cfg) if key == "train_loss" else None
             pts = []
             for v, dlt in deltas.items():
                 cell = summary.get(f"{cfg}/{v}/implicit", {}).get(key)
                 if cell and cell.get("median") is not None:
-                    scale = 100.0 if "top1" in key else 1.0
-                    pts.append((dlt, scale * cell["median"], scale * cell["min"], scale * cell["max"]))
+                    pts.append((dlt, *(scale * (cell[k] - (offset or 0.0)) for k in ("median", "min", "max"))))
+            ax.set_title(f"{(titles or {}).get(cfg, cfg)}", fontsize=10)
+            if pts and len({f"{p:.6g}" for _, *q in pts for p in q}) == 1:
+                ax.axis("off")
+                ax.text(0.5, 0.5, f"{ylabel}:\n{pts[0][1]:.6g} for every δ and seed", ha="center", va="center",
+                        fontsize=9, transform=ax.transAxes)
+                continue
             if pts:
                 pts.sort()
                 d, med, lo, hi = map(np.asarray, zip(*pts))
@@ -248,9 +327,9 @@ def plot_delta_sensitivity(summary: Mapping[str, Any], *, configs: Sequence[str]
             ax.set_xscale("log")
             if log:
                 ax.set_yscale("log")
+                tidy_log_y(ax)
             ax.set_xlabel(r"proximal coefficient $\delta$")
-            ax.set_ylabel(ylabel)
-            ax.set_title(f"{(titles or {}).get(cfg, cfg)}", fontsize=10)
+            ax.set_ylabel(ylabel if offset is None else f"{ylabel}\nabove the bound {offset:.4f}", fontsize=9)
             ax.grid(alpha=0.3)
     fig.suptitle(r"Implicit ETF against $\delta$: median over seeds, bars = min–max", fontsize=11)
     return tidy_log_x(fig)
@@ -276,6 +355,8 @@ def plot_cost(rows: Sequence[Mapping[str, Any]], *, configs: Sequence[str]) -> F
                 ax_t.text(x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=8)
                 if r is not None and is_finite_number(r.get("kkt_need_gb")):
                     ax_m.bar(x, r["kkt_need_gb"], width, color="none", edgecolor="tab:red", ls="--", lw=1.2)
+                    ax_m.text(x, r["kkt_need_gb"] * 1.15, f"{r['kkt_need_gb']:,.1f}", ha="center",
+                              va="bottom", fontsize=7.5, color="tab:red")
                 continue
             bottom = 0.0
             for key, label, color in parts:
@@ -298,35 +379,45 @@ def plot_cost(rows: Sequence[Mapping[str, Any]], *, configs: Sequence[str]) -> F
                    "; ".join(f"{k + 1}: {v}" for k, v in enumerate(variants)) + ")", fontsize=8)
     ax_t.legend(fontsize=8, loc="upper left")
     ax_m.set_ylabel("peak memory above\nmodel + data (GiB, log scale)")
-    ax_m.set_title("peak memory per step (dashed outline: what the dense KKT gradient would need)", fontsize=9)
+    ax_m.set_title("peak memory per step; dashed, not run: what the dense KKT\nmatrices would need "
+                   "(GiB, in the float32 the trainer solves in)", fontsize=9)
+    ax_m.set_ylim(top=ax_m.get_ylim()[1] * 4)
     ax_m.legend(fontsize=8, loc="upper left")
     return tidy_log_x(fig)
 
 
-def _cell(summary: Mapping[str, Any], group: str, key: str, scale: float = 100.0, digits: int = 2,
-          number_format: str = "f") -> str:
-    c = summary.get(group, {}).get(key)
-    if not c or c.get("median") is None:
-        return "–"
-    return band_text(c["median"], c["min"], c["max"], fmt=f".{digits}{number_format}", scale=scale)
-
-
 def summary_table_markdown(summary: Mapping[str, Any], *, configs: Sequence[str], key_at: Sequence[str],
                            methods: Sequence[str] = ("standard", "fixed", "implicit"), variant: str = "default",
-                           titles: Optional[Mapping[str, str]] = None, scale: float = 100.0, digits: int = 2,
-                           number_format: str = "f") -> str:
-    """A Markdown table shaped like the paper's Tables 1-2: one row per (config, metric@epoch),
-    one column per method, cells ``median [min, max]`` over seeds (``scale`` times the value,
-    ``digits`` after the point, or significant digits with ``number_format="g"``)."""
-    head = "| experiment | metric | " + " | ".join(METHOD_LABELS.get(m, m) for m in methods) + " |"
-    lines = [head, "|---|---|" + "---:|" * len(methods)]
+                           titles: Optional[Mapping[str, str]] = None, scale: Optional[float] = None,
+                           digits: Optional[int] = None, number_format: Optional[str] = None) -> str:
+    """A table shaped like the paper's Tables 1-2: one row per (config, metric@epoch), one
+    column per method, cells ``median [min, max]`` over seeds, the best of each row in bold
+    (:mod:`guiding_nc.companions.tables`: human labels, a band shown once where the seeds agree).
+
+    Each key is rounded by its quantity's rule (accuracies in percent to 0.1 point, ...); with
+    ``scale``, ``digits`` or ``number_format`` given, every cell is ``scale`` times the value with
+    ``digits`` after the point (``number_format="f"``, default 2) or significant digits (``"g"``)."""
+    from ..tables import Band, band, label, quantity, table
+
+    custom = scale is not None or digits is not None or number_format is not None
+    rows, best = [], []
     for cfg in configs:
         for key in key_at:
-            cells = [_cell(summary, f"{cfg}/{variant}/{m}", key, scale, digits, number_format) for m in methods]
-            if all(c == "–" for c in cells):
+            cells = []
+            for m in methods:
+                c = summary.get(f"{cfg}/{variant}/{m}", {}).get(key)
+                if custom and c and c.get("median") is not None:
+                    k = 1.0 if scale is None else scale
+                    cells.append(Band(k * c["median"], k * c["min"], k * c["max"],
+                                      kind=f"fmt:.{2 if digits is None else digits}{number_format or 'f'}"))
+                else:
+                    cells.append(band(key, c))
+            if all(c.median is None for c in cells):
                 continue
-            lines.append(f"| {(titles or {}).get(cfg, cfg)} | {key} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            rows.append([(titles or {}).get(cfg, cfg), label(key)] + cells)
+            best.append(quantity(key).better)
+    return table(["experiment", "metric"] + [METHOD_LABELS.get(m, m) for m in methods], rows, best=best,
+                 align="ll" + "r" * len(methods))
 
 
 def steps_to_fit_markdown(results: Mapping[str, Mapping[str, Any]], *, configs: Sequence[str],
@@ -359,7 +450,7 @@ def steps_to_fit_markdown(results: Mapping[str, Mapping[str, Any]], *, configs: 
             budget = max(r["steps"] for r in runs)
             lines.append(f"| {(titles or {}).get(c, c)} | {label} | {budget} | " + " | ".join(cells)
                          + f" | {seeds[0] if len(set(seeds)) == 1 else '/'.join(map(str, seeds))} |")
-    return "\n".join(lines)
+    return Table("\n".join(lines))
 
 
 def paper_table_markdown(table: Mapping[str, Mapping[str, Sequence[float]]], *, epochs: Sequence[int] = (50, 200),
@@ -370,7 +461,7 @@ def paper_table_markdown(table: Mapping[str, Mapping[str, Sequence[float]]], *, 
     lines = [head, "|---|" + "---:|" * (len(methods) * len(epochs))]
     for exp, row in table.items():
         lines.append(f"| {exp} | " + " | ".join(f"{v:.2f}" for m in methods for v in row[m]) + " |")
-    return "\n".join(lines)
+    return Table("\n".join(lines))
 
 
 def paper_comparison_markdown(summary: Mapping[str, Any], table: Mapping[str, Mapping[str, Sequence[float]]], *,
@@ -419,19 +510,25 @@ def paper_comparison_markdown(summary: Mapping[str, Any], table: Mapping[str, Ma
         vals = ours(cfg)
         if any(v is not None for v in vals.values()):
             lines.append(row((titles or {}).get(cfg, cfg), f"{who}; no row in the paper", vals))
-    return "\n".join(lines)
+    return Table("\n".join(lines))
 
 
 def cost_table_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The cost rows as a Markdown table (times in ms per step, memory in GB)."""
-    lines = ["| UFM | variant | step (ms) | backbone (ms) | ETF forward (ms) | DDN backward (ms) | peak extra memory (GB) |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    """The cost rows as a table (times in ms per step, memory in GiB); a case that was not run
+    says what its dense KKT matrices would need, in GiB and the dtype the trainer solves in."""
+    from ..tables import band, table
+
+    keys = ("time_step_ms", "time_backbone_ms", "time_etf_forward_ms", "time_ddn_backward_ms", "peak_extra_gb")
+    out = []
     for r in rows:
         if not is_finite_number(r.get("time_step_ms")):
-            lines.append(f"| {r['config']} | {r['variant']} | – | – | – | – | {r.get('status', '')} |")
+            need = r.get("kkt_need_gb")
+            why = (f"not run: needs {need:,.1f} GiB ({r.get('kkt_need_dtype', 'float32')})"
+                   if is_finite_number(need) else r.get("status", ""))
+            out.append([r["config"], r["variant"], "–", "–", "–", "–", why])
             continue
-        lines.append(f"| {r['config']} | {r['variant']} | {r['time_step_ms']:.1f} | {r['time_backbone_ms']:.1f} | "
-                     f"{r['time_etf_forward_ms']:.1f} | {r['time_ddn_backward_ms']:.1f} | {r['peak_extra_gb']:.3f} |")
-    return "\n".join(lines)
+        out.append([r["config"], r["variant"]] + [band(k, r.get(k)) for k in keys])
+    return table(["UFM", "variant", "step (ms)", "backbone (ms)", "ETF forward (ms)", "DDN backward (ms)",
+                  "peak extra memory (GiB)"], out, align="llrrrrr")
 
 

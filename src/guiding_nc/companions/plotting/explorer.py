@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ...core.methods import METHODS, colour
-from .style import MAX_WIDTH_IN
+from .style import MAX_WIDTH_IN, subplots
 
 __all__ = [
     "METHOD_COLORS",
@@ -104,7 +104,7 @@ def plot_curves(results, *, panels: Sequence[str] = tuple(p[0] for p in CURVE_PA
     n = len(panels)
     ncols = min(2, n)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(MAX_WIDTH_IN, 3.0 * nrows + 0.5), squeeze=False,
+    fig, axes = subplots(nrows, ncols, figsize=(MAX_WIDTH_IN, 3.0 * nrows + 0.5), squeeze=False,
                              constrained_layout=True)
     labels = _labels(results)
     for ax, key in zip(axes.flat, panels):
@@ -171,7 +171,7 @@ def plot_projection(frames, *, step: Optional[int] = None, ax=None, trails: bool
         raise ValueError("plot_projection draws 2-D frames; use plot_projection_3d for dims=3")
     i = frames.index_of(-1 if step is None else int(step))
     if ax is None:
-        fig, ax = plt.subplots(figsize=(4.6, 4.6), constrained_layout=True)
+        fig, ax = subplots(figsize=(4.6, 4.6), constrained_layout=True)
     else:
         fig = ax.figure
     C = frames.num_classes
@@ -217,7 +217,7 @@ def plot_projection_panels(frames_list, *, step: Optional[int] = None, title: Op
         raise ValueError("plot_projection_panels needs at least one ProjectionFrames")
     ncols = min(2, n)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(MAX_WIDTH_IN if n > 1 else 4.8, 3.9 * nrows + 1.1),
+    fig, axes = subplots(nrows, ncols, figsize=(MAX_WIDTH_IN if n > 1 else 4.8, 3.9 * nrows + 1.1),
                              squeeze=False, constrained_layout=True)
     for ax, fr in zip(axes.flat, frames_list):
         plot_projection(fr, step=step, ax=ax, legend=False)
@@ -240,7 +240,7 @@ def plot_projection_grid(frames_list, steps: Sequence[int], *, title: Optional[s
         raise ValueError("plot_projection_grid needs at least one run and one step")
     nr, nc = len(frames_list), len(steps)
     side = min(3.4, (MAX_WIDTH_IN - 0.4) / nc)
-    fig, axes = plt.subplots(nr, nc, figsize=(min(MAX_WIDTH_IN, side * nc + 0.4), (side + 0.5) * nr + 1.4),
+    fig, axes = subplots(nr, nc, figsize=(min(MAX_WIDTH_IN, side * nc + 0.4), (side + 0.5) * nr + 1.4),
                              squeeze=False, constrained_layout=True)
     for r, fr in enumerate(frames_list):
         lim = _limit(fr, len(fr.steps) - 1)
@@ -272,7 +272,7 @@ def plot_projection_3d(frames, *, step: Optional[int] = None, ax=None, trails: b
         raise ValueError("plot_projection_3d needs frames made with dims=3")
     i = frames.index_of(-1 if step is None else int(step))
     if ax is None:
-        fig = plt.figure(figsize=(5.2, 5.0), constrained_layout=True)
+        fig = Figure(figsize=(5.2, 5.0), layout="constrained")
         ax = fig.add_subplot(projection="3d")
     else:
         fig = ax.figure
@@ -315,7 +315,7 @@ def plot_projection_3d_panels(frames_list, *, step: Optional[int] = None, title:
         raise ValueError("plot_projection_3d_panels needs at least one ProjectionFrames")
     ncols = min(2, n)
     nrows = -(-n // ncols)
-    fig = plt.figure(figsize=(MAX_WIDTH_IN if n > 1 else 5.0, 4.2 * nrows + 1.1), constrained_layout=True)
+    fig = Figure(figsize=(MAX_WIDTH_IN if n > 1 else 5.0, 4.2 * nrows + 1.1), layout="constrained")
     for k, fr in enumerate(frames_list):
         ax = fig.add_subplot(nrows, ncols, k + 1, projection="3d")
         plot_projection_3d(fr, step=step, ax=ax, legend=False)

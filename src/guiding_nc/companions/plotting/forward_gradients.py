@@ -11,10 +11,9 @@ import math
 import statistics
 from typing import List, Mapping, Optional, Sequence
 
-import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from .style import MAX_WIDTH_IN, panel_grid
+from .style import MAX_WIDTH_IN, panel_grid, subplots
 
 __all__ = [
     "plot_running_mean_error",
@@ -61,7 +60,7 @@ def plot_running_mean_error(curves: Mapping[str, Mapping[str, Sequence[float]]])
     curves = dict(curves)
     if not curves:
         raise ValueError("curves is empty")
-    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, 4.2))
+    fig, ax = subplots(figsize=(MAX_WIDTH_IN, 4.2))
     for i, (label, c) in enumerate(curves.items()):
         color = f"C{i}"
         ax.plot(c["n"], c["error"], marker="o", ms=3, color=color, label=label)

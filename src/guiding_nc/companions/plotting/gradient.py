@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 from typing import Mapping, Optional, Sequence
 
-import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from .style import MAX_WIDTH_IN
+from .style import MAX_WIDTH_IN, subplots
 
 __all__ = ["plot_collapse_gradient_error", "plot_delta_conditioning", "plot_memory_vs_classes"]
 
@@ -32,7 +31,7 @@ def plot_collapse_gradient_error(sweep: Mapping[str, Sequence[float]], *, cap: f
     gradients), as returned by :func:`guiding_nc.companions.gradient_checks.collapse_sweep`.
     Non-finite gradients are drawn as crosses at ``cap`` on a shaded band.
     """
-    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, 4.2))
+    fig, ax = subplots(figsize=(MAX_WIDTH_IN, 4.2))
     x = list(sweep["distance"])
     for key, label, color, ls, marker in _COLLAPSE_SERIES:
         if key not in sweep:
@@ -69,7 +68,7 @@ def plot_delta_conditioning(sweep: Mapping[str, Sequence[float]]) -> Figure:
     closed-form ``dL/dH``.  ``sweep`` as returned by
     :func:`guiding_nc.companions.gradient_checks.delta_sweep`.
     """
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(MAX_WIDTH_IN, 3.8))
+    fig, (ax1, ax2) = subplots(1, 2, figsize=(MAX_WIDTH_IN, 3.8))
     x = list(sweep["delta"])
     ax1.plot(x, sweep["g_min"], "o-", ms=4, color="C2", label=r"smallest eigenvalue of $\mathbf{G}$")
     ax1.plot(x, sweep["grad_H_norm"], "s-", ms=4, color="C0", label=r"$\|\partial L/\partial \tilde H\|_F$")
@@ -107,7 +106,7 @@ def plot_memory_vs_classes(
     skipped.  ``budget_gb`` draws the memory of one accelerator as a
     horizontal line.
     """
-    fig, ax = plt.subplots(figsize=(MAX_WIDTH_IN, 4.4))
+    fig, ax = subplots(figsize=(MAX_WIDTH_IN, 4.4))
     ax.set_xscale("log")
     ax.set_yscale("log")
     styles = ["-", "--", ":", "-."]

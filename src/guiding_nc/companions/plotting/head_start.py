@@ -19,6 +19,7 @@ from ...experiments.measures import format_steps, step_counts
 from ...core.metric_formulas import cross_entropy_lower_bound
 from ...training.tables import band_text
 from .style import MAX_WIDTH_IN, tidy_log_x
+from ..tables import Table
 
 __all__ = ["plot_loss_gap_grid", "steps_table_markdown", "head_start_table_markdown"]
 
@@ -93,7 +94,7 @@ def steps_table_markdown(runs: Sequence[Mapping[str, Any]], *, configs: Sequence
         for v in variants:
             lines.append(f"| {(titles or {}).get(c, c)} | {OPTIMISER_TITLES.get(v, v)} | " +
                          " | ".join(_cell(runs, c, v, m, key) for m in methods.PAPER_METHODS) + " |")
-    return "\n".join(lines)
+    return Table("\n".join(lines))
 
 
 def head_start_table_markdown(runs: Sequence[Mapping[str, Any]], *, configs: Sequence[str],
@@ -113,4 +114,4 @@ def head_start_table_markdown(runs: Sequence[Mapping[str, Any]], *, configs: Seq
                    r.get("train_top1_step0") is not None]
             cells.append(band_text(float(np.median(acc)), min(acc), max(acc), fmt=".2f") if acc else "–")
         lines.append(f"| {(titles or {}).get(c, c)} | {100 / C:.2f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return Table("\n".join(lines))

@@ -8,11 +8,11 @@ from __future__ import annotations
 import math
 from typing import Mapping, Optional, Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from .style import MAX_WIDTH_IN, panel_grid
+from .style import MAX_WIDTH_IN, panel_grid, subplots
+from ..tables import Table
 
 __all__ = [
     "plot_null_space_family",
@@ -46,7 +46,7 @@ def plot_null_space_family(
     ``prox_distance[i] = ||U(theta_i) - U_prox||_F^2 / 2``.
     """
     th = np.asarray(thetas, dtype=float)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(MAX_WIDTH_IN, 4.2))
+    fig, (a, b) = subplots(1, 2, figsize=(MAX_WIDTH_IN, 4.2))
     a.semilogy(th, _floor(objective_change), "o-", ms=3, label=r"$|f_6(U(\theta)) - f_6(U(0))|$")
     a.semilogy(th, _floor(orthonormality), "s--", ms=3, label=r"$\max|U(\theta)^\top U(\theta) - I|$")
     a.axhline(np.finfo(float).eps, color="grey", lw=0.8, ls=":", label="float64 machine epsilon\n(exact zeros drawn at 1e-17)")
@@ -68,7 +68,7 @@ def plot_null_space_family(
 
 def plot_delta_path(deltas: Sequence[float], to_limit: Sequence[float], to_prox: Sequence[float]) -> Figure:
     """Distance of ``U*(delta)`` to the ``delta -> 0`` limit and to the proximal point, against ``delta``."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ax.loglog(deltas, _floor(to_limit), "o-", ms=4, label=r"$\|U^\star(\delta) - U^\star_{0}\|_F$ (to the $\delta\to 0$ limit)")
     ax.loglog(deltas, _floor(to_prox), "s-", ms=4, label=r"$\|U^\star(\delta) - U_{\mathrm{prox}}\|_F$ (to the proximal point)")
     d = np.asarray(deltas, dtype=float)
@@ -85,7 +85,7 @@ def plot_delta_path(deltas: Sequence[float], to_limit: Sequence[float], to_prox:
 
 def plot_convergence(histories: Mapping[str, Sequence[float]], optimum: float) -> Figure:
     """Objective value per iteration (left) and its gap to the closed-form optimum (right, log scale)."""
-    fig, (a, b) = plt.subplots(1, 2, figsize=(MAX_WIDTH_IN, 3.8))
+    fig, (a, b) = subplots(1, 2, figsize=(MAX_WIDTH_IN, 3.8))
     for k, (name, hist) in enumerate(histories.items()):
         it = np.arange(len(hist))
         a.plot(it, hist, "-", color=f"C{k}", label=name)
@@ -115,7 +115,7 @@ def plot_benchmark(result: Mapping) -> Figure:
     labelled with its feature dimension ``d``.
     """
     rows = sorted(result["rows"], key=lambda r: (r["C"], r["d"]))
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = subplots(figsize=(6.5, 4.2))
     C = [r["C"] for r in rows]
     cf = [r["cf_forward_ms"] for r in rows]
     tr = [r["tr_forward_ms"] for r in rows]
@@ -159,7 +159,7 @@ def benchmark_markdown(result: Mapping) -> str:
             f"{fmt(r, 'cf_svd_forward_ms')} | {fmt(r, 'checks_ms')} | {r['tr_forward_ms']:.0f}{star} | "
             f"{r['tr_iterations']} | {r['speedup']:.0f}× | {r['objective_gap']:.1e} |"
         )
-    return "\n".join(lines)
+    return Table("\n".join(lines))
 
 
 def provenance_lines(result: Mapping) -> str:
@@ -174,7 +174,7 @@ def plot_gram_matrix(G, labels: Sequence[str]) -> Figure:
     """Heat map of a Gram matrix of constraint gradients (Eq. 38), with its block structure."""
     G = np.asarray(G, dtype=float)
     n = G.shape[0]
-    fig, ax = plt.subplots(figsize=(5.6, 4.8))
+    fig, ax = subplots(figsize=(5.6, 4.8))
     vmax = max(float(np.abs(G).max()), _TINY)
     im = ax.imshow(G, cmap="RdBu_r", vmin=-vmax, vmax=vmax)
     for i in range(n):

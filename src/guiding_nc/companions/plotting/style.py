@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 from matplotlib.figure import Figure
 
 __all__ = ["COLUMN_PX", "MIN_TEXT_PX", "MIN_FONT_PT", "MAX_WIDTH_IN", "SCREEN_DPI", "panel_grid", "tidy_log_x",
-           "displayed_text_px", "saved_width_px",
+           "displayed_text_px", "saved_width_px", "tidy_log_y", "subplots",
            "legibility_problems"]
 
 #: Width of the book's text column in CSS pixels (jupyter-book's default theme in a 1280-px wide
@@ -47,6 +47,15 @@ def panel_grid(n: int, *, ncols: int = 2, width: float = MAX_WIDTH_IN, panel_hei
     for ax in axes[n:]:
         ax.remove()
     return fig, axes[:n]
+
+
+def subplots(*args, figsize, layout: Optional[str] = None, constrained_layout: bool = False,
+             **kwargs) -> Tuple[Figure, object]:
+    """``plt.subplots`` without pyplot: a :class:`Figure` that no figure manager holds, so a
+    notebook shows it once, as the value a plotting function returns (pyplot's figures are
+    shown again when the cell ends)."""
+    fig = Figure(figsize=figsize, layout=layout or ("constrained" if constrained_layout else None))
+    return fig, fig.subplots(*args, **kwargs)
 
 
 def saved_width_px(fig: Figure, dpi: float = SCREEN_DPI) -> float:
@@ -113,3 +122,23 @@ def tidy_log_x(fig: Figure) -> Figure:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
     return fig
+
+
+def tidy_log_y(ax) -> None:
+    """Readable tick labels on a logarithmic y axis that spans less than two decades: plain
+    numbers (three significant digits) at 1, 2 and 5 times each power of ten, or at more
+    points when that leaves fewer than three; minor ticks unlabelled.  Call once the data is
+    drawn."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+    lo, hi = ax.get_ylim()
+    if not (ax.get_yscale() == "log" and lo > 0 and hi > lo) or math.log10(hi / lo) >= 2:
+        return
+    ticks = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+             for m in (1.0, 2.0, 5.0) if lo <= m * 10.0 ** e <= hi]
+    if len(ticks) >= 3:
+        ax.yaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    else:
+        ax.yaxis.set_major_locator(MaxNLocator(4))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())

@@ -55,7 +55,12 @@ def trust_region_solve(
     from pymanopt.optimizers import TrustRegions
 
     d, C = H.shape
-    Hn = H.detach().to("cpu", torch.float64).numpy()
+    try:
+        Hn = H.detach().to("cpu", torch.float64).numpy()
+    except RuntimeError:  # a torch.func transform's wrapper: no storage NumPy could read
+        raise RuntimeError("method='trust_region' solves in NumPy (pymanopt), which torch.func transforms (jvp, grad, "
+                           "vmap, hessian) cannot see into; use torch.autograd (backward, forward_ad) or "
+                           "method='closed_form'") from None
     Pn = prox.detach().to("cpu", torch.float64).numpy()
     M = (np.eye(C) - 1.0 / C) / np.sqrt(C - 1)
     manifold = Stiefel(d, C)

@@ -1,7 +1,10 @@
 """What the estimators are measured against: the true gradient, each estimator's expectation,
-cosine similarity, bias and variance, the spectra of the true gradient, and peak tensor memory."""
+cosine similarity, bias and variance, the spectra of the true gradient, peak tensor memory, and
+the estimator-quality measurements chapter 14 runs (:func:`estimator_quality`,
+:func:`running_mean_error`)."""
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -376,3 +379,76 @@ class PeakMemoryMeter:
     def __exit__(self, *exc) -> None:
         self._mode.__exit__(*exc)
         self._mode = None
+
+
+def estimator_quality(
+    name: str,
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    num_samples: int,
+    *,
+    k: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    chunk_size: int = 32,
+) -> List[Dict[str, float]]:
+    """Per-layer quality of the single-guess estimator: exact bias, Monte-Carlo variance, cosines.
+
+    Extends :func:`bias_variance` (whose keys it keeps: ``variance``, ``mean_cosine``,
+    ``true_norm``, Monte-Carlo ``bias_norm`` ...) with the *exact* bias from the closed-form
+    expectation :func:`expected_estimate` ``E``:
+
+    * ``exact_relative_bias`` ``= ||E - g|| / ||g||`` (0 for the unbiased estimators);
+    * ``expectation_cosine`` ``= cos(E, g)`` (the direction a many-guess average converges to);
+    * ``relative_variance`` ``= variance / ||g||^2`` (trace of the covariance, single guess);
+    * ``relative_mse`` ``= exact_relative_bias^2 + relative_variance``.
+
+    Layers are 0-based; W and b concatenated. Used by chapter 14's width/k sweep.
+    """
+    recs = bias_variance(name, params, x, y, num_samples, k=k, generator=generator, chunk_size=chunk_size)
+    exp = expected_estimate(name, params, x, y, k=k)
+    true = true_gradient(params, x, y)
+    cos_e = cosine_similarity_per_layer(exp, true)
+    for r, e, t, c in zip(recs, exp, true, cos_e):
+        tv, ev = layer_vec(t), layer_vec(e)
+        tn2 = float(tv @ tv)
+        rb = float((ev - tv).norm()) / math.sqrt(tn2) if tn2 > 0 else float("nan")
+        rv = r["variance"] / tn2 if tn2 > 0 else float("nan")
+        r.update(exact_relative_bias=rb, expectation_cosine=c, relative_variance=rv, relative_mse=rb * rb + rv)
+    return recs
+
+
+def running_mean_error(
+    name: str,
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    ns: Sequence[int],
+    *,
+    k: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    chunk_size: int = 64,
+) -> List[float]:
+    """``||mean of the first n single-guess estimates - grad f|| / ||grad f||`` for each n in ``ns``.
+
+    Whole-network vector (all layers, W and b). Draws ``max(ns)`` guesses once, so the curve is
+    one realisation of the averaging: ~``sqrt(relative_variance / n)`` for an unbiased estimator,
+    levelling off at the exact relative bias for a biased one (chapter 14's numerical check).
+    """
+    name, params, x, y, k = prepare(name, params, x, y, k, 10, 3)
+    ns = sorted(check_pos_int("n", n) for n in ns)
+    if not ns:
+        raise ValueError("ns must contain at least one positive int")
+    check_pos_int("chunk_size", chunk_size)
+    tv = torch.cat([layer_vec(t) for t in true_gradient(params, x, y)])
+    total = torch.zeros_like(tv)
+    out, done, j = [], 0, 0
+    for chunk in sample_chunks(name, params, x, y, ns[-1], k, generator, 10, 3, chunk_size):
+        V = torch.cat([t.reshape(t.shape[0], -1) for W, b in chunk for t in (W, b) if t is not None], 1)
+        for row in V:
+            total += row
+            done += 1
+            while j < len(ns) and ns[j] == done:
+                out.append(float((total / done - tv).norm() / tv.norm()))
+                j += 1
+    return out

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from ...core.forward_mode import jvp
+from ...core.newton_schulz import newton_schulz_steps
 from .validation import (
     NS_SKETCH_SEED,
     Params,
@@ -127,28 +128,6 @@ def check_same_structure(a, ref: Params, what: str) -> None:
 # --------------------------------------------------------------------------------------
 # Newton–Schulz orthogonalisation and guess generators
 # --------------------------------------------------------------------------------------
-def newton_schulz(A: Tensor, num_iters: int = 10) -> Tensor:
-    """Approximate (pseudo-)polar factor ``U V^T`` of ``A`` (``(..., m, n)``, batched).
-
-    Cubic Newton–Schulz iteration ``X <- 1.5 X - 0.5 X X^T X`` from ``X_0 = A / ||A||_F``
-    (so every singular value starts in (0, 1]). Each step maps a singular value
-    ``s -> 1.5 s - 0.5 s^3``: non-zero ones converge (quadratically near 1) to 1, zero ones
-    stay 0, so the limit is ``sum_{s_i > 0} u_i v_i^T`` — the SVD polar factor. Small singular
-    values need about ``log(s_max / s) / log(1.5)`` steps, so a few iterations act as a soft
-    top-subspace orthogonalisation. Uses only matrix products.
-    """
-    check_pos_int("num_iters", num_iters)
-    if A.dim() < 2:
-        raise ValueError("A must have at least 2 dimensions (..., m, n)")
-    norm = torch.linalg.matrix_norm(A, ord="fro", keepdim=True)
-    X = A / norm.clamp_min(torch.finfo(A.dtype).tiny)
-    tall = A.shape[-2] > A.shape[-1]
-    for _ in range(num_iters):
-        if tall:  # X (X^T X): the Gram matrix is the smaller n x n
-            X = 1.5 * X - 0.5 * X @ (X.transpose(-1, -2) @ X)
-        else:
-            X = 1.5 * X - 0.5 * (X @ X.transpose(-1, -2)) @ X
-    return X
 
 
 def upstream_matrix(params: Params, x: Tensor, layer: int) -> Tensor:
@@ -232,7 +211,7 @@ def generators(name, params, pre, layer, k, ns_iters, power_iters):
         S_safe = torch.where(keep > 0, S, torch.ones_like(S))
         return U * (S * keep)[:, None, :], U * (keep / S_safe)[:, None, :]
     # upstream_ns, k=None: approximate polar factor of the whole M
-    Q = newton_schulz(M, ns_iters)
+    Q = newton_schulz_steps(M, ns_iters)
     return Q, Q
 
 
@@ -250,9 +229,9 @@ def _ns_topk_matrix_free(params, pre, layer, k, ns_iters, power_iters):
     Omega = torch.randn(d_n, k, generator=g, dtype=W_next.dtype).to(W_next.device)
     Y = mask * (W_next.T @ Omega)[None]  # (B, d_l, k) = M Omega
     for _ in range(power_iters):
-        Z = W_next @ (mask * newton_schulz(Y, ns_iters))  # (B, d_{l+1}, k) = M^T NS(Y)
+        Z = W_next @ (mask * newton_schulz_steps(Y, ns_iters))  # (B, d_{l+1}, k) = M^T NS(Y)
         Y = mask * (W_next.T @ Z)  # M Z
-    Q = newton_schulz(Y, ns_iters)
+    Q = newton_schulz_steps(Y, ns_iters)
     return Q, Q
 
 

@@ -166,7 +166,7 @@ def run_quality_job(cfg: Dict, width: int, method: str, k: Optional[int]) -> Lis
     xtr, ytr, _, _ = load_tensors(cfg["quality_dataset"])
     params = mlp.random_mlp(_dims(xtr.shape[1], width, cfg["depth"]), generator=torch.Generator().manual_seed(0))
     B = cfg["quality_batch"]
-    recs = training.estimator_quality(method, params, xtr[:B], ytr[:B], cfg["quality_samples"], k=k,
+    recs = analysis.estimator_quality(method, params, xtr[:B], ytr[:B], cfg["quality_samples"], k=k,
                                 generator=torch.Generator().manual_seed(1))
     return [{"dataset": cfg["quality_dataset"], "width": width, "method": method, "k": k,
              "label": method_label(method, k), "batch": B, **r} for r in recs]

@@ -24,7 +24,8 @@ from typing import NamedTuple, Optional, Union
 import torch
 from torch import Tensor
 
-from ...core.etf import canonical_point, random_point, standard_simplex_etf
+from ...core.etf import canonical_point, etf_classifier, random_point, standard_simplex_etf
+from ...core.newton_schulz import inverse_sqrt_newton_schulz
 
 __all__ = [
     "PARAMETRISATIONS",
@@ -33,7 +34,6 @@ __all__ = [
     "UFMObjective",
     "ufm_objective",
     "class_block_labels",
-    "inverse_sqrt_newton_schulz",
 ]
 
 PARAMETRISATIONS = ("free", "fixed", "implicit", "affine")
@@ -49,34 +49,6 @@ def class_block_labels(num_classes: int, n_per_class: int, *, device=None) -> Te
     if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class < 1:
         raise ValueError(f"n_per_class must be an int >= 1, got {n_per_class!r}")
     return torch.arange(num_classes, device=device).repeat(n_per_class)
-
-
-def inverse_sqrt_newton_schulz(S: Tensor, iterations: int) -> Tensor:
-    """``S^{-1/2}`` of a symmetric positive-definite ``S`` (C, C) with spectrum in (0, 1].
-
-    The coupled Newton–Schulz iteration (Higham, *Functions of Matrices*, §6.7)::
-
-        Y_0 = S, Z_0 = I;   T_k = (3 I - Z_k Y_k) / 2,   Y_{k+1} = Y_k T_k,   Z_{k+1} = T_k Z_k
-
-    converges to ``Z = S^{-1/2}`` when ``||I - S|| < 1``: an eigenvalue ``lam`` needs about
-    ``log(1/lam) / log(9/4)`` iterations to reach O(1), then converges quadratically (to float64
-    precision in 11 / 17 / 23 / 28 / 34 / 40 iterations for ``lam`` = 1e-2 / 1e-4 / 1e-6 / 1e-8 /
-    1e-10 / 1e-12).  Needs ``S.shape == (C, C)`` (unbatched).  Only
-    matrix products are used, so the result is differentiable to any order by autograd and
-    ``torch.func`` — also where ``S`` has repeated eigenvalues (the neural-collapse regime),
-    where eigendecomposition-based derivatives are infinite.  The unrolled map is a
-    polynomial of ``S``; at convergence it is stable, so its derivatives converge to those of
-    ``S^{-1/2}``.
-    """
-    C = S.shape[-1]
-    eye = torch.eye(C, dtype=S.dtype, device=S.device)
-    Y, Z = S, eye
-    for _ in range(iterations):
-        # T = 1.5 I - 0.5 Z Y as one fused op: much cheaper than separate elementwise ops under
-        # torch.func forward-over-reverse, where elementwise ops run through Python decompositions.
-        T = torch.addmm(eye, Z, Y, beta=1.5, alpha=-0.5)
-        Y, Z = Y @ T, T @ Z
-    return Z
 
 
 class UFMVariables(NamedTuple):
@@ -147,11 +119,11 @@ class UFMObjective:
         a flat point or an (N, d) feature matrix.
     implicit_backend : ``"newton_schulz"`` (default) computes ``U*`` as the polar factor
         ``A (AᵀA)^{-1/2}``, ``A = 2 H̃ M + δ P`` (the same closed form as ``nearest_etf``),
-        with :func:`inverse_sqrt_newton_schulz` (``ns_iterations`` steps): differentiable to any
+        with :func:`~guiding_nc.core.newton_schulz.inverse_sqrt_newton_schulz` (``ns_iterations`` steps): differentiable to any
         order with ``torch.func`` (HVPs, Hessians).  ``"nearest_etf"`` calls
-        :func:`guiding_nc.core.nearest.nearest_etf` with its custom closed-form backward: exact
-        values and first derivatives under ``torch.autograd`` only (not ``torch.func``; its
-        backward treats the SVD factors as constants, so it must not be differentiated twice).
+        :func:`guiding_nc.core.nearest.nearest_etf` with its closed-form derivatives: exact values,
+        first and second derivatives, forward mode too, under ``torch.autograd`` and ``torch.func``
+        (:mod:`guiding_nc.core.polar_derivatives`).
     ns_iterations : int — Newton–Schulz steps.  40 (default) converges to float64 precision when
         the smallest eigenvalue of ``AᵀA / ||A||_F²`` is >= 1e-12; with ``delta > 0`` that
         eigenvalue is about ``delta² (C - 1) / 4`` (the all-ones direction is set by the prox
@@ -264,7 +236,7 @@ class UFMObjective:
             else:
                 raise ValueError(f"rotation must be 'canonical', 'random' or a (d, C) tensor, got {rotation!r}")
             self.rotation = rotation if isinstance(rotation, str) else "tensor"
-            self._W_fixed = math.sqrt(C) * (self._M @ U0.T)
+            self._W_fixed = etf_classifier(U0)  # the fixed ETF head's classifier (core.heads.FixedETFHead)
         elif parametrisation == "implicit":
             if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not math.isfinite(delta) or delta < 0:
                 raise ValueError(f"delta must be a finite number >= 0, got {delta!r}")
@@ -377,7 +349,7 @@ class UFMObjective:
         a simplex ETF and the global mean is zero.  For ``free`` the classifier part is ``W_ETF`` (and ``b = 0``).
         """
         C, d = self.num_classes, self.dim
-        W = math.sqrt(C) * (self._M @ canonical_point(d, C, dtype=self.dtype, device=self.labels.device).T)
+        W = etf_classifier(canonical_point(d, C, dtype=self.dtype, device=self.labels.device))
         H = scale * W[self.labels]
         return self.flatten(H, W if "W" in self.shapes else None,
                             torch.zeros(C, dtype=self.dtype, device=H.device) if "b" in self.shapes else None)

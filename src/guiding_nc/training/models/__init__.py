@@ -48,11 +48,15 @@ from .vgg import VGG13
 
 __all__ = [
     "MODEL_NAMES",
+    "MODEL_LABELS",
     "build_model",
     "model_defaults",
 ]
 
 MODEL_NAMES: Tuple[str, ...] = ("ufm", "mlp", "small_cnn", "resnet18", "resnet50", "vgg13")
+#: How figures and tables name each model.
+MODEL_LABELS = {"ufm": "UFM", "mlp": "MLP", "small_cnn": "small CNN", "resnet18": "ResNet18", "resnet50": "ResNet50",
+                "vgg13": "VGG13"}
 
 
 def _resolve_channels(in_channels: Optional[int], input_shape: Optional[Tuple[int, ...]]) -> int:

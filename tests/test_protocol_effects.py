@@ -1,0 +1,39 @@
+"""The one-difference-at-a-time table's rule (guiding_nc.experiments.protocol_effects)."""
+from guiding_nc.experiments.protocol_effects import correct_counts, switch_effects
+
+
+def _runs(variant, method, train_counts, n=1000, test=None):
+    rows = []
+    for s, k in enumerate(train_counts):
+        rows.append({"config": "c", "variant": variant, "method": method, "seed": s,
+                     # fractions as a results file holds them, with float noise
+                     "train_top1": k / n + (1e-17 if s % 2 else 0.0), "train_n": n,
+                     "test_top1": (test or train_counts)[s] / n, "test_n": n})
+    return rows
+
+
+def test_counts_are_integers_whatever_the_float_noise():
+    runs = _runs("paper", "fixed", [71, 929, 500])
+    assert correct_counts(runs, "c", "paper", "fixed") == [71, 929, 500]
+    assert correct_counts(runs, "c", "paper", "implicit") is None
+
+
+def test_a_difference_matters_only_beyond_the_base_seed_range_in_samples():
+    runs = (_runs("paper", "fixed", [300, 310, 320]) + _runs("paper+fixed_centring", "fixed", [329, 331, 330])
+            + _runs("paper", "standard", [900, 900, 900]) + _runs("paper+standard_sampler", "standard", [900, 901, 902])
+            + _runs("one_switch", "fixed", [900, 950, 990]) + _runs("one_switch+fixed_centring", "fixed", [990, 990, 991]))
+    rows = {(r["base"], r["option"], r["method"]): r for r in switch_effects(runs, "c")}
+    a = rows[("paper", "fixed_centring", "fixed")]
+    assert (a["change_samples"], a["base_range_samples"], a["matters"]) == (20, 20, False)  # equal: not more
+    b = rows[("paper", "standard_sampler", "standard")]
+    assert (b["change_samples"], b["base_range_samples"], b["matters"]) == (1, 0, True)
+    assert (b["from"], b["to"]) == ("shuffled", "stratified")
+    c = rows[("one_switch", "fixed_centring", "fixed")]
+    assert c["change_samples"] == 40 and c["base_range_samples"] == 90 and not c["matters"]
+    assert (c["from"], c["to"]) == ("running", "batch_detached")
+    assert abs(c["train"]["median"] - 99.0) < 1e-12 and abs(c["base_train"]["min"] - 90.0) < 1e-12
+
+
+def test_a_variant_without_its_base_runs_has_no_verdict():
+    rows = switch_effects(_runs("paper+fixed_sampler", "fixed", [1, 2, 3]), "c")
+    assert rows and not rows[0]["complete"] and "matters" not in rows[0]
