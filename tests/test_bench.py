@@ -14,7 +14,7 @@ def test_bench_etf_tiny(tmp_path):
         assert r["cf_peak_mb_float32"] >= 0 and r["kkt_peak_mb_float64"] >= 0
         assert r["cf_forward_ms"] > 0 and r["tr_forward_ms"] > 0
     prov = result["provenance"]
-    for key in ("command", "date", "git_commit", "device", "torch", "python", "wall_time_s"):
+    for key in ("command", "date", "git", "device", "device_name", "torch", "python", "wall_time_s"):
         assert key in prov
     table = bench.format_table(result)
     assert "closed form" in table and "16" in table

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional, Tuple
 
 from ..experiments.results import summary_cell
-from .tables import power_text
+from .tables import Table, band, label, power_text, table
 
-__all__ = ["DELTAS", "PAIRS", "method_of", "reading", "loss_bound"]
+__all__ = ["DELTAS", "PAIRS", "DELTA_KEYS", "method_of", "reading", "loss_bound", "delta_tables"]
 
 # The delta sweep: {variant: delta}; "implicit" is the paper's 1e-3.
 DELTAS = {"delta_1e-5": 1e-5, "delta_1e-4": 1e-4, "implicit": 1e-3, "delta_1e-2": 1e-2, "delta_1e-1": 1e-1,
@@ -17,6 +17,24 @@ DELTAS = {"delta_1e-5": 1e-5, "delta_1e-4": 1e-4, "implicit": 1e-3, "delta_1e-2"
 PAIRS = (("DDN gradient", "implicit", "implicit_no_ddn"),
          ("normalisation", "standard", "standard_no_norm"),
          ("rotation", "fixed", "fixed_random"))
+
+
+# The measures of the delta table, per setup: three a column fits at 1280 px.
+DELTA_KEYS = {"ufm10": ("steps_to_loss", "train_loss", "train_nc3"),
+              "digits_mlp": ("train_top1", "test_top1", "train_nc3")}
+
+
+def delta_tables(S: Mapping[str, Any], titles: Mapping[str, str]) -> Table:
+    """One table per setup: a row per delta, a column per measure (:data:`DELTA_KEYS`), each cell
+    median [min, max] over the seeds of the implicit ETF."""
+    parts = []
+    for config, title in titles.items():
+        keys = DELTA_KEYS.get(config, ("train_loss", "train_top1", "train_nc3"))
+        rows = [[f"δ = {power_text(d)}"] + [band(k, (S.get(f"{config}/{v}/implicit") or {}).get(k)) for k in keys]
+                for v, d in DELTAS.items()]
+        parts.append(f"**{title}**\n\n" + table(["", *(label(k) for k in keys)], rows))
+    return Table("\n\n".join(parts) + "\n\nThe implicit ETF at each δ, median [min, max] over the seeds "
+                 "(one number where they agree when rounded).")
 
 
 def method_of(spec) -> dict:

@@ -81,17 +81,22 @@ def switches_table(runs: Sequence[Mapping[str, Any]], config: str, base: str) ->
         r = base_rows.get(m)
         if r is not None:
             rows.append([f"{PROTOCOL_LABELS[base]} protocol", method_label(m), _pct(r["base_train"]),
-                         _pct(r.get("base_test")), "", f"{r['base_range_samples']}", ""])
+                         _pct(r.get("base_test")), f"[{r['base_range_samples']}]", ""])
     for r in rows_in:
-        change = "" if "change_samples" not in r else f"{r['change_samples']:+g}"
+        change = "" if "change_samples" not in r else f"{r['change_samples']:+g} [{r['base_range_samples']}]"
         verdict = "" if "matters" not in r else ("**yes**" if r["matters"] else "no")
-        rows.append([f"`{r['option']}`: {_choice(r['from'])} → {_choice(r['to'])}", method_label(r["method"]),
-                     _pct(r["train"]), _pct(r.get("test")), change, f"{r.get('base_range_samples', '')}", verdict])
-    return table(["switched", "method", "train top-1 (%)", "test top-1 (%)", "change (samples)",
-                  "base range (samples)", "matters"], rows, align="llrrrrl",
+        rows.append([f"`{r['option']}`<br>{_plain(r['from'])} → {_plain(r['to'])}", method_label(r["method"]),
+                     _pct(r["train"]), _pct(r.get("test")), change, verdict])
+    return table(["switched", "method", "train top-1 (%)", "test top-1 (%)", "change [base range]", "matters"],
+                 rows, align="llrrrl",
                  note="Final train and test top-1, median [min, max] over the seeds. Change: the switched runs' "
-                      "median number of correctly classified training samples minus the base's; it matters when "
-                      "larger than the base's seed range (max - min), in samples.")
+                      "median number of correctly classified training samples minus the base's, and in brackets "
+                      "the base's seed range (max - min) in samples; the difference matters when the change is "
+                      "larger than that range.")
+
+
+def _plain(v: Any) -> str:
+    return str(v).lower() if isinstance(v, bool) else str(v).replace("_", " ")
 
 
 def matters_text(effects: Sequence[Mapping[str, Any]]) -> str:

@@ -32,13 +32,10 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 
 import torch
 
@@ -47,7 +44,7 @@ from ..core.memory import process_memory_bytes, reset_peak_rss
 from ..core.etf import orthonormality_error, random_class_means
 from ..core.nearest import check_inputs, nearest_etf, nearest_etf_objective, procrustes_matrix
 from ..core.polar import NewtonSchulzState, polar_factor
-from ..training.provenance import device_name, git_info, local_command, local_path
+from ..training.provenance import collect_provenance, commit_label, device_name, local_path
 
 DEFAULT_SIZES = ((512, 10), (1024, 100), (1024, 200), (1024, 1000), (2048, 1000))
 
@@ -121,13 +118,6 @@ def peak_memory_mb(kind: str, d: int, C: int, dtype, device="cpu") -> float:
     return res["extra_peak_bytes"] / 2**20
 
 
-def _git_commit() -> str:
-    info = git_info(Path(__file__).resolve().parent)
-    if info["commit"] is None:
-        return "unknown"
-    return info["commit"] + ("-dirty" if info["dirty"] else "")
-
-
 def _device_name(device) -> str:
     return f"{device_name(device)}, {torch.get_num_threads()} threads"
 
@@ -162,17 +152,12 @@ def limit_threads(n: int) -> None:
 
 
 def bench_provenance(device) -> dict:
-    """What every benchmark table records about how it was produced."""
-    return {
-        "thread_pools": _blas_threads(),
-        "command": local_command(" ".join(["python", "-m", "guiding_nc.bench"] + sys.argv[1:])),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
-        "device": _device_name(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-    }
+    """What every benchmark table records about how it was produced: the package's one provenance
+    record (:func:`~guiding_nc.training.provenance.collect_provenance`: command, commit, date,
+    device, versions, threads) and the thread pools of torch and the BLAS."""
+    return collect_provenance({}, device=device, argv=["python", "-m", "guiding_nc.bench", *sys.argv[1:]],
+                              extra={"thread_pools": _blas_threads(), "status": "completed",
+                                     "device_name": _device_name(device)})
 
 
 def bench_etf(
@@ -400,7 +385,7 @@ def format_overhead(result: dict) -> str:
         lines.append(f"{r['case']:<{width}} {r['variant']:<18} {r['step_ms']:>9.2f} {r['ratio_to_standard']:>10.2f}x")
     p = result["provenance"]
     lines.append("")
-    lines.append(f"device: {p['device']}; torch {p['torch']}; commit {p['git_commit']}; {p['date']}")
+    lines.append(f"device: {p['device']}; torch {p['torch']}; commit {commit_label(p)}; {p['date']}")
     return "\n".join(lines)
 
 
@@ -452,7 +437,7 @@ def format_table(result: dict) -> str:
     if any("cf_gesvda_forward_ms" in r for r in result["rows"]):
         lines.append("gesvda ms (CUDA): " + ", ".join(f"{r['d']}x{r['C']} {r['cf_gesvda_forward_ms']:.2f}"
                                                      for r in result["rows"] if "cf_gesvda_forward_ms" in r))
-    lines.append(f"device: {p['device']}; torch {p['torch']}; commit {p['git_commit']}; {p['date']}")
+    lines.append(f"device: {p['device']}; torch {p['torch']}; commit {commit_label(p)}; {p['date']}")
     return "\n".join(lines)
 
 

@@ -63,7 +63,7 @@ def _ufm_steps(res) -> Dict[str, Any]:
                 if acc0 else "")
         lines.append(f"{c}: median steps to 100% train accuracy — standard {med['standard']:g}, "
                      f"fixed {med['fixed']:g}, implicit {med['implicit']:g}{head}")
-    return {"measured": "; ".join(lines), "verdict": _verdict(passed, total)}
+    return {"measured": "; ".join(lines), "verdict": _verdict(passed, total), "passed": passed, "total": total}
 
 
 def _ufm10_loss(res) -> Dict[str, Any]:
@@ -74,7 +74,8 @@ def _ufm10_loss(res) -> Dict[str, Any]:
     steps = [s for s in (10, 50, 100, 500) if all(s in at.get(m, {}) for m in PAPER_METHODS)]
     passed = sum(at["implicit"][s] <= min(at["standard"][s], at["fixed"][s]) for s in steps)
     measured = "; ".join(f"step {s}: " + ", ".join(f"{m} {at[m][s]:.3e}" for m in PAPER_METHODS) for s in steps)
-    return {"measured": "median train loss — " + measured, "verdict": _verdict(passed, len(steps))}
+    return {"measured": "median train loss — " + measured, "verdict": _verdict(passed, len(steps)), "passed": passed,
+            "total": len(steps)}
 
 
 def _per_dataset(res, prefix: str, which: str, stat, label: str, unit: str) -> Dict[str, Any]:
@@ -93,7 +94,7 @@ def _per_dataset(res, prefix: str, which: str, stat, label: str, unit: str) -> D
         passed += all(val["implicit"] < val[m] for m in ("standard", "fixed"))
         lines.append(label.format(c=c, k=k, n=len(S[f"{c}/default/implicit"]["seeds"])) + ", ".join(
             f"{m} {abs(100 * val[m]):.2f}{unit}" for m in PAPER_METHODS))
-    return {"measured": "; ".join(lines), "verdict": _verdict(passed, total)}
+    return {"measured": "; ".join(lines), "verdict": _verdict(passed, total), "passed": passed, "total": total}
 
 
 def _neg_med(summary, group, key) -> Optional[float]:
@@ -140,7 +141,8 @@ def _real_tables_with(res, variance: Callable) -> Dict[str, Any]:
     both = [early["verdict"], var["verdict"]]
     verdict = both[0] if both[0] == both[1] else ("partly" if "not testable here" not in both else "not testable here")
     return {"measured": f"early train top-1: {early['measured']} ({early['verdict']}); seed range: "
-                        f"{var['measured']} ({var['verdict']})", "verdict": verdict}
+                        f"{var['measured']} ({var['verdict']})", "verdict": verdict,
+            "passed": early.get("passed", 0) + var.get("passed", 0), "total": early.get("total", 0) + var.get("total", 0)}
 
 
 def _memory_v1(result) -> Dict[str, Any]:
@@ -160,7 +162,7 @@ def _memory_v1(result) -> Dict[str, Any]:
         else:
             passed += cf["peak_extra_gb"] < need
             lines.append(f"{c}: closed form {cf['peak_extra_gb']:.3f} GiB measured vs dense KKT {need:.1f} GiB needed (not run)")
-    return {"measured": "; ".join(lines), "verdict": _verdict(passed, total)}
+    return {"measured": "; ".join(lines), "verdict": _verdict(passed, total), "passed": passed, "total": total}
 
 
 
@@ -192,7 +194,7 @@ def _memory(result) -> Dict[str, Any]:
         lines.append(text)
     if total == 1:
         lines.append("the verdict rests on one size only")
-    return {"measured": "; ".join(lines), "verdict": _verdict(passed, total)}
+    return {"measured": "; ".join(lines), "verdict": _verdict(passed, total), "passed": passed, "total": total}
 
 
 # ------------------------------------------------------------ integer rules (issue of rounding)
@@ -266,7 +268,7 @@ def _real_variance_counts(res) -> Dict[str, Any]:
         passed += all(spread["implicit"] < spread[m] for m in ("standard", "fixed"))
         lines.append(f"{c} {k} range over {len(counts['implicit'])} seeds, in correct test samples of {n}: "
                      + ", ".join(f"{m} {spread[m]}" for m in PAPER_METHODS))
-    return {"measured": "; ".join(lines), "verdict": _verdict(passed, total)}
+    return {"measured": "; ".join(lines), "verdict": _verdict(passed, total), "passed": passed, "total": total}
 
 
 def _real_tables_counts(res) -> Dict[str, Any]:
@@ -279,7 +281,8 @@ def _ddn_optional_by(pair: Callable) -> Callable[[Any], Dict[str, Any]]:
     :func:`_ablation_pair`, or today's, :func:`_ablation_pair_v2`)."""
     def check(res) -> Dict[str, Any]:
         r = pair(res, "implicit", "implicit_no_ddn")
-        return {"measured": "DDN on vs off: " + "; ".join(r["lines"]), "verdict": _verdict(r["passed"], r["total"])}
+        return {"measured": "DDN on vs off: " + "; ".join(r["lines"]), "verdict": _verdict(r["passed"], r["total"]),
+                "passed": r["passed"], "total": r["total"]}
     return check
 
 
@@ -293,7 +296,7 @@ def _delta_robust_by(pair: Callable) -> Callable[[Any], Dict[str, Any]]:
                 total += 1
                 passed += r["passed"] == r["total"]
                 lines.append(f"{v} vs delta=1e-3: " + "; ".join(r["lines"]))
-        return {"measured": " · ".join(lines), "verdict": _verdict(passed, total)}
+        return {"measured": " · ".join(lines), "verdict": _verdict(passed, total), "passed": passed, "total": total}
     return check
 
 
@@ -328,7 +331,7 @@ def _no_head_start(keys: Tuple[str, ...], what: str) -> Callable[[Any], Dict[str
                 lines.append(f"{c} {v}: " + "; ".join(
                     f"{k[len('steps_to_'):]} " + "/".join(show(med[m][k]) for m in PAPER_METHODS) for k in keys))
         return {"measured": f"median {what} (standard/fixed/implicit) — " + " · ".join(lines),
-                "verdict": _verdict(passed, total)}
+                "verdict": _verdict(passed, total), "passed": passed, "total": total}
 
     return check
 
@@ -340,11 +343,11 @@ def _ufm10_collapse(res) -> Dict[str, Any]:
     keys = ("train_nc1", "train_nc3", "train_equinorm")
     med = {m: {k: _med(S, f"ufm10/default/{m}", k) for k in keys} for m in PAPER_METHODS}
     if any(v is None for m in PAPER_METHODS for v in med[m].values()):
-        return {"measured": "no final NC metrics", "verdict": "not testable here"}
+        return {"measured": "no final NC metrics", "verdict": "not testable here", "passed": 0, "total": 0}
     passed = sum(med["implicit"][k] < min(med["standard"][k], med["fixed"][k]) for k in keys)
     return {"measured": "final medians (standard/fixed/implicit) — " + "; ".join(
         f"{k[len('train_'):]} " + "/".join(f"{med[m][k]:.2e}" for m in PAPER_METHODS) for k in keys),
-        "verdict": _verdict(passed, len(keys))}
+        "verdict": _verdict(passed, len(keys)), "passed": passed, "total": len(keys)}
 
 
 def _ufm_steps_merged(root: Optional[Path]) -> Callable[[Any], Dict[str, Any]]:
@@ -364,7 +367,7 @@ def _ufm_steps_merged(root: Optional[Path]) -> Callable[[Any], Dict[str, Any]]:
             if one["verdict"] != "not testable here":
                 total += 1
                 passed += one["verdict"] == "reproduced"
-        return {"measured": "; ".join(lines), "verdict": _verdict(passed, total)}
+        return {"measured": "; ".join(lines), "verdict": _verdict(passed, total), "passed": passed, "total": total}
 
     return check
 
@@ -379,7 +382,8 @@ _OLD_ABLATION_RULE = ("within the larger seed range + 1 step (UFM-10 steps-to-fi
 # it gave at the commit named, and (``check``) the same rule applied to today's files, all shown
 # beside the new one.  ``written`` says when the present rule was written.
 CLAIMS: List[Dict[str, Any]] = [
-    {"claim": "On UFMs with the paper's random start, the implicit ETF reaches 100% training accuracy in fewer "
+    {"short": "From the paper's random start the implicit ETF fits UFMs first", "counts": "UFM sizes", "section": "sec-scaling-cpu",
+     "claim": "On UFMs with the paper's random start, the implicit ETF reaches 100% training accuracy in fewer "
               "steps than the standard and the fixed-ETF classifier, at every size from C=10 to C=1000",
      "paper": "Fig. 3, Figs. 12-14, §4.1", "experiment": "ufm_scaling_cpu", "check": _ufm_steps_merged, "factory": True,
      "paper_experiment": "ufm_scaling_paper", "paper_check": _ufm_steps,
@@ -389,7 +393,8 @@ CLAIMS: List[Dict[str, Any]] = [
              "(the accuracy before the first step, in brackets)",
      "previous": {"rule": "two rows: the same rule on the CPU-budget grid, and on the paper-budget grid",
                   "verdict": "reproduced, reproduced", "commit": "35ed238", "check": _ufm_steps}},
-    {"claim": "Without the head start (a mean-free random start, every classifier at chance), the implicit ETF "
+    {"short": "Without the head start it reaches the loss threshold first", "counts": "(size, optimiser) cells", "section": "sec-scaling-no-head-start",
+     "claim": "Without the head start (a mean-free random start, every classifier at chance), the implicit ETF "
               "gets within 1% of the cross-entropy lower bound in fewer steps, whatever the optimiser",
      "paper": "Fig. 3, §4.1 (the claim behind it)", "experiment": "ufm_no_head_start",
      "paper_experiment": "ufm_no_head_start_paper",
@@ -398,30 +403,36 @@ CLAIMS: List[Dict[str, Any]] = [
      "rule": "for every UFM size (C = 10, 100, 1000) and optimiser (AGD gain 10; Adam and SGD at the rate chosen "
              "for the standard classifier): the implicit ETF's median steps to the threshold (never = infinite) "
              "strictly below both others; reproduced if in every cell, partly if in some"},
-    {"claim": "Without the head start, the implicit ETF reaches neural collapse sooner: NC1 <= 1e-3 and NC3 <= 1e-2",
+    {"short": "Without the head start it reaches NC1 and NC3 thresholds first", "counts": "(size, optimiser) cells", "section": "sec-scaling-no-head-start",
+     "claim": "Without the head start, the implicit ETF reaches neural collapse sooner: NC1 <= 1e-3 and NC3 <= 1e-2",
      "paper": "Fig. 2-3, §4.1", "experiment": "ufm_no_head_start", "paper_experiment": "ufm_no_head_start_paper",
      "check": _no_head_start(("steps_to_nc1", "steps_to_nc3"), "evaluated steps until NC1 <= 1e-3 and NC3 <= 1e-2"),
      "written": "before the runs",
      "rule": "as the row above, for both NC1 and NC3 in each cell (evaluated every 10 steps)"},
-    {"claim": "Without the head start, the implicit ETF reaches 100% training accuracy in fewer steps",
+    {"short": "Without the head start it fits the training set first", "counts": "(size, optimiser) cells", "section": "sec-scaling-no-head-start",
+     "claim": "Without the head start, the implicit ETF reaches 100% training accuracy in fewer steps",
      "paper": "Fig. 3, §4.1", "experiment": "ufm_no_head_start", "paper_experiment": "ufm_no_head_start_paper",
      "check": _no_head_start(("steps_to_fit",), "steps to 100% train accuracy"),
      "written": "before the runs", "rule": "as the row above, for the steps to 100% training accuracy"},
-    {"claim": "On UFM-10 the implicit ETF's loss approaches the cross-entropy lower bound faster", "paper": "Fig. 2",
+    {"short": "On UFM-10 its loss nears the lower bound faster", "counts": "checked steps", "section": "sec-ufm10-full",
+     "claim": "On UFM-10 the implicit ETF's loss approaches the cross-entropy lower bound faster", "paper": "Fig. 2",
      "experiment": "ufm10", "check": _ufm10_loss,
      "rule": "reproduced if the implicit ETF's median train loss is the lowest of the three at steps 10, 50, 100 "
              "and 500; partly if at some"},
-    {"claim": "On UFM-10 the implicit ETF ends closer to neural collapse: lower NC1, NC3 and W-H equinorm",
+    {"short": "On UFM-10 it ends more collapsed", "counts": "metrics (NC1, NC3, equinorm)", "section": "sec-ufm10-full",
+     "claim": "On UFM-10 the implicit ETF ends closer to neural collapse: lower NC1, NC3 and W-H equinorm",
      "paper": "Fig. 2", "experiment": "ufm10", "check": _ufm10_collapse,
      "written": "after seeing results (Fig. 2's other panels had no row)",
      "rule": "at the last step, the implicit ETF's median strictly the lowest of the three for each of NC1, NC3 "
              "and equinorm; reproduced if for all three, partly if for some"},
-    {"claim": "On real data the implicit ETF trains faster (higher train accuracy early in training)",
+    {"short": "On real data it trains faster early on", "counts": "datasets", "section": "sec-real-released",
+     "claim": "On real data the implicit ETF trains faster (higher train accuracy early in training)",
      "paper": "Table 1, Fig. 4", "experiment": "real_offline", "check": _real_early,
      "paper_experiment": "real_offline_paper",
      "rule": "reproduced if at the first report epoch the implicit ETF's median train top-1 is strictly above "
              "both others on every offline dataset; partly if on some"},
-    {"claim": "On real data the implicit ETF varies less across seeds", "paper": "Tables 1-2, §4.2",
+    {"short": "On real data it varies least across seeds", "counts": "datasets", "section": "sec-real-released",
+     "claim": "On real data the implicit ETF varies less across seeds", "paper": "Tables 1-2, §4.2",
      "experiment": "real_offline", "check": _real_variance_counts, "paper_experiment": "real_offline_paper",
      "written": "after seeing results (the old rule compared fractions: on MNIST 5k 0.07099999... against "
                 "0.07100000..., 71 and 71 samples of 1,000, decided it by float rounding)",
@@ -430,21 +441,24 @@ CLAIMS: List[Dict[str, Any]] = [
              "partly if on some",
      "previous": {"rule": "the same with the range of the test top-1 fractions", "verdict": "partly",
                   "commit": "877947d", "check": _real_variance}},
-    {"claim": "The same two at the paper's 200 epochs (faster early training: epoch 50; seed range: epoch 200)",
+    {"short": "The same two at 200 epochs (MLPs)", "counts": "tests over the datasets", "section": "sec-real-200",
+     "claim": "The same two at the paper's 200 epochs (faster early training: epoch 50; seed range: epoch 200)",
      "paper": "Tables 1-2, §4.2", "experiment": "real_offline_200", "check": _real_tables_counts,
      "written": "after seeing results (the seed range in integer samples, as the row above)",
      "rule": "the two real-data rules above, on the offline datasets run for 200 epochs; reproduced if both "
              "hold, partly if one does or if each holds on some datasets",
      "previous": {"rule": "the same with the seed range of the fractions", "verdict": "partly", "commit": "877947d",
                   "check": _real_tables}},
-    {"claim": "The same two at 200 epochs on a convolutional network (MNIST 5k sample, small CNN)",
+    {"short": "The same two at 200 epochs (small CNN)", "counts": "tests", "section": "sec-real-200",
+     "claim": "The same two at 200 epochs on a convolutional network (MNIST 5k sample, small CNN)",
      "paper": "Tables 1-2, §4.2", "experiment": "real_offline_cnn_200", "check": _real_tables_counts,
      "paper_experiment": "real_offline_cnn_200_paper",
      "written": "after seeing results (the seed range in integer samples, as the row above)",
      "rule": "the rule of the row above, unchanged, on the one dataset of this experiment",
      "previous": {"rule": "the same with the seed range of the fractions", "verdict": "partly", "commit": "877947d",
                   "check": _real_tables}},
-    {"claim": "The DDN gradient through the nearest ETF can be dropped on small problems with little effect",
+    {"short": "The DDN gradient can be dropped", "counts": "tests", "section": "sec-ablations-switches",
+     "claim": "The DDN gradient through the nearest ETF can be dropped on small problems with little effect",
      "paper": "Fig. 15, §4.3", "experiment": "ablations", "check": _ddn_optional,
      "written": "after seeing results (the old rule compared floats and let the variant widen its own tolerance)",
      "rule": "reproduced if, without the DDN gradient, (a) the median steps to the loss threshold on UFM-10 with "
@@ -452,14 +466,16 @@ CLAIMS: List[Dict[str, Any]] = [
              "last epoch each differ from the reference's (DDN on, delta = 1e-3) by at most the reference's own "
              "seed range, all in integers; partly if one of the two",
      "previous": {"rule": _OLD_ABLATION_RULE, "verdict": "partly", "commit": "35ed238", "check": _ddn_optional_v1}},
-    {"claim": "Convergence is robust to the proximal coefficient delta", "paper": "§3.3",
+    {"short": "Robust to δ", "counts": "values of δ", "section": "sec-ablations-delta",
+     "claim": "Convergence is robust to the proximal coefficient delta", "paper": "§3.3",
      "experiment": "ablations", "check": _delta_robust,
      "written": "after seeing results (as the row above)",
      "rule": "for each delta in {1e-5, 1e-4, 1e-2, 1e-1, 1}: the two tests of the row above against delta = 1e-3; "
              "reproduced if every delta passes both, partly if some do",
      "previous": {"rule": "for each delta: " + _OLD_ABLATION_RULE, "verdict": "reproduced", "commit": "35ed238",
                   "check": _delta_robust_v1}},
-    {"claim": "The dense DDN gradient's memory explodes with C (Table 3); the exact closed form needs far less",
+    {"short": "The closed form needs far less memory than the dense gradient", "counts": "sizes counted", "section": "sec-cost-results",
+     "claim": "The dense DDN gradient's memory explodes with C (Table 3); the exact closed form needs far less",
      "paper": "Table 3 (the closed form is this package's)", "experiment": "cost", "check": _memory,
      "written": "after seeing results (the old rule passed on 0.9 MB of noise and on computed memory)",
      "rule": "at every UFM size where both were measured and their peaks differ by more than the spread of the "
@@ -468,7 +484,8 @@ CLAIMS: List[Dict[str, Any]] = [
      "previous": {"rule": "reproduced if at every UFM size the closed form's measured peak memory is below the dense "
                           "gradient's measured peak (or, where the dense one was not run, below what it needs)",
                   "verdict": "reproduced", "commit": "35ed238", "check": _memory_v1}},
-    {"claim": "Tables 1-2 on CIFAR10/100, STL10 and ImageNet (train/test top-1 at epochs 50 and 200)",
+    {"short": "Tables 1–2 on the paper's datasets", "counts": "tests", "section": "sec-real-paper",
+     "claim": "Tables 1-2 on CIFAR10/100, STL10 and ImageNet (train/test top-1 at epochs 50 and 200)",
      "paper": "Tables 1-2", "experiment": "real_images", "check": _real_tables,
      "missing": "not run here: the datasets cannot be downloaded on this machine and it has no GPU; run "
                 "book/09_real_images.md with EXPERIMENT=real_images where they exist",
@@ -506,7 +523,7 @@ def evaluate_claims(root: Optional[Path] = None) -> List[Dict[str, Any]]:
     out = []
     for c in CLAIMS:
         path = (Path(root) / c["experiment"]) if root is not None else results_dir(c["experiment"])
-        row = {k: c[k] for k in ("claim", "paper", "rule", "experiment")}
+        row = {k: c[k] for k in ("claim", "paper", "rule", "experiment", "short", "counts", "section")}
         row["written"] = c.get("written", "before the results")
         row["source"] = str(path)
         check: Callable = c["check"](root) if c.get("factory") else c["check"]

@@ -57,8 +57,11 @@ def select_learning_rates(runs: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[s
 def selection_table(runs: Sequence[Mapping[str, Any]]) -> str:
     """The grid as a Markdown table: median steps to the loss threshold per (size, optimiser, lr),
     the chosen rate in bold."""
+    from ..training.config import load_config
+
     chosen = select_learning_rates(runs)
-    lines = ["| UFM | optimiser | learning rate | median steps to loss threshold (seeds) | median final loss |",
+    names = {"adam": "Adam", "sgd": "SGD, momentum 0.9", "agd": "AGD"}
+    lines = ["| UFM | optimiser | learning rate | median steps to the loss threshold (seeds) | median final loss |",
              "|---|---|---:|---:|---:|"]
     for (config, opt), by_lr in sorted(_candidates(runs).items()):
         for lr in sorted(by_lr):
@@ -66,6 +69,7 @@ def selection_table(runs: Sequence[Mapping[str, Any]]) -> str:
             steps = statistics.median(_steps(r) for r in rows)
             loss = statistics.median(float(r["train_loss"]) for r in rows)
             mark = "**" if chosen[config][opt] == lr else ""
-            lines.append(f"| {config} | {opt} | {mark}{lr:g}{mark} | "
+            k = load_config(config)
+            lines.append(f"| UFM-{k.num_classes} (N={k.num_samples}) | {names.get(opt, opt)} | {mark}{lr:g}{mark} | "
                          f"{'never' if math.isinf(steps) else f'{steps:g}'} ({len(rows)}) | {loss:.4f} |")
     return "\n".join(lines)

@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..training.config import ConfigError, check_name, project_root
-from ..training.provenance import committed_file
+from ..training.provenance import commit_label, committed_file
 from ..training.tables import band_text, parse_value, seed_summary
 
 __all__ = ["RESULT_FILES", "SUMMARY_KEYS", "summarize_records", "results_dir", "read_result_files", "load_results",
@@ -263,10 +263,7 @@ def _date_text(date: Any, full: bool = False) -> str:
 
 def provenance_caption(prov: Mapping[str, Any]) -> str:
     """One block of plain text saying how a result file was produced."""
-    git = prov.get("git") or {}
-    commit = git.get("commit") or prov.get("git_commit") or "unknown"
-    if git.get("dirty"):
-        commit += " (with uncommitted changes)"
+    commit = commit_label(prov).replace("-dirty", " (with uncommitted changes)")
     lines = [f"command : {prov.get('command', '?')}"]
     if prov.get("run_commits"):
         legend = "  (-dirty: code changes not committed)" if any(c.endswith("-dirty") for c in prov["run_commits"]) else ""

@@ -43,6 +43,7 @@ __all__ = [
     "PLACE_KEYS",
     "result_settings",
     "git_info",
+    "commit_label",
     "device_name",
     "collect_provenance",
     "write_provenance",
@@ -417,6 +418,15 @@ def collect_provenance(config: Dict[str, Any], *, seed: Optional[int] = None,
     if extra:
         info.update(extra)
     return info
+
+
+def commit_label(prov: Dict[str, Any]) -> str:
+    """The commit a provenance record names, with ``-dirty`` where the tree had code changes
+    (records written before :func:`collect_provenance` existed say ``git_commit``)."""
+    git = prov.get("git") or {}
+    if git.get("commit"):
+        return git["commit"] + ("-dirty" if git.get("dirty") else "")
+    return str(prov.get("git_commit") or "unknown")
 
 
 def write_provenance(path: PathLike, info: Dict[str, Any]) -> Path:

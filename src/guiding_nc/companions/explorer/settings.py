@@ -176,5 +176,6 @@ class ExplorerSettings:
             checkpoint_every=0, record_step_losses=True, record_step_accuracy=True, save_margins=False,
             progress=False, verbose=False, timing="off", device=self.device, tau=float(self.tau),
             delta=float(self.delta), optimizer=self.optimizer, gain=float(self.gain), lr=self.effective_lr,
+            weight_decay=5e-4,  # stated, as every experiment does: Adam and SGD apply it, AGD has none
         )
         return load_config("ufm_base", overrides)

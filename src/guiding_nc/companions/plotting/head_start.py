@@ -15,10 +15,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ...core import methods
-from ...experiments.measures import format_steps, step_counts
+from ...experiments.measures import step_counts
 from ...core.metric_formulas import cross_entropy_lower_bound
 from ...training.tables import band_text
 from .style import MAX_WIDTH_IN, tidy_log_x
+from .. import tables
 from ..tables import Table
 
 __all__ = ["plot_loss_gap_grid", "steps_table_markdown", "head_start_table_markdown"]
@@ -80,21 +81,18 @@ def plot_loss_gap_grid(step_loss: Mapping[str, Sequence[float]], *, configs: Seq
     return tidy_log_x(fig)
 
 
-def _cell(runs: Sequence[Mapping[str, Any]], c: str, v: str, m: str, key: str) -> str:
-    return format_steps(step_counts(runs, c, v, m, key))
-
-
 def steps_table_markdown(runs: Sequence[Mapping[str, Any]], *, configs: Sequence[str], variants: Sequence[str],
                          key: str, titles: Optional[Mapping[str, str]] = None) -> str:
     """Median [min, max] over seeds of the step count ``key`` ("never": not within the budget),
-    one row per (UFM size, optimiser), one column per method."""
-    head = "| UFM | optimiser | " + " | ".join(methods.label(m) for m in methods.PAPER_METHODS) + " |"
-    lines = [head, "|---|---|" + "---:|" * len(methods.PAPER_METHODS)]
+    one row per (UFM size, optimiser), one column per method, the fastest in bold
+    (:mod:`guiding_nc.companions.tables`)."""
+    rows = []
     for c in configs:
         for v in variants:
-            lines.append(f"| {(titles or {}).get(c, c)} | {OPTIMISER_TITLES.get(v, v)} | " +
-                         " | ".join(_cell(runs, c, v, m, key) for m in methods.PAPER_METHODS) + " |")
-    return Table("\n".join(lines))
+            rows.append([(titles or {}).get(c, c), OPTIMISER_TITLES.get(v, v)]
+                        + [tables.band("steps_to_fit", step_counts(runs, c, v, m, key)) for m in methods.PAPER_METHODS])
+    return tables.table(["UFM", "optimiser", *(methods.label(m) for m in methods.PAPER_METHODS)], rows,
+                        best=["lower"] * len(rows), align="llrrr")
 
 
 def head_start_table_markdown(runs: Sequence[Mapping[str, Any]], *, configs: Sequence[str],
