@@ -1,5 +1,4 @@
 """The reproduction verdicts follow their stated rules, and missing results are 'not testable here'."""
-import pytest
 
 from guiding_nc.experiments import claims
 
@@ -87,10 +86,12 @@ def test_missing_results_are_not_testable_with_the_command(tmp_path):
     assert len(rows) == len(claims.CLAIMS)
     assert all(r["verdict"] == "not testable here" for r in rows)
     assert any("guiding_nc.experiments.reproduce ufm10" in r["measured"] for r in rows)
-    md = claims.claims_markdown(rows)
-    assert md.count("\n") == len(rows) + 1 and "**not testable here**" in md
-    piped = claims.claims_markdown([dict(rows[0], measured="a | b")])
-    assert piped.splitlines()[2].count(" | ") == 4 and "a \\| b" in piped  # escaped: the row keeps its 5 cells
+    from guiding_nc.companions import summary
+
+    md = summary.verdict_table(rows)
+    assert md.split("\n\n")[0].count("\n") == len(rows) + 1 and "**not testable**" in md
+    piped = summary.rules_table([dict(rows[0], measured="a | b")])
+    assert piped.splitlines()[2].count(" | ") == 3 and "a \\| b" in piped  # escaped: the row keeps its 4 cells
 
 
 def test_committed_results_give_a_verdict_for_every_claim():
@@ -160,8 +161,10 @@ def test_changed_rules_show_their_earlier_form_and_verdicts(tmp_path):
     for r in changed:
         assert r["previous"]["commit"] and r["previous"]["verdict"] and r["previous"]["verdict_now"] in claims.VERDICTS
         assert "after seeing results" in r["written"] or "merged" in r["written"]
-    md = claims.claims_markdown(rows)
-    assert md.count("*Earlier rule:*") == len(changed)
+    from guiding_nc.companions import summary
+
+    assert summary.rules_table(rows).count("*Earlier rule:*") == len(changed)
+    assert summary.verdict_table(rows).count("(earlier rule:") == len(changed)
 
 
 def _count_runs(spreads, n=1000, key="test_top1@30"):

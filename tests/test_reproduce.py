@@ -8,7 +8,7 @@ from conftest import in_git_checkout
 
 from guiding_nc.experiments import measures
 from guiding_nc.experiments import runner, store
-from guiding_nc.experiments.results import load_results, results_dir
+from guiding_nc.experiments.results import DirLock, load_results, results_dir
 from guiding_nc.experiments.spec import list_experiments, load_experiment, run_key_of
 from guiding_nc.training.config import ConfigError, load_config
 
@@ -329,7 +329,7 @@ def test_result_directory_lock_is_exclusive(tmp_path):
     fcntl = pytest.importorskip("fcntl")
     import os
 
-    with store._locked(tmp_path):
+    with DirLock(tmp_path, "exclusive"):
         fd = os.open(tmp_path, os.O_RDONLY)
         try:
             with pytest.raises(BlockingIOError):
@@ -351,7 +351,7 @@ def test_result_directory_lock_refused_warns_and_goes_on(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fcntl, "flock", refuse)
     with pytest.warns(UserWarning, match="cannot lock .*No locks available"):
-        with store._locked(tmp_path) as lock:
+        with DirLock(tmp_path, "exclusive") as lock:
             assert lock.fd is None  # nothing held, nothing to release
 
 
@@ -622,3 +622,15 @@ def test_remake_dirty_trains_again_only_the_runs_made_from_uncommitted_code(tmp_
     sources = json.loads((out / "provenance.json").read_text())["run_sources"]
     assert sources[key]["commit"] != "0123456789ab-dirty" and len(sources) == 3
     assert all(m["commit"] == "0123456789ab" for k, m in sources.items() if k != key)
+
+
+def test_a_run_lock_is_held_by_one_process_at_a_time(tmp_path):
+    pytest.importorskip("fcntl")
+    with store.run_lock(tmp_path / "run") as first:
+        assert first is True
+        with store.run_lock(tmp_path / "run") as second:  # another open file description
+            assert second is False
+    with store.run_lock(tmp_path / "run") as again:
+        assert again is True
+    with pytest.raises(ValueError, match="mode"):
+        DirLock(tmp_path, "sideways")

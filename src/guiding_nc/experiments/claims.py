@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from .measures import median_of, step_counts
 from .results import load_results, report_epoch_key, results_dir, seed_bands
 
-__all__ = ["evaluate_claims", "claims_markdown", "VERDICTS"]
+__all__ = ["evaluate_claims", "VERDICTS"]
 
 VERDICTS = ("reproduced", "partly", "not reproduced", "not testable here")
 from ..core.methods import PAPER_METHODS
@@ -544,21 +544,3 @@ def evaluate_claims(root: Optional[Path] = None) -> List[Dict[str, Any]]:
         assert row["verdict"] in VERDICTS
         out.append(row)
     return out
-
-
-def claims_markdown(rows: List[Dict[str, Any]]) -> str:
-    """The claims as a Markdown table: claim, where in the paper, rule, measured, verdict.  A rule
-    changed after results were seen shows its earlier form and verdicts under it."""
-    lines = ["| # | claim (paper) | rule | measured here | verdict |", "|---:|---|---|---|---|"]
-    cell = lambda text: str(text).replace("|", "\\|")  # a bare | would end the table cell
-    for i, r in enumerate(rows, 1):
-        rule = cell(r["rule"])
-        if r.get("written") and r["written"] != "before the results":
-            rule += f" *(rule written {cell(r['written'])})*"
-        prev = r.get("previous")
-        if prev:
-            rule += (f"<br>*Earlier rule:* {cell(prev['rule'])} — verdict at `{prev['commit']}`: {prev['verdict']}; "
-                     f"on today's files: {prev['verdict_now']}")
-        lines.append(f"| {i} | {cell(r['claim'])} ({cell(r['paper'])}) | {rule} | {cell(r['measured'])} | "
-                     f"**{r['verdict']}** |")
-    return "\n".join(lines)

@@ -21,6 +21,7 @@ Book: every experiment chapter reads its numbers through these.
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -56,30 +57,51 @@ def group_key(config: str, variant: str, method: str) -> str:
     return f"{config}/{variant}/{method}"
 
 
-class _shared_lock:
-    """A shared ``flock`` on a result directory while it is read: a writer (which holds it
-    exclusively, :func:`guiding_nc.experiments.store.write_merged`) never changes it mid-read.  A
-    no-op where locks are not available."""
+class DirLock:
+    """An advisory ``fcntl.flock`` on a directory (no lock file left among the results) for a
+    ``with`` block, released when it ends.  ``mode``:
 
-    def __init__(self, path: Path, wanted: bool):
-        self.path, self.wanted, self.fd = path, wanted, None
+    * ``"shared"`` -- readers (:func:`load_results`): a writer never changes the files mid-read;
+    * ``"exclusive"`` -- a writer, blocking (:func:`guiding_nc.experiments.store.write_merged`);
+      where the file system refuses the lock it warns: slices must then not run at the same time;
+    * ``"try"`` -- one run's directory, exclusive and not blocking: ``as`` gives ``True`` when this
+      process holds it, ``False`` when another does (it is training that run).
+
+    A no-op (``True`` for ``"try"``) where ``fcntl`` does not exist or the lock is refused.
+    """
+
+    def __init__(self, path: Path, mode: str = "exclusive"):
+        if mode not in ("shared", "exclusive", "try"):
+            raise ValueError(f"mode must be 'shared', 'exclusive' or 'try', got {mode!r}")
+        self.path, self.mode, self.fd = Path(path), mode, None
 
     def __enter__(self):
-        if not self.wanted:
-            return self
+        import os
+
         try:
             import fcntl
-            import os
-
+        except ImportError:
+            return True if self.mode == "try" else self
+        if self.mode == "try":
+            self.path.mkdir(parents=True, exist_ok=True)
+        flags = {"shared": fcntl.LOCK_SH, "exclusive": fcntl.LOCK_EX, "try": fcntl.LOCK_EX | fcntl.LOCK_NB}[self.mode]
+        try:
             self.fd = os.open(self.path, os.O_RDONLY)
-            fcntl.flock(self.fd, fcntl.LOCK_SH)
-        except (ImportError, OSError):
+            fcntl.flock(self.fd, flags)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            return False
+        except OSError as exc:
             if self.fd is not None:
-                import os
-
                 os.close(self.fd)
             self.fd = None
-        return self
+            if self.mode == "exclusive":
+                import warnings
+
+                warnings.warn(f"cannot lock {self.path} ({exc}); do not run slices into it at the same time",
+                              stacklevel=2)
+        return True if self.mode == "try" else self
 
     def __exit__(self, *exc):
         if self.fd is not None:
@@ -149,7 +171,7 @@ def read_result_files(path, *, lock: bool = True, names: Sequence[str] = RESULT_
     """
     path = Path(path)
     out: Dict[str, Any] = {}
-    with _shared_lock(path, lock and path.is_dir()):
+    with (DirLock(path, "shared") if lock and path.is_dir() else nullcontext()):
         for name in RESULT_FILES:
             key = name.rsplit(".", 1)[0]
             where = committed_file(path, name)

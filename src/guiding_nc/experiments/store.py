@@ -37,7 +37,7 @@ from ..training.config import ConfigError, load_config
 from ..training.provenance import (atomic_write_files, collect_provenance, json_text, local_command, local_path,
                                    recover_files, result_settings, to_jsonable)
 from ..training.tables import csv_text
-from .results import RESULT_FILES, read_result_files, summarize_records
+from .results import RESULT_FILES, DirLock, read_result_files, summarize_records
 from .spec import ExperimentSpec, load_experiment, run_config, run_key_of
 
 __all__ = ["stale_runs", "effective_settings", "settings_hash",
@@ -193,50 +193,10 @@ def read_record(path: Path) -> Dict[str, Any]:
     return rec
 
 
-class _DirLock:
-    """An advisory ``fcntl.flock`` on a directory (no lock file left among the results), released
-    when the ``with`` block ends; subclasses say how it is taken."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.fd: Optional[int] = None
-
-    def __exit__(self, *exc):
-        if self.fd is not None:
-            import fcntl
-            import os
-
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-        return False
-
-
-class run_lock(_DirLock):
-    """An exclusive, non-blocking lock on one run's directory for a ``with`` block; ``as`` gives
-    ``True`` when this process holds it, ``False`` when another does (it is training that run).
-    Without ``fcntl`` (or where the file system refuses locks) it always gives ``True``."""
-
-    def __enter__(self) -> bool:
-        import os
-
-        try:
-            import fcntl
-        except ImportError:
-            return True
-        self.path.mkdir(parents=True, exist_ok=True)
-        try:
-            self.fd = os.open(self.path, os.O_RDONLY)
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            return False
-        except OSError:
-            if self.fd is not None:
-                os.close(self.fd)
-            self.fd = None
-        return True
+def run_lock(path: Path) -> DirLock:
+    """An exclusive, non-blocking lock on one run's directory (:class:`~.results.DirLock`, ``"try"``):
+    ``as`` gives ``True`` when this process holds it, ``False`` when another is training that run."""
+    return DirLock(path, "try")
 
 
 def write_merged(out: Path, grid: ExperimentSpec, grid_keys: Sequence[str], records: Dict[str, Dict[str, Any]],
@@ -259,7 +219,7 @@ def write_merged(out: Path, grid: ExperimentSpec, grid_keys: Sequence[str], reco
     which first finishes or undoes one a crash interrupted.
     """
     out.mkdir(parents=True, exist_ok=True)
-    with _locked(out):
+    with DirLock(out, "exclusive"):
         recover_files(out)
         earlier = _finished_records(grid, others, work_dir, device, num_threads)
         # Runs already in the result files whose work directory is not here (committed results
@@ -305,7 +265,7 @@ def check_results(out: Path, grid: ExperimentSpec, mode: str, work_dir: Path, de
     out = Path(out)
     if not out.is_dir():
         return {}, ({} if replace else None)
-    with _locked(out):
+    with DirLock(out, "exclusive"):
         records, _, refused, incomplete = _read(out, grid, mode, work_dir, device, num_threads, replace=replace,
                                                 lock=False)
     if refused and not replace:
@@ -515,32 +475,6 @@ def _same_spec(then: Optional[Dict[str, Any]], now: Dict[str, Any]) -> bool:
         return False
     defaults = json.loads(json.dumps(to_jsonable(ExperimentSpec(name=str(now.get("name"))).__dict__)))
     return all(then.get(k, defaults.get(k)) == now.get(k, defaults.get(k)) for k in set(then) | set(now))
-
-
-class _locked(_DirLock):
-    """An exclusive, blocking lock on the directory ``path`` for a ``with`` block.  A no-op where
-    ``fcntl`` does not exist (Windows), and with a warning where the file system refuses the lock:
-    slices must then not run at the same time."""
-
-    def __enter__(self):
-        try:
-            import fcntl
-        except ImportError:
-            return self
-        import os
-
-        try:
-            self.fd = os.open(self.path, os.O_RDONLY)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            if self.fd is not None:
-                os.close(self.fd)
-                self.fd = None
-            import warnings
-
-            warnings.warn(f"cannot lock {self.path} ({exc}); do not run slices into it at the same time",
-                          stacklevel=2)
-        return self
 
 
 def _finished_records(spec: ExperimentSpec, jobs: Sequence[Dict[str, Any]], work_dir: Path, device: str,
