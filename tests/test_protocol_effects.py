@@ -37,3 +37,18 @@ def test_a_difference_matters_only_beyond_the_base_seed_range_in_samples():
 def test_a_variant_without_its_base_runs_has_no_verdict():
     rows = switch_effects(_runs("paper+fixed_sampler", "fixed", [1, 2, 3]), "c")
     assert rows and not rows[0]["complete"] and "matters" not in rows[0]
+
+
+def test_missing_switches_text_lists_the_cells_short_of_seeds_and_the_command():
+    from guiding_nc.companions.protocols import missing_switches_text
+    from guiding_nc.experiments.spec import load_experiment
+
+    spec = load_experiment("protocol_switches")
+    full = [{"config": "digits_mlp", "variant": name, "method": m, "seed": s}
+            for name, v in spec.variants.items() for m in (v or {}).get("methods") or spec.methods
+            for s in spec.seeds]
+    assert missing_switches_text(full, "digits_mlp") == ""
+    short = [r for r in full if not (r["variant"] == "paper+agd_depth" and r["method"] == "fixed" and r["seed"] > 1)]
+    text = missing_switches_text(short, "digits_mlp")
+    assert "`paper+agd_depth` fixed ETF (2 of 5)" in text and text.count("(") == 2
+    assert "reproduce protocol_switches --configs digits_mlp" in text

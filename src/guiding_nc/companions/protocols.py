@@ -12,10 +12,12 @@ from ..core.methods import PAPER_METHODS, label as method_label
 from ..experiments import paper
 from ..experiments.protocol_effects import switch_effects
 from ..experiments.results import report_epoch_key
+from ..experiments.spec import load_experiment
 from ..training.protocol import OPTIONS
 from .tables import Band, Table, band, table
 
-__all__ = ["options_table", "protocols_table", "switches_table", "matters_text", "paper_table", "PROTOCOL_LABELS"]
+__all__ = ["options_table", "protocols_table", "switches_table", "missing_switches_text", "matters_text", "paper_table",
+           "PROTOCOL_LABELS"]
 
 PROTOCOL_LABELS = {"paper": "released", "one_switch": "one-switch"}
 
@@ -85,7 +87,8 @@ def switches_table(runs: Sequence[Mapping[str, Any]], config: str, base: str) ->
     for r in rows_in:
         change = "" if "change_samples" not in r else f"{r['change_samples']:+g} [{r['base_range_samples']}]"
         verdict = "" if "matters" not in r else ("**yes**" if r["matters"] else "no")
-        rows.append([f"`{r['option']}`<br>{_plain(r['from'])} → {_plain(r['to'])}", method_label(r["method"]),
+        who = method_label(r["method"]) + ("" if r["complete"] else f" ({r['seeds']} seeds so far)")
+        rows.append([f"`{r['option']}`<br>{_plain(r['from'])} → {_plain(r['to'])}", who,
                      _pct(r["train"]), _pct(r.get("test")), change, verdict])
     return table(["switched", "method", "train top-1 (%)", "test top-1 (%)", "change [base range]", "matters"],
                  rows, align="llrrrl",
@@ -93,6 +96,23 @@ def switches_table(runs: Sequence[Mapping[str, Any]], config: str, base: str) ->
                       "median number of correctly classified training samples minus the base's, and in brackets "
                       "the base's seed range (max - min) in samples; the difference matters when the change is "
                       "larger than that range.")
+
+
+def missing_switches_text(runs: Sequence[Mapping[str, Any]], config: str, experiment: str = "protocol_switches") -> str:
+    """The (variant, method) cells of ``config`` that do not hold all their seeds yet, and the
+    command that adds them (the runs that are there are kept); ``""`` when every run is in."""
+    spec = load_experiment(experiment)
+    gaps = []
+    for name, v in spec.variants.items():
+        for m in (v or {}).get("methods") or spec.methods:
+            have = sum(1 for r in runs if (r["config"], r["variant"], r["method"]) == (config, name, m))
+            if have < len(spec.seeds):
+                gaps.append(f"`{name}` {method_label(m)} ({have} of {len(spec.seeds)})")
+    if not gaps:
+        return ""
+    return (f"Not in yet: {', '.join(gaps)}. They have no row or no verdict above; to add them: "
+            f"`python -m guiding_nc.experiments.reproduce {experiment} --configs {config} --threads 1` "
+            "(the runs already made are kept).")
 
 
 def _plain(v: Any) -> str:
