@@ -52,3 +52,17 @@ def test_missing_switches_text_lists_the_cells_short_of_seeds_and_the_command():
     text = missing_switches_text(short, "digits_mlp")
     assert "`paper+agd_depth` fixed ETF (2 of 5)" in text and text.count("(") == 2
     assert "reproduce protocol_switches --configs digits_mlp" in text
+
+
+def test_method_switches_text_gives_each_single_switch_with_its_dead_units():
+    from guiding_nc.companions.protocols import method_switches_text
+
+    def runs(variant, top1, dead):
+        return [{"config": "digits_mlp", "variant": variant, "method": "fixed", "seed": s, "train_top1": top1,
+                 "train_n": 1000, "test_top1": top1, "test_n": 100, "train_dead_units": dead} for s in range(3)]
+
+    data = runs("paper", 0.25, 20) + runs("paper+final_activation", 0.24, 0) + runs("one_switch", 0.93, 0)
+    text = method_switches_text(data, "digits_mlp")
+    assert "from the released protocol, 25.0% (20 dead): `final_activation` alone 24.0% (0 dead)" in text
+    assert "one-switch" not in text  # no switch from it: no line
+    assert method_switches_text(data, "digits_mlp", method="implicit") == ""

@@ -6,6 +6,7 @@ the best method in bold).  Book: chapter "Real images" and the reproduction summ
 """
 from __future__ import annotations
 
+import statistics
 from typing import Any, Mapping, Optional, Sequence
 
 from ..core.methods import PAPER_METHODS, label as method_label
@@ -16,7 +17,8 @@ from ..experiments.spec import load_experiment
 from ..training.protocol import OPTIONS
 from .tables import Band, Table, band, table
 
-__all__ = ["options_table", "protocols_table", "switches_table", "missing_switches_text", "matters_text", "paper_table",
+__all__ = ["options_table", "protocols_table", "switches_table", "missing_switches_text", "method_switches_text",
+           "matters_text", "paper_table",
            "PROTOCOL_LABELS"]
 
 PROTOCOL_LABELS = {"paper": "released", "one_switch": "one-switch"}
@@ -113,6 +115,38 @@ def missing_switches_text(runs: Sequence[Mapping[str, Any]], config: str, experi
     return (f"Not in yet: {', '.join(gaps)}. They have no row or no verdict above; to add them: "
             f"`python -m guiding_nc.experiments.reproduce {experiment} --configs {config} --threads 1` "
             "(the runs already made are kept).")
+
+
+def _dead(runs: Sequence[Mapping[str, Any]], config: str, variant: str, method: str) -> Optional[float]:
+    dead = [float(r["train_dead_units"]) for r in runs if (r["config"], r["variant"], r["method"]) == (config, variant, method)
+            and r.get("train_dead_units") not in (None, "")]
+    return statistics.median(dead) if dead else None
+
+
+def method_switches_text(runs: Sequence[Mapping[str, Any]], config: str, method: str = "fixed") -> str:
+    """One method's switches on one dataset as a list, one line per base protocol: the base's median
+    final train top-1 and median dead feature units, then each single switch's (rows of
+    :func:`~guiding_nc.experiments.protocol_effects.switch_effects`; dead units as the runs record them)."""
+    from ..training.config import config_title
+
+    effects = [r for r in switch_effects(runs, config) if r["method"] == method]
+    lines = []
+    for base, label in PROTOCOL_LABELS.items():
+        rows = [r for r in effects if r["base"] == base and "base_train" in r]
+        if not rows:
+            continue
+
+        def cell(top1: float, variant: str) -> str:
+            dead = _dead(runs, config, variant, method)
+            return f"{top1:.1f}%" + ("" if dead is None else f" ({dead:g} dead)")
+
+        lines.append(f"* from the {label} protocol, {cell(rows[0]['base_train']['median'], base)}: "
+                     + "; ".join(f"`{r['option']}` alone {cell(r['train']['median'], base + '+' + r['option'])}"
+                                 for r in rows))
+    if not lines:
+        return ""
+    return (f"The {method_label(method)} on {config_title(config)}, median final train top-1 (and median number of "
+            "dead feature units):\n\n" + "\n".join(lines))
 
 
 def _plain(v: Any) -> str:
