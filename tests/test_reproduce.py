@@ -473,13 +473,13 @@ def test_learning_rate_rule_picks_the_fastest_then_the_smaller_then_the_lowest_l
         return {"config": c, "variant": f"{opt}_{lr}", "method": "standard", "seed": seed, "optimizer": opt, "lr": lr,
                 "steps_to_loss": steps, "reached_loss": steps is not None, "train_loss": loss}
 
-    runs = [row("u", "adam", 1e-3, 0, 50), row("u", "adam", 1e-3, 1, 60),
-            row("u", "adam", 1e-2, 0, 20), row("u", "adam", 1e-2, 1, None),  # median: infinite
-            row("u", "sgd", 1.0, 0, 30), row("u", "sgd", 1.0, 1, 30), row("u", "sgd", 10.0, 0, 30), row("u", "sgd", 10.0, 1, 30),
-            row("v", "sgd", 1.0, 0, None, 0.5), row("v", "sgd", 10.0, 0, None, 0.4)]
-    assert select_learning_rates(runs) == {"u": {"adam": 1e-3, "sgd": 1.0}, "v": {"sgd": 10.0}}
+    runs = [row("ufm10", "adam", 1e-3, 0, 50), row("ufm10", "adam", 1e-3, 1, 60),
+            row("ufm10", "adam", 1e-2, 0, 20), row("ufm10", "adam", 1e-2, 1, None),  # median: infinite
+            row("ufm10", "sgd", 1.0, 0, 30), row("ufm10", "sgd", 1.0, 1, 30), row("ufm10", "sgd", 10.0, 0, 30), row("ufm10", "sgd", 10.0, 1, 30),
+            row("ufm100", "sgd", 1.0, 0, None, 0.5), row("ufm100", "sgd", 10.0, 0, None, 0.4)]
+    assert select_learning_rates(runs) == {"ufm10": {"adam": 1e-3, "sgd": 1.0}, "ufm100": {"sgd": 10.0}}
     table = selection_table(runs)
-    assert "| u | adam | **0.001** | 55 (2) |" in table and "never" in table
+    assert "| UFM-10 (N=1000) | Adam | **0.001** | 55 (2) |" in table and "never" in table
 
 
 def test_variant_config_overrides_apply_per_config(tmp_path):
