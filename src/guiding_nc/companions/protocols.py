@@ -7,7 +7,7 @@ the best method in bold).  Book: chapter "Real images" and the reproduction summ
 from __future__ import annotations
 
 import statistics
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from ..core.methods import PAPER_METHODS, label as method_label
 from ..experiments import paper
@@ -18,8 +18,7 @@ from ..training.protocol import OPTIONS
 from .tables import Band, Table, band, table
 
 __all__ = ["options_table", "protocols_table", "switches_table", "missing_switches_text", "method_switches_text",
-           "matters_text", "paper_table",
-           "PROTOCOL_LABELS"]
+           "matters_text", "paper_table", "PROTOCOL_LABELS"]
 
 PROTOCOL_LABELS = {"paper": "released", "one_switch": "one-switch"}
 
@@ -103,13 +102,16 @@ def switches_table(runs: Sequence[Mapping[str, Any]], config: str, base: str) ->
 def missing_switches_text(runs: Sequence[Mapping[str, Any]], config: str, experiment: str = "protocol_switches") -> str:
     """The (variant, method) cells of ``config`` that do not hold all their seeds yet, and the
     command that adds them (the runs that are there are kept); ``""`` when every run is in."""
-    spec = load_experiment(experiment)
+    # The grid's own runs (ExperimentSpec.jobs: variants' methods, per-config seeds), per cell.
+    want: Dict[Tuple[str, str], int] = {}
+    for job in load_experiment(experiment).jobs():
+        if job["config"] == config:
+            want[job["variant"], job["method"]] = want.get((job["variant"], job["method"]), 0) + 1
     gaps = []
-    for name, v in spec.variants.items():
-        for m in (v or {}).get("methods") or spec.methods:
-            have = sum(1 for r in runs if (r["config"], r["variant"], r["method"]) == (config, name, m))
-            if have < len(spec.seeds):
-                gaps.append(f"`{name}` {method_label(m)} ({have} of {len(spec.seeds)})")
+    for (name, m), n in want.items():
+        have = sum(1 for r in runs if (r["config"], r["variant"], r["method"]) == (config, name, m))
+        if have < n:
+            gaps.append(f"`{name}` {method_label(m)} ({have} of {n})")
     if not gaps:
         return ""
     return (f"Not in yet: {', '.join(gaps)}. They have no row or no verdict above; to add them: "
@@ -117,10 +119,11 @@ def missing_switches_text(runs: Sequence[Mapping[str, Any]], config: str, experi
             "(the runs already made are kept).")
 
 
-def _dead(runs: Sequence[Mapping[str, Any]], config: str, variant: str, method: str) -> Optional[float]:
+def _top1_dead(top1: float, runs: Sequence[Mapping[str, Any]], config: str, variant: str, method: str) -> str:
+    """``"26.0% (22 dead)"``: a median top-1 and the median dead feature units of the same runs."""
     dead = [float(r["train_dead_units"]) for r in runs if (r["config"], r["variant"], r["method"]) == (config, variant, method)
             and r.get("train_dead_units") not in (None, "")]
-    return statistics.median(dead) if dead else None
+    return f"{top1:.1f}%" + (f" ({statistics.median(dead):g} dead)" if dead else "")
 
 
 def method_switches_text(runs: Sequence[Mapping[str, Any]], config: str, method: str = "fixed") -> str:
@@ -135,13 +138,10 @@ def method_switches_text(runs: Sequence[Mapping[str, Any]], config: str, method:
         rows = [r for r in effects if r["base"] == base and "base_train" in r]
         if not rows:
             continue
-
-        def cell(top1: float, variant: str) -> str:
-            dead = _dead(runs, config, variant, method)
-            return f"{top1:.1f}%" + ("" if dead is None else f" ({dead:g} dead)")
-
-        lines.append(f"* from the {label} protocol, {cell(rows[0]['base_train']['median'], base)}: "
-                     + "; ".join(f"`{r['option']}` alone {cell(r['train']['median'], base + '+' + r['option'])}"
+        lines.append(f"* from the {label} protocol, "
+                     f"{_top1_dead(rows[0]['base_train']['median'], runs, config, base, method)}: "
+                     + "; ".join(f"`{r['option']}` alone "
+                                 + _top1_dead(r["train"]["median"], runs, config, f"{base}+{r['option']}", method)
                                  for r in rows))
     if not lines:
         return ""

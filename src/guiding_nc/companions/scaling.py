@@ -20,9 +20,8 @@ from .tables import Band, Table, band, table
 
 __all__ = ["ufm_title", "completed_configs", "head_start_lines", "head_start_reading", "coverage_lines",
            "budget_agreement_lines", "end_gap_lines", "paper_budget_reading", "ufm1000_text", "no_head_start_reading",
-           "timescale_table", "timescale_reading", "protocol_agreement", "depth_table", "ddn_table", "offset_table", "paths_table",
-           "quick_cells_text",
-           "confounds_reading"]
+           "timescale_table", "timescale_reading", "protocol_agreement", "depth_table", "ddn_table", "offset_table",
+           "paths_table", "quick_cells_text", "confounds_reading"]
 
 
 def ufm_title(config: str, *, samples: bool = True) -> str:
@@ -406,7 +405,7 @@ def quick_cells_text(runs) -> str:
 
 def protocol_agreement(cells: Sequence[Tuple[str, Mapping[str, Any], str, Mapping[str, Any], str, str]],
                        configs: Sequence[str]) -> str:
-    """One sentence: in how many (size, method) cells the code release's protocol and the
+    """One sentence: in how many (measure, size, method) cells the code release's protocol and the
     one-switch protocol give the same median step count. ``cells`` holds
     ``(what, released, released_variant, one_switch, one_switch_variant, key)`` per comparison."""
     same, total, diff = 0, 0, []
@@ -453,12 +452,11 @@ def confounds_reading(nhs_runs, conf_runs, configs: Sequence[str]) -> str:
     if off:
         out.append("* **With class offsets 10⁻²** the paper's order holds at "
                    + (", ".join(ufm_title(e["config"], samples=False) for e in off if e["order_holds"]) or "no size")
-                   + f" of {len(off)}. Median steps (standard / fixed / implicit) to the loss threshold: "
-                   + "; ".join(f"{ufm_title(e['config'], samples=False)} "
-                               + " / ".join(_show(e["loss"][m]) for m in PAPER_METHODS) for e in off)
-                   + "; to 100% training accuracy: "
-                   + "; ".join(f"{ufm_title(e['config'], samples=False)} "
-                               + " / ".join(_show(e["fit"][m]) for m in PAPER_METHODS) for e in off)
+                   + f" of {len(off)}. Median steps (standard / fixed / implicit) "
+                   + "; ".join(f"to {what}: " + "; ".join(f"{ufm_title(e['config'], samples=False)} "
+                                                           + " / ".join(_show(e[key][m]) for m in PAPER_METHODS)
+                                                           for e in off)
+                               for key, what in (("loss", "the loss threshold"), ("fit", "100% training accuracy")))
                    + ".")
     return "\n".join(out) if out else "The confound runs are not in yet."
 
